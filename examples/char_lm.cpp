@@ -51,12 +51,12 @@ struct ModelConfig {
 };
 
 struct TrainConfig {
-  int steps = 600;           // optimizer steps
+  int steps = 3000;          // optimizer steps
   int batch_size = 64;       // problems per step
   double lr = 3e-3;          // AdamW peak learning rate
   double weight_decay = 0.0; // AdamW decoupled weight decay
   double grad_clip = 1.0;    // max global gradient norm (0 = off)
-  int eval_every = 100;      // steps between held-out evaluations
+  int eval_every = 500;      // steps between held-out evaluations
   template <class V>
   void visit(V& v) {
     v("steps", steps, "optimizer steps", Check().ge(1));
