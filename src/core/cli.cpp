@@ -37,9 +37,14 @@ JobArgs parse_job_args(int argc, const char* const argv[]) {
 }
 
 std::string job_usage(std::string_view program, std::string_view description) {
-  std::string s = "usage: " + std::string(program) +
-                  " [--config FILE] [--set key.path=value]... [--print-config] [--help]\n";
-  if (!description.empty()) s += "\n" + std::string(description) + "\n";
+  std::string s = "usage: ";
+  s.append(program);
+  s += " [--config FILE] [--set key.path=value]... [--print-config] [--help]\n";
+  if (!description.empty()) {
+    s += '\n';
+    s.append(description);
+    s += '\n';
+  }
   s +=
       "\n  --config FILE      YAML configuration (see docs/config.md)\n"
       "  --set key=value    override one key, e.g. --set run.seed=7 (repeatable)\n"

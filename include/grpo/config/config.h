@@ -150,7 +150,12 @@ class Writer {
     Value v = to_value(field);
     v.comment = std::string(help);
     const std::string constraint = check.describe();
-    if (!constraint.empty()) v.comment += (v.comment.empty() ? "" : " ") + ("(" + constraint + ")");
+    if (!constraint.empty()) {
+      if (!v.comment.empty()) v.comment += ' ';
+      v.comment += '(';
+      v.comment += constraint;
+      v.comment += ')';
+    }
     node_.entries.emplace_back(std::string(key), std::move(v));
     return *this;
   }
