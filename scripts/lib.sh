@@ -78,6 +78,9 @@ grpo_setup_torch() {
 grpo_setup_ccache() {
   export CCACHE_DIR=${CCACHE_DIR:-$GRPO_CACHE/ccache}
   export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
+  # Paths under the clone are hashed relative to it, so another clone (CI) hits the same entries.
+  export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$GRPO_ROOT}
+  export CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
   # Needed for ccache to cache compilations that use precompiled headers.
   export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
 }
