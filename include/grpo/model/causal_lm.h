@@ -1,0 +1,100 @@
+// CausalLM: the full decoder-only language model for DeepSeek-V3 (MLA, MoE, MTP) and for the dense
+// students (Llama, Qwen2), with one interface: a forward over a padded batch with an attention
+// mask and position ids, returning logits (and hidden states / MTP logits when asked), optionally
+// reading and extending a KVCache for generation.
+//
+// Parameter names (named_parameters) are ours; grpo/model/checkpoint.h maps them to HF's.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <vector>
+
+#include "grpo/model/decoder_layer.h"
+#include "grpo/model/kv_cache.h"
+#include "grpo/model/layers.h"
+#include "grpo/model/model_config.h"
+#include "grpo/model/rope.h"
+
+namespace grpo::model {
+
+// One multi-token-prediction module (DeepSeek-V3 MTP depth k): combines the previous depth's
+// hidden state and the embedding of the token k ahead, runs one block, and predicts one further
+// token through the shared output head.
+class MtpModuleImpl : public torch::nn::Module {
+ public:
+  MtpModuleImpl(const ModelConfig& cfg, int64_t layer_index, double softmax_scale_factor,
+                const torch::TensorOptions& options);
+  // h_prev, emb [B, T, D] -> the block's output [B, T, D] (before shared_head_norm)
+  torch::Tensor forward(const torch::Tensor& h_prev, const torch::Tensor& emb, const AttentionContext& ctx,
+                        const torch::Tensor& valid);
+
+  RMSNorm enorm{nullptr}, hnorm{nullptr}, shared_head_norm{nullptr};
+  Linear eh_proj{nullptr};  // [D, 2D]: embedding half first, then hidden half
+  DecoderLayer block{nullptr};
+};
+TORCH_MODULE(MtpModule);
+
+struct ForwardOptions {
+  bool return_hidden = false;  // fill ForwardOutput::hidden
+  bool mtp = false;            // run the MTP modules and fill mtp_logits
+  bool logits = true;          // compute the output head (off: hidden states only)
+};
+
+struct ForwardOutput {
+  torch::Tensor logits;                   // [B, T, V]
+  torch::Tensor hidden;                   // [B, T, D] after the final norm
+  std::vector<torch::Tensor> mtp_logits;  // D tensors [B, T, V]; entry k-1 at position i predicts token i+k+1
+  torch::Tensor balance_loss;             // sum of the MoE sequence-wise balance losses (scalar), or undefined
+};
+
+class CausalLMImpl : public torch::nn::Module {
+ public:
+  explicit CausalLMImpl(const ModelConfig& cfg, const torch::TensorOptions& options = {});
+
+  // input_ids [B, T] int64. position_ids [B, T] (undefined: past + 0..T-1). attention_mask
+  // [B, past + T] with 1 for real tokens (undefined: all real). With a cache, the new tokens'
+  // keys and values are appended and the cache advances by T.
+  ForwardOutput forward(const torch::Tensor& input_ids, const torch::Tensor& position_ids = {},
+                        const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr,
+                        const ForwardOptions& options = {});
+
+  // The output head applied to final-norm hidden states [.., D] -> [.., V].
+  torch::Tensor head(const torch::Tensor& hidden);
+
+  // A cache for `batch` rows of up to `max_length` tokens, with slots for the MTP blocks too.
+  std::unique_ptr<KVCache> make_cache(int64_t batch, int64_t max_length) const;
+
+  // Switches every MLA layer between the naive and the absorbed form.
+  void set_attention_impl(AttentionImpl impl);
+
+  // MoE layers in order (empty for dense models), for bias updates and load statistics.
+  std::vector<Moe> moe_layers() const;
+  // Aux-loss-free update of every MoE layer; returns each layer's load imbalance (max / mean).
+  std::vector<double> update_router_biases(double gamma);
+
+  const ModelConfig& config() const { return cfg_; }
+  const RotaryEmbedding& rope() const { return rope_; }
+
+  torch::Tensor embed_tokens;  // [V, D]
+  torch::Tensor lm_head;       // [V, D]; the same tensor as embed_tokens when tied
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+  torch::nn::ModuleList mtp{nullptr};  // MtpModule per depth
+
+ private:
+  ModelConfig cfg_;
+  RotaryEmbedding rope_;
+};
+TORCH_MODULE(CausalLM);
+
+// DeepSeek-V3's MTP loss: lambda / D * sum over depths k of the mean cross-entropy of
+// mtp_logits[k-1] at position i against input_ids[i + k + 1], over positions where `loss_mask`
+// [B, T] (1 = a real token that may be predicted) holds at both ends.
+torch::Tensor mtp_loss(const ForwardOutput& out, const torch::Tensor& input_ids, const torch::Tensor& loss_mask,
+                       double lambda);
+
+}  // namespace grpo::model

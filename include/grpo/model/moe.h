@@ -1,0 +1,64 @@
+// Mixture of experts (DeepSeek-V3): sigmoid router with aux-loss-free bias, group-limited top-k,
+// routed experts dispatched by sorting tokens by expert, plus shared experts.
+//
+// Router (all float32): scores = sigmoid(x W^T) [N, E]; choice = scores + e_score_correction_bias;
+// with n_group > 1 each group scores as the sum of its top-2 choices and only the best topk_group
+// groups stay (others -inf); the top-K choices pick the experts; their weights are the un-biased
+// scores, normalised to sum 1 when norm_topk_prob (+1e-20), times routed_scaling_factor.
+//
+// Dispatch: the N*K (token, expert) pairs are sorted by expert (stable), the tokens gathered into
+// one contiguous buffer, each expert with at least one token runs its SwiGLU on its slice, and the
+// weighted results are added back per token in expert order. Work follows the tokens routed, not
+// the number of experts.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include "grpo/model/layers.h"
+#include "grpo/model/model_config.h"
+
+namespace grpo::model {
+
+struct RouterOutput {
+  torch::Tensor scores;        // [N, E] float32 sigmoid scores
+  torch::Tensor expert_index;  // [N, K] int64
+  torch::Tensor weight;        // [N, K] float32 combine weights
+};
+
+class MoeImpl : public torch::nn::Module {
+ public:
+  MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options = {});
+
+  // x [B, T, D] -> [B, T, D]. `valid` [B, T] (bool; undefined = all) marks real tokens for the
+  // load statistics and the sequence-wise balance loss.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& valid = {});
+
+  RouterOutput route(const torch::Tensor& x_flat) const;  // x_flat [N, D]
+
+  // Aux-loss-free balancing: bias += gamma * sign(mean load - load) over the tokens counted since
+  // the last call, then the counts restart. Returns the load imbalance (max / mean) that was used.
+  double update_bias(double gamma);
+
+  // Routed tokens per expert since the last update_bias [E] (float64, CPU).
+  torch::Tensor expert_load() const { return load_; }
+  // Sequence-wise balance loss of the last training forward (scalar), undefined when alpha is 0.
+  torch::Tensor balance_loss() const { return balance_loss_; }
+
+  torch::Tensor gate_weight;            // [E, D] router ("mlp.gate.weight")
+  torch::Tensor e_score_correction_bias;  // [E] float32 buffer
+  torch::Tensor experts_gate;           // [E, F, D]
+  torch::Tensor experts_up;             // [E, F, D]
+  torch::Tensor experts_down;           // [E, D, F]
+  Mlp shared_experts{nullptr};          // [n_shared * F]; null when there are none
+
+ private:
+  int64_t experts_, top_k_, groups_, topk_groups_;
+  bool norm_topk_;
+  double scaling_, alpha_;
+  torch::Tensor load_;
+  torch::Tensor balance_loss_;
+};
+TORCH_MODULE(Moe);
+
+}  // namespace grpo::model

@@ -1,0 +1,116 @@
+#include "grpo/model/moe.h"
+
+#include <ATen/ATen.h>
+
+#include <limits>
+
+namespace grpo::model {
+
+MoeImpl::MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
+    : experts_(cfg.n_routed_experts),
+      top_k_(cfg.num_experts_per_tok),
+      groups_(cfg.n_group),
+      topk_groups_(cfg.topk_group),
+      norm_topk_(cfg.norm_topk_prob),
+      scaling_(cfg.routed_scaling_factor),
+      alpha_(cfg.seq_aux_loss_alpha) {
+  const int64_t d = cfg.hidden_size, f = cfg.moe_intermediate_size;
+  const double std = cfg.initializer_range;
+  gate_weight = register_parameter("gate_weight", torch::empty({experts_, d}, options));
+  e_score_correction_bias = register_buffer(
+      "e_score_correction_bias", torch::zeros({experts_}, options.dtype(torch::kFloat)));
+  experts_gate = register_parameter("experts_gate", torch::empty({experts_, f, d}, options));
+  experts_up = register_parameter("experts_up", torch::empty({experts_, f, d}, options));
+  experts_down = register_parameter("experts_down", torch::empty({experts_, d, f}, options));
+  if (!gate_weight.is_meta()) {
+    torch::NoGradGuard no_grad;
+    for (auto* p : {&gate_weight, &experts_gate, &experts_up, &experts_down}) p->normal_(0.0, std);
+  }
+  if (cfg.n_shared_experts > 0) {
+    shared_experts = register_module(
+        "shared_experts", Mlp(d, f * cfg.n_shared_experts, false, std, options));
+  }
+  load_ = torch::zeros({experts_}, torch::kDouble);
+}
+
+RouterOutput MoeImpl::route(const torch::Tensor& x_flat) const {
+  const auto logits = at::linear(x_flat.to(torch::kFloat), gate_weight.to(torch::kFloat));
+  const auto scores = logits.sigmoid();  // [N, E]
+  auto choice = scores + e_score_correction_bias;
+  if (groups_ > 1) {
+    const int64_t n = x_flat.size(0);
+    const auto grouped = choice.view({n, groups_, experts_ / groups_});
+    const auto group_scores = std::get<0>(grouped.topk(2, -1)).sum(-1);  // [N, G]
+    const auto keep = std::get<1>(group_scores.topk(topk_groups_, -1, true, false));
+    const auto group_mask = torch::zeros_like(group_scores).scatter_(1, keep, 1.0).to(torch::kBool);
+    const auto expert_mask = group_mask.unsqueeze(-1).expand({n, groups_, experts_ / groups_}).reshape({n, experts_});
+    choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
+  }
+  const auto index = std::get<1>(choice.topk(top_k_, -1, true, false));
+  auto weight = scores.gather(1, index);
+  if (norm_topk_) weight = weight / (weight.sum(-1, true) + 1e-20);
+  return {scores, index, weight * scaling_};
+}
+
+torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& valid) {
+  const auto shape = x.sizes().vec();
+  const int64_t d = x.size(-1);
+  const auto x_flat = x.reshape({-1, d});
+  const int64_t n = x_flat.size(0);
+  const RouterOutput r = route(x_flat);
+
+  // Sort the N*K (token, expert) pairs by expert; stable, so each expert's tokens keep their order.
+  const auto flat_expert = r.expert_index.reshape({-1});
+  const auto order = std::get<1>(flat_expert.sort(/*stable=*/true, 0, false));
+  const auto token = order.div(top_k_, "floor");                      // [N*K]
+  const auto pair_weight = r.weight.reshape({-1}).index_select(0, order);  // [N*K]
+  const auto counts = torch::bincount(flat_expert, {}, experts_).to(torch::kCPU);
+  const auto gathered = x_flat.index_select(0, token);                // [N*K, D]
+
+  std::vector<torch::Tensor> outputs;
+  const auto* count = counts.data_ptr<int64_t>();
+  int64_t offset = 0;
+  for (int64_t e = 0; e < experts_; ++e) {
+    if (count[e] == 0) continue;
+    const auto xs = gathered.narrow(0, offset, count[e]);
+    const auto h = torch::silu(at::linear(xs, experts_gate[e])) * at::linear(xs, experts_up[e]);
+    outputs.push_back(at::linear(h, experts_down[e]));
+    offset += count[e];
+  }
+  const auto expert_out = torch::cat(outputs, 0) * pair_weight.unsqueeze(1).to(x.scalar_type());
+  auto routed = torch::zeros({n, d}, x.options()).index_add_(0, token, expert_out);
+  auto out = routed.view(shape);
+  if (shared_experts) out = out + shared_experts(x);
+
+  // Statistics and the balance loss count real tokens only.
+  {
+    torch::NoGradGuard no_grad;
+    auto idx = r.expert_index;
+    if (valid.defined()) idx = idx.index({valid.reshape({-1}).to(torch::kBool)});
+    load_ += torch::bincount(idx.reshape({-1}), {}, experts_).to(torch::kCPU).to(torch::kDouble);
+  }
+  balance_loss_ = torch::Tensor();
+  if (alpha_ > 0 && is_training() && x.dim() == 3) {
+    const int64_t b = x.size(0), t = x.size(1);
+    const auto mask = valid.defined() ? valid.to(torch::kFloat) : torch::ones({b, t}, x.options().dtype(torch::kFloat));
+    const auto tokens = mask.sum(1).clamp_min(1);  // [B]
+    const auto chosen = torch::zeros({n, experts_}, mask.options()).scatter_(1, r.expert_index, 1.0).view({b, t, experts_});
+    const auto f = (chosen * mask.unsqueeze(-1)).sum(1) * (static_cast<double>(experts_) / top_k_) / tokens.unsqueeze(1);
+    const auto normed = r.scores / r.scores.sum(-1, true);
+    const auto p = (normed.view({b, t, experts_}) * mask.unsqueeze(-1)).sum(1) / tokens.unsqueeze(1);
+    balance_loss_ = alpha_ * (f * p).sum(1).mean();
+  }
+  return out;
+}
+
+double MoeImpl::update_bias(double gamma) {
+  torch::NoGradGuard no_grad;
+  const double mean = load_.mean().item<double>();
+  const double imbalance = mean > 0 ? load_.max().item<double>() / mean : 1.0;
+  const auto direction = torch::sign(mean - load_).to(torch::kFloat).to(e_score_correction_bias.device());
+  e_score_correction_bias.add_(direction * gamma);
+  load_.zero_();
+  return imbalance;
+}
+
+}  // namespace grpo::model
