@@ -1,0 +1,186 @@
+#include "grpo/model/checkpoint.h"
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "grpo/core/files.h"
+#include "grpo/io/safetensors.h"
+
+namespace grpo::model {
+namespace {
+
+void add_module_tensors(torch::nn::Module& module, const std::string& prefix, std::vector<NamedTensor>& out) {
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) out.push_back({prefix + p.key(), p.value()});
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) out.push_back({prefix + b.key(), b.value()});
+}
+
+// A decoder block under HF names; `prefix` is "model.layers.N.".
+void add_block(DecoderLayerImpl& layer, const std::string& prefix, std::vector<NamedTensor>& out) {
+  add_module_tensors(*layer.input_layernorm, prefix + "input_layernorm.", out);
+  add_module_tensors(*layer.post_attention_layernorm, prefix + "post_attention_layernorm.", out);
+  if (layer.mla) add_module_tensors(*layer.mla, prefix + "self_attn.", out);
+  if (layer.gqa) add_module_tensors(*layer.gqa, prefix + "self_attn.", out);
+  if (layer.mlp) add_module_tensors(*layer.mlp, prefix + "mlp.", out);
+  if (layer.moe) {
+    auto& moe = *layer.moe;
+    out.push_back({prefix + "mlp.gate.weight", moe.gate_weight});
+    out.push_back({prefix + "mlp.gate.e_score_correction_bias", moe.e_score_correction_bias});
+    for (int64_t e = 0; e < moe.experts_gate.size(0); ++e) {
+      const std::string p = prefix + "mlp.experts." + std::to_string(e) + ".";
+      out.push_back({p + "gate_proj.weight", moe.experts_gate[e]});
+      out.push_back({p + "up_proj.weight", moe.experts_up[e]});
+      out.push_back({p + "down_proj.weight", moe.experts_down[e]});
+    }
+    if (moe.shared_experts) add_module_tensors(*moe.shared_experts, prefix + "mlp.shared_experts.", out);
+  }
+}
+
+std::string shape_text(at::IntArrayRef s) {
+  std::ostringstream o;
+  o << s;
+  return o.str();
+}
+
+std::string join_limited(const std::vector<std::string>& items, size_t limit = 8) {
+  std::string s;
+  for (size_t i = 0; i < items.size() && i < limit; ++i) s += (i ? ", " : "") + items[i];
+  if (items.size() > limit) s += ", ... (" + std::to_string(items.size() - limit) + " more)";
+  return s;
+}
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
+}
+
+}  // namespace
+
+std::vector<NamedTensor> hf_state_dict(CausalLM& model) {
+  std::vector<NamedTensor> out;
+  const auto& cfg = model->config();
+  out.push_back({"model.embed_tokens.weight", model->embed_tokens});
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    add_block(*model->layers[l]->as<DecoderLayerImpl>(), "model.layers." + std::to_string(l) + ".", out);
+  }
+  out.push_back({"model.norm.weight", model->norm->weight});
+  if (!cfg.tie_word_embeddings) out.push_back({"lm_head.weight", model->lm_head});
+  for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) {
+    auto& m = *model->mtp[k]->as<MtpModuleImpl>();
+    const std::string p = "model.layers." + std::to_string(cfg.num_hidden_layers + k) + ".";
+    out.push_back({p + "enorm.weight", m.enorm->weight});
+    out.push_back({p + "hnorm.weight", m.hnorm->weight});
+    out.push_back({p + "eh_proj.weight", m.eh_proj->weight});
+    out.push_back({p + "shared_head.norm.weight", m.shared_head_norm->weight});
+    out.push_back({p + "embed_tokens.weight", model->embed_tokens, /*copy_only=*/true});
+    out.push_back({p + "shared_head.head.weight", model->lm_head, /*copy_only=*/true});
+    add_block(*m.block, p, out);
+  }
+  return out;
+}
+
+torch::Tensor dequantize_block_fp8(const torch::Tensor& weight, const torch::Tensor& scale_inv, int64_t block) {
+  TORCH_CHECK(weight.dim() == 2, "dequantize_block_fp8: expected a 2-d weight, got ", weight.sizes());
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  const int64_t br = (rows + block - 1) / block, bc = (cols + block - 1) / block;
+  TORCH_CHECK(scale_inv.dim() == 2 && scale_inv.size(0) == br && scale_inv.size(1) == bc,
+              "dequantize_block_fp8: weight ", weight.sizes(), " needs scales [", br, ", ", bc, "], got ",
+              scale_inv.sizes());
+  const auto scale = scale_inv.to(torch::kFloat).repeat_interleave(block, 0).repeat_interleave(block, 1);
+  return weight.to(torch::kFloat) * scale.narrow(0, 0, rows).narrow(1, 0, cols);
+}
+
+void load_hf_weights(CausalLM& model, const std::string& dir, bool allow_unexpected) {
+  const io::SafetensorsCheckpoint ckpt(dir);
+  const auto targets = hf_state_dict(model);
+  std::set<std::string> used;
+  std::vector<std::string> missing, shape_errors, dtype_errors, unexpected;
+  std::vector<std::pair<const NamedTensor*, const io::TensorInfo*>> plan;
+  for (const auto& t : targets) {
+    if (!ckpt.contains(t.name)) {
+      if (!t.copy_only) missing.push_back(t.name);
+      continue;
+    }
+    used.insert(t.name);
+    const auto& info = ckpt.info(t.name);
+    if (info.shape != t.tensor.sizes().vec()) {
+      shape_errors.push_back(t.name + ": checkpoint " + shape_text(info.shape) + ", model " + shape_text(t.tensor.sizes()));
+      continue;
+    }
+    const bool fp8 = info.dtype == at::kFloat8_e4m3fn;
+    if (fp8) {
+      used.insert(t.name + "_scale_inv");
+      if (!ckpt.contains(t.name + "_scale_inv")) {
+        dtype_errors.push_back(t.name + ": float8_e4m3fn without " + t.name + "_scale_inv");
+        continue;
+      }
+    } else if (!is_float_dtype(info.dtype)) {
+      dtype_errors.push_back(t.name + ": " + std::string(c10::toString(info.dtype)) + " is not a floating dtype");
+      continue;
+    }
+    if (!t.copy_only) plan.push_back({&t, &info});
+  }
+  for (const auto& name : ckpt.names()) {
+    if (!used.count(name)) unexpected.push_back(name);
+  }
+  if (allow_unexpected) unexpected.clear();
+  if (!missing.empty() || !shape_errors.empty() || !dtype_errors.empty() || !unexpected.empty()) {
+    std::string msg = "checkpoint '" + dir + "' does not match the model:";
+    if (!missing.empty()) msg += " " + std::to_string(missing.size()) + " missing (" + join_limited(missing) + ");";
+    if (!shape_errors.empty()) {
+      msg += " " + std::to_string(shape_errors.size()) + " with other shapes (" + join_limited(shape_errors) + ");";
+    }
+    if (!dtype_errors.empty()) {
+      msg += " " + std::to_string(dtype_errors.size()) + " with unusable dtypes (" + join_limited(dtype_errors) + ");";
+    }
+    if (!unexpected.empty()) {
+      msg += " " + std::to_string(unexpected.size()) + " unexpected (" + join_limited(unexpected) + ");";
+    }
+    msg.pop_back();
+    throw std::runtime_error(msg);
+  }
+  // Read everything first, then copy: a read error leaves the model untouched.
+  std::vector<torch::Tensor> values;
+  values.reserve(plan.size());
+  for (const auto& [target, info] : plan) {
+    auto value = ckpt.load(target->name);
+    if (info->dtype == at::kFloat8_e4m3fn) value = dequantize_block_fp8(value, ckpt.load(target->name + "_scale_inv"));
+    values.push_back(std::move(value));
+  }
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    auto dst = plan[i].first->tensor;
+    dst.copy_(values[i].to(dst.scalar_type()));
+  }
+}
+
+CausalLM load_hf_checkpoint(const std::string& dir, const LoadOptions& options) {
+  const ModelConfig cfg = load_hf_config(dir);
+  CausalLM model(cfg, torch::TensorOptions().dtype(options.dtype));
+  load_hf_weights(model, dir, options.allow_unexpected);
+  model->to(options.device);
+  {
+    // The router bias stays float32 whatever the parameters' dtype.
+    torch::NoGradGuard no_grad;
+    for (auto& moe : model->moe_layers()) moe->e_score_correction_bias.set_data(moe->e_score_correction_bias.to(torch::kFloat));
+  }
+  return model;
+}
+
+void save_hf_checkpoint(CausalLM& model, const std::string& dir, torch::ScalarType dtype, uint64_t max_shard_bytes) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& t : hf_state_dict(model)) {
+    const bool keep_fp32 = t.name.find("e_score_correction_bias") != std::string::npos;
+    auto value = t.tensor.detach().to(torch::kCPU);
+    if (!keep_fp32) value = value.to(dtype);
+    tensors.emplace_back(t.name, value.contiguous().clone());
+  }
+  std::filesystem::create_directories(dir);
+  io::save_checkpoint_tensors(dir, tensors, max_shard_bytes);
+  write_file_atomic((std::filesystem::path(dir) / "config.json").string(), hf_config_json(model->config()));
+}
+
+}  // namespace grpo::model
