@@ -22,8 +22,12 @@ ModelStats model_stats(const ModelConfig& cfg) {
   }
   const int64_t per_expert = 3 * cfg.moe_intermediate_size * cfg.hidden_size;
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) (cfg.is_moe_layer(l) ? s.moe_layers : s.dense_layers) += 1;
-  s.active_parameters =
-      s.total_parameters - s.moe_layers * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert;
+  s.active_parameters = s.total_parameters -
+                        s.moe_layers * (cfg.n_routed_experts - cfg.num_experts_per_tok) * per_expert -
+                        (cfg.vocab_size - 1) * cfg.hidden_size;
+  if (cfg.tie_word_embeddings) s.active_parameters += (cfg.vocab_size - 1) * cfg.hidden_size;  // the head uses it all
+  const int64_t head_and_embedding = 2 * cfg.vocab_size * cfg.hidden_size;
+  s.stored_with_mtp = s.total_parameters + s.mtp_parameters + cfg.num_nextn_predict_layers * head_and_embedding;
   s.kv_cache_bytes_per_token = KVCache::bytes_per_token(cfg, 2);
   return s;
 }
@@ -33,8 +37,13 @@ std::string describe(const ModelConfig& cfg, const ModelStats& s) {
   std::ostringstream out;
   out << "architecture:            " << config::enum_name(cfg.arch) << "\n";
   out << "parameters (main model): " << billions(s.total_parameters) << "\n";
-  out << "parameters with MTP:     " << billions(s.total_parameters + s.mtp_parameters) << "\n";
-  out << "active per token:        " << billions(s.active_parameters) << "\n";
+  if (cfg.num_nextn_predict_layers > 0) {
+    out << "MTP modules (unique):    " << billions(s.mtp_parameters) << "\n";
+    out << "stored with MTP:         " << billions(s.stored_with_mtp)
+        << " (DeepSeek checkpoints repeat the embedding and head per MTP module)\n";
+  }
+  out << "active per token:        " << billions(s.active_parameters)
+      << " (chosen and shared experts, attention, dense MLPs, head, one embedding row)\n";
   out << "embedding + head:        " << billions(s.embedding_parameters) << "\n";
   out << "layers:                  " << cfg.num_hidden_layers << " (" << s.dense_layers << " dense, "
       << s.moe_layers << " MoE) + " << cfg.num_nextn_predict_layers << " MTP\n";

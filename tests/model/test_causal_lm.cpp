@@ -1,9 +1,12 @@
 // CausalLM: naive and absorbed MLA agree, prefill + cached decode equals a full forward token by
 // token on ragged batches, MTP and the 671B preset on the meta device.
 #include "grpo/model/causal_lm.h"
+#include "grpo/model/model_stats.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <filesystem>
 
 #include "model_test_util.h"
 
@@ -115,15 +118,18 @@ TEST(CausalLM, MtpLossMatchesHandComputedCrossEntropy) {
 }
 
 TEST(CausalLM, TheRealDeepSeekV3ShapeBuildsOnTheMetaDevice) {
-  const auto cfg = load_model_config(std::string(GRPO_SOURCE_DIR) + "/configs/models/deepseek_v3_671b.yaml");
+  const std::filesystem::path preset = std::filesystem::path(GRPO_SOURCE_DIR) / "configs/models/deepseek_v3_671b.yaml";
+  const auto cfg = load_model_config(preset.string());
   CausalLM model(cfg, torch::TensorOptions().device(torch::kMeta).dtype(torch::kBFloat16));
-  int64_t total = 0;
-  for (const auto& p : model->parameters()) {
-    EXPECT_TRUE(p.is_meta());
-    total += p.numel();
-  }
-  // DeepSeek reports 671B in the main model plus 14B in the MTP module.
-  EXPECT_NEAR(static_cast<double>(total) / 1e9, 685.0, 685.0 * 0.01);
+  for (const auto& p : model->parameters()) EXPECT_TRUE(p.is_meta());
+  // DeepSeek's README_WEIGHTS.md: main model 671B with 36.7B activated; MTP 11.5B unique; 685B stored.
+  const ModelStats s = model_stats(cfg);
+  EXPECT_NEAR(s.total_parameters / 1e9, 671.0, 671.0 * 0.01);
+  EXPECT_NEAR(s.stored_with_mtp / 1e9, 685.0, 685.0 * 0.01);
+  EXPECT_NEAR(s.mtp_parameters / 1e9, 11.5, 11.5 * 0.02);
+  EXPECT_NEAR(s.active_parameters / 1e9, 36.7, 36.7 * 0.01);
+  EXPECT_EQ(s.moe_layers, 58);
+  EXPECT_EQ(s.kv_cache_bytes_per_token, (512 + 64) * 2 * 61);
 }
 
 }  // namespace

@@ -1,0 +1,133 @@
+// The `grpo` command-line tool (installed with the library).
+//
+//   grpo info   --model PATH                      sizes of a model: a checkpoint folder, a config.json or a YAML preset
+//   grpo logits --model DIR --input ids.json --output logits.safetensors
+//               ids.json: {"input_ids": [[...], ...]} with rows of equal length; writes `logits`
+//               float32 [B, T, V], computed in float32
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "grpo/core/files.h"
+#include "grpo/io/safetensors.h"
+#include "grpo/model/checkpoint.h"
+#include "grpo/model/model_stats.h"
+#include "grpo/version.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: grpo <command> [options]\n"
+    "\n"
+    "  info   --model PATH\n"
+    "         parameters (total, with MTP, active per token), layers, experts, KV-cache bytes per token;\n"
+    "         PATH is a checkpoint folder, a config.json or a YAML preset (configs/models/*.yaml)\n"
+    "  logits --model DIR --input IDS.json --output OUT.safetensors\n"
+    "         float32 logits [B, T, V] of {\"input_ids\": [[...], ...]} (rows of equal length)\n"
+    "  version\n";
+
+// --key value pairs after the command; every key must be in `allowed`.
+std::map<std::string, std::string> parse_options(int argc, char** argv, const std::vector<std::string>& allowed) {
+  std::map<std::string, std::string> out;
+  for (int i = 2; i < argc; ++i) {
+    std::string key = argv[i];
+    if (key.rfind("--", 0) != 0 || std::find(allowed.begin(), allowed.end(), key.substr(2)) == allowed.end()) {
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "--" : ", --") + a;
+      throw std::invalid_argument("unknown option '" + key + "' for '" + argv[1] + "' (expected " + list + ")");
+    }
+    if (i + 1 >= argc) throw std::invalid_argument(key + " needs a value");
+    out[key.substr(2)] = argv[++i];
+  }
+  for (const auto& a : allowed) {
+    if (!out.count(a)) throw std::invalid_argument(std::string(argv[1]) + " needs --" + a);
+  }
+  return out;
+}
+
+torch::Tensor read_input_ids(const std::string& path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(grpo::read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(path + ": invalid JSON: " + e.what());
+  }
+  if (!j.is_object() || !j.contains("input_ids") || !j["input_ids"].is_array() || j["input_ids"].empty()) {
+    throw std::runtime_error(path + ": expected {\"input_ids\": [[ids...], ...]} with at least one row");
+  }
+  const auto& rows = j["input_ids"];
+  std::vector<int64_t> flat;
+  size_t width = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (!rows[r].is_array() || rows[r].empty()) {
+      throw std::runtime_error(path + ": input_ids[" + std::to_string(r) + "] must be a non-empty list of token ids");
+    }
+    if (r == 0) width = rows[r].size();
+    if (rows[r].size() != width) {
+      throw std::runtime_error(path + ": input_ids rows must have equal length: row 0 has " + std::to_string(width) +
+                               ", row " + std::to_string(r) + " has " + std::to_string(rows[r].size()));
+    }
+    for (size_t c = 0; c < width; ++c) {
+      if (!rows[r][c].is_number_integer()) {
+        throw std::runtime_error(path + ": input_ids[" + std::to_string(r) + "][" + std::to_string(c) +
+                                 "] must be an integer, found " + rows[r][c].dump());
+      }
+      flat.push_back(rows[r][c].get<int64_t>());
+    }
+  }
+  return torch::tensor(flat, torch::kLong).view({static_cast<int64_t>(rows.size()), static_cast<int64_t>(width)});
+}
+
+int cmd_info(int argc, char** argv) {
+  const auto opts = parse_options(argc, argv, {"model"});
+  const auto cfg = grpo::model::load_model_config(opts.at("model"));
+  std::cout << grpo::model::describe(cfg, grpo::model::model_stats(cfg));
+  return 0;
+}
+
+int cmd_logits(int argc, char** argv) {
+  const auto opts = parse_options(argc, argv, {"model", "input", "output"});
+  const auto ids = read_input_ids(opts.at("input"));
+  auto model = grpo::model::load_hf_checkpoint(opts.at("model"));
+  model->eval();
+  const int64_t vocab = model->config().vocab_size;
+  const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  if (lo < 0 || hi >= vocab) {
+    throw std::runtime_error(opts.at("input") + ": token ids must be in [0, " + std::to_string(vocab) + "), found " +
+                             std::to_string(lo < 0 ? lo : hi));
+  }
+  torch::NoGradGuard no_grad;
+  const auto logits = model(ids).logits.to(torch::kFloat).contiguous();
+  grpo::io::save_safetensors(opts.at("output"), {{"logits", logits}});
+  std::cout << "wrote logits " << logits.sizes() << " to " << opts.at("output") << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "info") return cmd_info(argc, argv);
+    if (cmd == "logits") return cmd_logits(argc, argv);
+    if (cmd == "version") {
+      std::cout << grpo::build_info() << "\n";
+      return 0;
+    }
+    std::cerr << "grpo: unknown command '" << cmd << "'\n" << kUsage;
+    return 2;
+  } catch (const c10::Error& e) {
+    std::cerr << "grpo " << cmd << ": error: " << e.what_without_backtrace() << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "grpo " << cmd << ": error: " << e.what() << "\n";
+  }
+  return 1;
+}
