@@ -630,6 +630,23 @@ def check_one(d, rtol):
     return 0 if ok else 1
 
 
+def cmd_cli_check(args):
+    """Compares `grpo logits` output (no mask, default positions) with HF on the same checkpoint."""
+    with open(args.ids) as f:
+        ids = torch.tensor(json.load(f)["input_ids"], dtype=torch.int64)
+    ours = load_file(args.ours)["logits"].to(torch.float32)
+    model, _ = hf_load(args.dir)
+    with torch.no_grad():
+        hf = model(input_ids=ids).logits.to(torch.float32)
+    if tuple(ours.shape) != tuple(hf.shape):
+        print(f"[cli-check] FAIL shape ours={tuple(ours.shape)} hf={tuple(hf.shape)}")
+        return 1
+    rel = float((ours - hf).abs().max()) / float(hf.abs().max())
+    ok = rel <= args.rtol
+    print(f"[cli-check] {os.path.basename(args.dir.rstrip('/'))}: {'PASS' if ok else 'FAIL'} rel_err={rel:.3e}")
+    return 0 if ok else 1
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -639,11 +656,18 @@ def main(argv=None):
     c = sub.add_parser("check", help="compare C++ logits (DIR/ours.safetensors) with HF on DIR's checkpoint")
     c.add_argument("dirs", nargs="+")
     c.add_argument("--rtol", type=float, default=1e-5)
+    k = sub.add_parser("cli-check", help="compare `grpo logits` output with HF")
+    k.add_argument("dir")
+    k.add_argument("ids")
+    k.add_argument("ours")
+    k.add_argument("--rtol", type=float, default=1e-5)
     args = ap.parse_args(argv)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and contention on a busy box)
     if args.cmd == "generate":
         return cmd_generate(args)
+    if args.cmd == "cli-check":
+        return cmd_cli_check(args)
     return cmd_check(args)
 
 
