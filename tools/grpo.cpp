@@ -4,6 +4,9 @@
 //   grpo logits --model DIR --input ids.json --output logits.safetensors
 //               ids.json: {"input_ids": [[...], ...]} with rows of equal length; writes `logits`
 //               float32 [B, T, V], computed in float32
+//   grpo tokenize   --tokenizer FILE [--json] [--add-special-tokens]   texts on stdin -> JSON id arrays
+//   grpo detokenize --tokenizer FILE [--json] [--skip-special-tokens]  JSON id arrays on stdin -> texts
+//               one item per line; with --json the texts are JSON strings, so they may hold newlines
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
@@ -13,6 +16,7 @@
 #include <vector>
 
 #include "grpo/core/files.h"
+#include "grpo/data/tokenizer.h"
 #include "grpo/io/safetensors.h"
 #include "grpo/model/checkpoint.h"
 #include "grpo/model/model_stats.h"
@@ -28,6 +32,11 @@ const char* kUsage =
     "         PATH is a checkpoint folder, a config.json or a YAML preset (configs/models/*.yaml)\n"
     "  logits --model DIR --input IDS.json --output OUT.safetensors\n"
     "         float32 logits [B, T, V] of {\"input_ids\": [[...], ...]} (rows of equal length)\n"
+    "  tokenize   --tokenizer FILE [--json] [--add-special-tokens]\n"
+    "         one text per stdin line -> one JSON array of ids per line; FILE is a tokenizer.json or its\n"
+    "         folder; with --json each line is a JSON string, so texts may hold newlines\n"
+    "  detokenize --tokenizer FILE [--json] [--skip-special-tokens]\n"
+    "         one JSON array of ids per stdin line -> one text per line (--json: as JSON strings)\n"
     "  version\n";
 
 // --key value pairs after the command; every key must be in `allowed`.
@@ -107,6 +116,77 @@ int cmd_logits(int argc, char** argv) {
   return 0;
 }
 
+// Options of tokenize/detokenize: --tokenizer FILE, --json, and one more flag (`flag`).
+struct TokenizerOptions {
+  std::string tokenizer;
+  bool json = false;
+  bool flag = false;
+};
+
+TokenizerOptions parse_tokenizer_options(int argc, char** argv, const std::string& flag) {
+  TokenizerOptions out;
+  for (int i = 2; i < argc; ++i) {
+    const std::string key = argv[i];
+    if (key == "--tokenizer" && i + 1 < argc) {
+      out.tokenizer = argv[++i];
+    } else if (key == "--json") {
+      out.json = true;
+    } else if (key == "--" + flag) {
+      out.flag = true;
+    } else {
+      throw std::invalid_argument("unknown option '" + key + "' for '" + argv[1] +
+                                  "' (expected --tokenizer FILE, --json, --" + flag + ")");
+    }
+  }
+  if (out.tokenizer.empty()) throw std::invalid_argument(std::string(argv[1]) + " needs --tokenizer FILE");
+  return out;
+}
+
+int cmd_tokenize(int argc, char** argv) {
+  const auto opts = parse_tokenizer_options(argc, argv, "add-special-tokens");
+  const auto tokenizer = grpo::data::load_tokenizer(opts.tokenizer);
+  std::ios::sync_with_stdio(false);
+  std::string line;
+  for (size_t n = 1; std::getline(std::cin, line); ++n) {
+    std::string text = line;
+    if (opts.json) {
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+      if (!j.is_string()) throw std::runtime_error("stdin line " + std::to_string(n) + ": expected a JSON string");
+      text = j.get<std::string>();
+    }
+    try {
+      std::cout << nlohmann::json(tokenizer->encode(text, opts.flag)).dump() << '\n';
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error("stdin line " + std::to_string(n) + ": " + e.what());
+    }
+  }
+  return 0;
+}
+
+int cmd_detokenize(int argc, char** argv) {
+  const auto opts = parse_tokenizer_options(argc, argv, "skip-special-tokens");
+  const auto tokenizer = grpo::data::load_tokenizer(opts.tokenizer);
+  std::ios::sync_with_stdio(false);
+  std::string line;
+  for (size_t n = 1; std::getline(std::cin, line); ++n) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    std::vector<int64_t> ids;
+    if (j.is_array() && std::all_of(j.begin(), j.end(), [](const auto& v) { return v.is_number_integer(); })) {
+      ids = j.get<std::vector<int64_t>>();
+    } else {
+      throw std::runtime_error("stdin line " + std::to_string(n) + ": expected a JSON array of token ids");
+    }
+    std::string text;
+    try {
+      text = tokenizer->decode(ids, opts.flag);
+    } catch (const std::out_of_range& e) {
+      throw std::runtime_error("stdin line " + std::to_string(n) + ": " + e.what());
+    }
+    std::cout << (opts.json ? nlohmann::json(text).dump() : text) << '\n';
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,6 +198,8 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "info") return cmd_info(argc, argv);
     if (cmd == "logits") return cmd_logits(argc, argv);
+    if (cmd == "tokenize") return cmd_tokenize(argc, argv);
+    if (cmd == "detokenize") return cmd_detokenize(argc, argv);
     if (cmd == "version") {
       std::cout << grpo::build_info() << "\n";
       return 0;
