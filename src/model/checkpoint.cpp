@@ -129,16 +129,19 @@ void load_hf_weights(CausalLM& model, const std::string& dir, bool allow_unexpec
   if (allow_unexpected) unexpected.clear();
   if (!missing.empty() || !shape_errors.empty() || !dtype_errors.empty() || !unexpected.empty()) {
     std::string msg = "checkpoint '" + dir + "' does not match the model:";
-    if (!missing.empty()) msg += " " + std::to_string(missing.size()) + " missing (" + join_limited(missing) + ");";
-    if (!shape_errors.empty()) {
-      msg += " " + std::to_string(shape_errors.size()) + " with other shapes (" + join_limited(shape_errors) + ");";
-    }
-    if (!dtype_errors.empty()) {
-      msg += " " + std::to_string(dtype_errors.size()) + " with unusable dtypes (" + join_limited(dtype_errors) + ");";
-    }
-    if (!unexpected.empty()) {
-      msg += " " + std::to_string(unexpected.size()) + " unexpected (" + join_limited(unexpected) + ");";
-    }
+    auto add = [&msg](const std::vector<std::string>& items, const char* what) {
+      if (items.empty()) return;
+      msg += ' ';
+      msg += std::to_string(items.size());
+      msg += what;
+      msg += " (";
+      msg += join_limited(items);
+      msg += ");";
+    };
+    add(missing, " missing");
+    add(shape_errors, " with other shapes");
+    add(dtype_errors, " with unusable dtypes");
+    add(unexpected, " unexpected");
     msg.pop_back();
     throw std::runtime_error(msg);
   }
