@@ -11,6 +11,9 @@
 // translation in translate_pattern().
 #include "grpo/data/bpe_tokenizer.h"
 
+#include <unicode/normalizer2.h>
+#include <unicode/unistr.h>
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
@@ -650,6 +653,25 @@ struct Segment {
   int added = -1;  // index into added tokens, or -1 for text to pre-tokenize
 };
 
+// Unicode NFC (canonical composition) through ICU; ASCII and already-composed text is returned
+// unchanged without conversion.
+std::string nfc_normalize(std::string_view s) {
+  bool ascii = true;
+  for (const unsigned char c : s) ascii &= c < 0x80;
+  if (ascii) return std::string(s);
+  UErrorCode status = U_ZERO_ERROR;
+  const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(status);
+  if (U_FAILURE(status)) throw std::runtime_error(std::string("ICU NFC normalizer unavailable: ") + u_errorName(status));
+  const icu::UnicodeString u = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(s.size())));
+  if (nfc->isNormalized(u, status) && U_SUCCESS(status)) return std::string(s);
+  status = U_ZERO_ERROR;
+  const icu::UnicodeString normalized = nfc->normalize(u, status);
+  if (U_FAILURE(status)) throw std::runtime_error(std::string("NFC normalization failed: ") + u_errorName(status));
+  std::string out;
+  normalized.toUTF8String(out);
+  return out;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -698,6 +720,8 @@ struct BpeTokenizer::Impl {
   void finish_vocabulary();
 
   std::vector<Segment> split_added(std::string_view text) const;
+  void load_normalizer(const json& norm);
+  bool nfc = false;  // NFC-normalize text outside non-normalized added tokens
   void find_added(std::string_view s, size_t base, const AddedTokenMatcher& matcher, std::vector<Segment>& out) const;
   void pre_tokenize(std::string_view text, size_t step, std::vector<int64_t>& out) const;
   void byte_level(std::string_view text, std::vector<int64_t>& out) const;
@@ -742,18 +766,27 @@ bool token_to_bytes(std::string_view token, std::string& out) {
 
 }  // namespace
 
+// null, NFC, or a Sequence of those (Qwen2 ships NFC). Anything else is refused.
+void BpeTokenizer::Impl::load_normalizer(const json& norm) {
+  if (norm.is_null()) return;
+  const std::string type = type_of(norm);
+  if (type == "NFC") {
+    nfc = true;
+    return;
+  }
+  if (type == "Sequence" && norm.contains("normalizers") && norm["normalizers"].is_array()) {
+    for (const auto& n : norm["normalizers"]) load_normalizer(n);
+    return;
+  }
+  fail("normalizer '" + type + "' is not supported (expected null or NFC)");
+}
+
 void BpeTokenizer::Impl::load(const json& j) {
   if (!j.is_object()) fail("expected a JSON object (a tokenizer.json), found " + std::string(j.type_name()));
   if (!j.contains("model") || !j["model"].is_object()) fail("missing \"model\" object");
   load_model(j["model"]);
 
-  const json& norm = j.value("normalizer", json());
-  const bool empty_sequence = norm.is_object() && type_of(norm) == "Sequence" && norm.contains("normalizers") &&
-                              norm["normalizers"].is_array() && norm["normalizers"].empty();
-  if (!norm.is_null() && !empty_sequence) {
-    fail("normalizer '" + type_of(norm) +
-         "' is not supported (expected null: Unicode normalization is not implemented)");
-  }
+  load_normalizer(j.value("normalizer", json()));
   load_pre_tokenizer(j.value("pre_tokenizer", json()));
   const json& dec = j.value("decoder", json());
   if (type_of(dec) != "ByteLevel") fail("decoder '" + type_of(dec) + "' is not supported (expected ByteLevel)");
@@ -1352,7 +1385,36 @@ std::vector<int64_t> BpeTokenizer::encode(std::string_view text, bool add_specia
   std::vector<int64_t> out;
   out.reserve(text.size() / 3 + 8);
   if (add_special_tokens) out.insert(out.end(), m.prefix_ids.begin(), m.prefix_ids.end());
-  if (m.non_normalized.empty() && m.normalized.empty()) {
+  if (m.nfc) {
+    // Non-normalized added tokens match the raw text; the gaps are NFC-normalized, then searched
+    // for normalized added tokens and pre-tokenized.
+    std::vector<Segment> raw;
+    if (m.non_normalized.empty()) {
+      raw.push_back({0, text.size(), -1});
+    } else {
+      m.find_added(text, 0, m.non_normalized, raw);
+    }
+    for (const Segment& seg : raw) {
+      if (seg.added >= 0) {
+        out.push_back(m.added[seg.added].id);
+        continue;
+      }
+      const std::string gap = nfc_normalize(text.substr(seg.start, seg.end - seg.start));
+      std::vector<Segment> inner;
+      if (m.normalized.empty()) {
+        inner.push_back({0, gap.size(), -1});
+      } else {
+        m.find_added(gap, 0, m.normalized, inner);
+      }
+      for (const Segment& piece : inner) {
+        if (piece.added >= 0) {
+          out.push_back(m.added[piece.added].id);
+        } else {
+          m.pre_tokenize(std::string_view(gap).substr(piece.start, piece.end - piece.start), 0, out);
+        }
+      }
+    }
+  } else if (m.non_normalized.empty() && m.normalized.empty()) {
     m.pre_tokenize(text, 0, out);
   } else {
     for (const Segment& seg : m.split_added(text)) {

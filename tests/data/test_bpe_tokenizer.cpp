@@ -336,8 +336,8 @@ TEST(BpeTokenizerErrors, UnsupportedPreTokenizer) {
 
 TEST(BpeTokenizerErrors, UnsupportedNormalizerDecoderPostProcessor) {
   json j = make_tokenizer({}, json::array());
-  j["normalizer"] = {{"type", "NFC"}};
-  expect_load_error(j, "normalizer 'NFC' is not supported (expected null: Unicode normalization is not implemented)");
+  j["normalizer"] = {{"type", "NFKC"}};
+  expect_load_error(j, "normalizer 'NFKC' is not supported (expected null or NFC)");
   j["normalizer"] = nullptr;
   j["decoder"] = {{"type", "WordPiece"}, {"prefix", "##"}};
   expect_load_error(j, "decoder 'WordPiece' is not supported (expected ByteLevel)");
@@ -509,6 +509,23 @@ TEST_F(TokenizerOracle, ByteTokenizerForTheLibrary) {
     ASSERT_EQ(tok->decode(encoded), line);
     ids << json(encoded).dump() << "\n";
   }
+}
+
+TEST(BpeTokenizer, NfcNormalizerComposesBeforeTokenizing) {
+  // Qwen2 ships an NFC normalizer: "e" + U+0301 (combining acute) and the precomposed U+00E9 must
+  // give the same ids, and decoding gives the composed form. A non-normalized added token is
+  // matched on the raw text, before normalization.
+  json j = json::parse(byte_tokenizer_json({"<x\u0301>"}));
+  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "NFC"}}})}};
+  const auto tok = load(j);
+  const std::string decomposed = "cafe\xCC\x81";
+  const std::string composed = "caf\xC3\xA9";
+  EXPECT_EQ(tok->encode(decomposed), tok->encode(composed));
+  EXPECT_EQ(tok->encode(composed), (Ids{'c', 'a', 'f', 0xC3, 0xA9}));
+  EXPECT_EQ(tok->decode(tok->encode(decomposed)), composed);
+  const auto special = tok->token_to_id("<x\xCC\x81>");
+  ASSERT_TRUE(special.has_value());
+  EXPECT_EQ(tok->encode("a<x\xCC\x81>b"), (Ids{'a', *special, 'b'}));
 }
 
 }  // namespace

@@ -46,6 +46,7 @@ from tokenizers import (  # noqa: E402
     Tokenizer,
     decoders,
     models,
+    normalizers,
     pre_tokenizers,
     processors,
     trainers,
@@ -336,6 +337,20 @@ def build_tokenizers(lines):
                                                                           normalized=False)],
         processors.ByteLevel(trim_offsets=False))
     out.append(("qwen2", qwen2.to_str(), True))
+
+    # Qwen2 as shipped: the same pre-tokenizer behind an NFC normalizer. Not lossless: decoding
+    # gives the NFC form of lines with decomposed characters.
+    qwen2_nfc = Tokenizer(models.BPE())
+    qwen2_nfc.normalizer = normalizers.NFC()
+    qwen2_nfc.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False), byte_level(False)])
+    qwen2_nfc.decoder = decoders.ByteLevel()
+    qwen2_nfc.train_from_iterator(lines, trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, min_frequency=2, show_progress=False,
+        special_tokens=[AddedToken(t, special=True, normalized=False) for t in ["<|endoftext|>", "<|im_start|>"]],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    qwen2_nfc.add_tokens([AddedToken("caf\u00e9", special=False, normalized=True)])
+    out.append(("qwen2_nfc", qwen2_nfc.to_str(), False))
 
     # DeepSeek-V3: three Splits (digits, CJK, the rest) + ByteLevel(use_regex=False).
     dsv3 = train(lines, pre_tokenizers.Sequence(
