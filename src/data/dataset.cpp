@@ -1,5 +1,7 @@
 #include "grpo/data/dataset.h"
 
+#include "grpo/core/random.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -267,23 +269,7 @@ void write_jsonl(const std::string& path, const std::vector<Record>& records) {
 
 namespace {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
-// Uniform in [0, n) by rejection: the same on every standard library (unlike
-// std::uniform_int_distribution).
-uint64_t draw_below(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
-  uint64_t x;
-  do {
-    x = rng();
-  } while (x >= limit);
-  return x % n;
-}
 
 int64_t json_int(const json& j, const char* key, int64_t lo) {
   auto it = j.find(key);
@@ -359,7 +345,7 @@ std::vector<int64_t> DataOrder::epoch_indices(int64_t epoch) const {
   if (cfg_.shuffle) {
     std::mt19937_64 rng(splitmix64(seed_ ^ splitmix64(static_cast<uint64_t>(epoch))));
     for (std::size_t i = perm.size() - 1; i > 0; --i) {
-      std::swap(perm[i], perm[draw_below(rng, i + 1)]);
+      std::swap(perm[i], perm[uniform_below(rng, i + 1)]);
     }
   }
   std::vector<int64_t> share(static_cast<std::size_t>(per_rank_));

@@ -1,5 +1,7 @@
 #include "grpo/data/generators.h"
 
+#include "grpo/core/random.h"
+
 #include <algorithm>
 #include <limits>
 #include <map>
@@ -12,23 +14,12 @@ namespace grpo::data {
 
 namespace {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
 // Uniform in [lo, hi] by rejection: the same on every standard library.
 int64_t draw(std::mt19937_64& rng, int64_t lo, int64_t hi) {
   const uint64_t n = static_cast<uint64_t>(hi - lo) + 1;
   if (n == 0) return lo + static_cast<int64_t>(rng());  // the whole 64-bit range
-  const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
-  uint64_t x;
-  do {
-    x = rng();
-  } while (x >= limit);
-  return lo + static_cast<int64_t>(x % n);
+  return lo + static_cast<int64_t>(uniform_below(rng, n));
 }
 
 int64_t pow10(int n) {
