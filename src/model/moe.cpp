@@ -82,8 +82,9 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
   auto out = routed.view(shape);
   if (shared_experts) out = out + shared_experts(x);
 
-  // Statistics and the balance loss count real tokens only.
-  {
+  // Statistics (training forwards only, so that generation does not steer the bias) and the
+  // balance loss count real tokens only.
+  if (is_training()) {
     torch::NoGradGuard no_grad;
     auto idx = r.expert_index;
     if (valid.defined()) idx = idx.index({valid.reshape({-1}).to(torch::kBool)});

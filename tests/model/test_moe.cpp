@@ -133,6 +133,21 @@ TEST(Moe, BiasUpdateEvensOutASkewedRouter) {
   EXPECT_GT(moe->e_score_correction_bias[5].item<double>(), 0.0);
 }
 
+TEST(Moe, OnlyTrainingForwardsCountTowardTheLoad) {
+  const auto cfg = test::tiny_dsv3();
+  Moe moe(cfg);
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({2, 5, cfg.hidden_size});
+  moe->eval();
+  moe(x);
+  EXPECT_EQ(moe->expert_load().sum().item<double>(), 0.0);
+  moe->train();
+  auto valid = torch::ones({2, 5}, torch::kBool);
+  valid[1][0] = false;  // a padding token is not counted
+  moe(x, valid);
+  EXPECT_EQ(moe->expert_load().sum().item<double>(), 9.0 * cfg.num_experts_per_tok);
+}
+
 TEST(Moe, SequenceBalanceLossIsAlphaTimesSumOfFTimesP) {
   auto cfg = test::tiny_dsv3();
   cfg.seq_aux_loss_alpha = 0.01;

@@ -40,7 +40,8 @@ class MoeImpl : public torch::nn::Module {
   // the last call, then the counts restart. Returns the load imbalance (max / mean) that was used.
   double update_bias(double gamma);
 
-  // Routed tokens per expert since the last update_bias [E] (float64, CPU).
+  // Routed real tokens per expert over the training-mode forwards since the last update_bias
+  // [E] (float64, CPU); eval-mode forwards (generation, evaluation) are not counted.
   torch::Tensor expert_load() const { return load_; }
   // Sequence-wise balance loss of the last training forward (scalar), undefined when alpha is 0.
   torch::Tensor balance_loss() const { return balance_loss_; }
