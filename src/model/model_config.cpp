@@ -76,18 +76,12 @@ RopeConfig read_rope(const JsonReader& top, const std::string& file) {
   if (!params.is_object()) top.fail(key, "expected an object, found " + params.dump());
   const JsonReader r(params, file + " (" + key + ")");
   rope.theta = r.number("rope_theta", rope.theta);
-  std::string type = r.string("rope_type", r.string("type", "default"));
-  if (type == "default") {
-    rope.type = RopeType::standard;
-  } else if (type == "yarn") {
-    rope.type = RopeType::yarn;
-  } else if (type == "llama3") {
-    rope.type = RopeType::llama3;
-  } else if (type == "linear") {
-    rope.type = RopeType::linear;
-  } else {
-    top.fail(key, "rope type '" + type + "' is not supported (expected default, yarn, llama3 or linear)");
+  const std::string type = r.string("rope_type", r.string("type", "default"));
+  const auto rope_type = config::enum_from_name<RopeType>(type);
+  if (!rope_type) {
+    top.fail(key, "rope type '" + type + "' is not supported (expected " + config::enum_names_text<RopeType>() + ")");
   }
+  rope.type = *rope_type;
   rope.factor = r.number("factor", 1.0);
   rope.original_max_position_embeddings =
       r.integer("original_max_position_embeddings", top.integer("max_position_embeddings", 4096));
@@ -111,10 +105,9 @@ std::string config_file_of(const std::string& path) {
 }  // namespace
 
 std::string ModelConfig::validate() const {
-  auto bad = [](const std::string& s) { return s; };
   if (num_attention_heads > 0 && kv_heads() > 0 && num_attention_heads % kv_heads() != 0) {
-    return bad("num_attention_heads (" + std::to_string(num_attention_heads) +
-               ") must be a multiple of num_key_value_heads (" + std::to_string(kv_heads()) + ")");
+    return "num_attention_heads (" + std::to_string(num_attention_heads) +
+           ") must be a multiple of num_key_value_heads (" + std::to_string(kv_heads()) + ")";
   }
   if (is_mla()) {
     if (kv_lora_rank < 1 || qk_rope_head_dim < 1 || v_head_dim < 1 || qk_nope_head_dim < 0) {
@@ -161,15 +154,9 @@ ModelConfig load_hf_config(const std::string& path) {
   const JsonReader r(j, file);
   const std::string type = r.string("model_type", "");
   ModelConfig c;
-  if (type == "deepseek_v3") {
-    c.arch = Arch::deepseek_v3;
-  } else if (type == "qwen2") {
-    c.arch = Arch::qwen2;
-  } else if (type == "llama") {
-    c.arch = Arch::llama;
-  } else {
-    r.fail("model_type", "'" + type + "' is not supported (expected deepseek_v3, qwen2 or llama)");
-  }
+  const auto arch = config::enum_from_name<Arch>(type);
+  if (!arch) r.fail("model_type", "'" + type + "' is not supported (expected " + config::enum_names_text<Arch>() + ")");
+  c.arch = *arch;
   const std::string act = r.string("hidden_act", "silu");
   if (act != "silu") r.fail("hidden_act", "'" + act + "' is not supported (expected silu)");
 
@@ -179,7 +166,7 @@ ModelConfig load_hf_config(const std::string& path) {
   c.num_attention_heads = r.integer("num_attention_heads");
   c.num_key_value_heads = r.integer("num_key_value_heads", c.num_attention_heads);
   c.max_position_embeddings = r.integer("max_position_embeddings", 4096);
-  c.rms_norm_eps = r.number("rms_norm_eps", c.arch == Arch::deepseek_v3 ? 1e-6 : 1e-6);
+  c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   c.initializer_range = r.number("initializer_range", 0.02);
   c.rope = read_rope(r, file);

@@ -80,6 +80,29 @@ std::string_view enum_name(E e) {
   return "?";
 }
 
+// The enum value named `name`, or nullopt.
+template <class E>
+  requires NamedEnum<E>
+std::optional<E> enum_from_name(std::string_view name) {
+  for (const auto& [value, n] : config_enum_names(E{})) {
+    if (name == n) return value;
+  }
+  return std::nullopt;
+}
+
+// "a, b or c": the names of E for messages.
+template <class E>
+  requires NamedEnum<E>
+std::string enum_names_text() {
+  const auto names = config_enum_names(E{});
+  std::string out;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (i > 0) out += i + 1 == names.size() ? " or " : ", ";
+    out += names[i].second;
+  }
+  return out;
+}
+
 class Reader;
 class Writer;
 
