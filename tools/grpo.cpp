@@ -7,6 +7,9 @@
 //   grpo tokenize   --tokenizer FILE [--json] [--add-special-tokens]   texts on stdin -> JSON id arrays
 //   grpo detokenize --tokenizer FILE [--json] [--skip-special-tokens]  JSON id arrays on stdin -> texts
 //               one item per line; with --json the texts are JSON strings, so they may hold newlines
+//   grpo reward --config FILE --input samples.jsonl [--tokenizer FILE] [--json] [--set key=value ...]
+//               scores each sample with the `rewards` section of FILE; prints per-function and total
+//               scores per sample and a summary
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
@@ -15,7 +18,10 @@
 #include <string>
 #include <vector>
 
+#include "grpo/config/config.h"
 #include "grpo/core/files.h"
+#include "grpo/core/format.h"
+#include "grpo/rewards/reward_set.h"
 #include "grpo/data/tokenizer.h"
 #include "grpo/io/safetensors.h"
 #include "grpo/model/checkpoint.h"
@@ -37,6 +43,10 @@ const char* kUsage =
     "         folder; with --json each line is a JSON string, so texts may hold newlines\n"
     "  detokenize --tokenizer FILE [--json] [--skip-special-tokens]\n"
     "         one JSON array of ids per stdin line -> one text per line (--json: as JSON strings)\n"
+    "  reward --config FILE --input SAMPLES.jsonl [--tokenizer FILE] [--json] [--set KEY=VALUE ...]\n"
+    "         scores each sample with the functions of FILE's `rewards` section; SAMPLES.jsonl lines hold\n"
+    "         completion (required), prompt, answer, completion_ids and any other column (test cases, ...);\n"
+    "         --tokenizer fills completion_ids where a line has none; --json prints one JSON object per sample\n"
     "  version\n";
 
 // --key value pairs after the command; every key must be in `allowed`.
@@ -187,6 +197,138 @@ int cmd_detokenize(int argc, char** argv) {
   return 0;
 }
 
+// One JSONL line -> a Sample. Columns other than prompt/completion/answer/completion_ids go to
+// `extra` (a string as its text, anything else as compact JSON), as the dataset loader does.
+grpo::rewards::Sample sample_from_json(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) throw std::runtime_error(where + ": expected a JSON object, found " + std::string(j.type_name()));
+  grpo::rewards::Sample s;
+  if (!j.contains("completion") || !j["completion"].is_string()) {
+    throw std::runtime_error(where + ": expected a string field \"completion\"");
+  }
+  for (const auto& [key, value] : j.items()) {
+    if (key == "completion") {
+      s.completion = value.get<std::string>();
+    } else if (key == "prompt" || key == "answer") {
+      if (!value.is_string() && !value.is_number()) {
+        throw std::runtime_error(where + ": \"" + key + "\" must be a string or a number, found " +
+                                 std::string(value.type_name()));
+      }
+      (key == "prompt" ? s.prompt : s.answer) = value.is_string() ? value.get<std::string>() : value.dump();
+    } else if (key == "completion_ids") {
+      if (!value.is_array() ||
+          !std::all_of(value.begin(), value.end(), [](const auto& v) { return v.is_number_integer(); })) {
+        throw std::runtime_error(where + ": \"completion_ids\" must be a list of integers");
+      }
+      s.completion_ids = value.get<std::vector<int64_t>>();
+    } else {
+      s.extra[key] = value.is_string() ? value.get<std::string>() : value.dump();
+    }
+  }
+  return s;
+}
+
+int cmd_reward(int argc, char** argv) {
+  std::string config_path, input_path, tokenizer_path;
+  std::vector<std::string> overrides;
+  bool as_json = false;
+  for (int i = 2; i < argc; ++i) {
+    const std::string key = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(key + " needs a value");
+      return argv[++i];
+    };
+    if (key == "--config") {
+      config_path = value();
+    } else if (key == "--input") {
+      input_path = value();
+    } else if (key == "--tokenizer") {
+      tokenizer_path = value();
+    } else if (key == "--set") {
+      overrides.push_back(value());
+    } else if (key == "--json") {
+      as_json = true;
+    } else {
+      throw std::invalid_argument("unknown option '" + key +
+                                  "' for 'reward' (expected --config, --input, --tokenizer, --json, --set)");
+    }
+  }
+  if (config_path.empty()) throw std::invalid_argument("reward needs --config FILE");
+  if (input_path.empty()) throw std::invalid_argument("reward needs --input SAMPLES.jsonl");
+
+  // Only the `rewards` section is read, so a whole training config works too.
+  grpo::config::Value root = grpo::config::parse_yaml_file(config_path);
+  for (const auto& o : overrides) grpo::config::apply_override(root, o);
+  const grpo::config::Value* section = root.find("rewards");
+  if (section == nullptr) throw std::runtime_error(config_path + ": no `rewards` section");
+  grpo::rewards::RewardsConfig cfg;
+  grpo::config::read_value(*section, cfg, "rewards", grpo::config::Check{});
+
+  std::shared_ptr<grpo::data::Tokenizer> tokenizer;
+  if (!tokenizer_path.empty()) tokenizer = grpo::data::load_tokenizer(tokenizer_path);
+
+  std::vector<grpo::rewards::Sample> samples;
+  const std::string text = grpo::read_file(input_path);
+  size_t line_no = 0;
+  for (size_t start = 0; start < text.size();) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = input_path + ":" + std::to_string(line_no);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw std::runtime_error(where + ": invalid JSON (" + std::string(e.what()).substr(std::string(e.what()).find(':') + 2) + ")");
+    }
+    auto s = sample_from_json(j, where);
+    if (s.completion_ids.empty() && tokenizer) s.completion_ids = tokenizer->encode(s.completion, false);
+    samples.push_back(std::move(s));
+  }
+  if (samples.empty()) throw std::runtime_error(input_path + ": no samples");
+
+  const grpo::rewards::RewardSet set(cfg, config_path);
+  const auto r = set.score(samples);
+  const size_t F = r.labels.size();
+  for (size_t i = 0; i < samples.size(); ++i) {
+    if (as_json) {
+      nlohmann::json o = nlohmann::json::object();
+      o["index"] = i;
+      o["total"] = r.total[i];
+      nlohmann::json scores = nlohmann::json::object(), reasons = nlohmann::json::object();
+      for (size_t f = 0; f < F; ++f) {
+        scores[r.labels[f]] = r.scores[f][i] ? nlohmann::json(*r.scores[f][i]) : nlohmann::json(nullptr);
+        if (!r.reasons[f][i].empty()) reasons[r.labels[f]] = r.reasons[f][i];
+      }
+      o["scores"] = scores;
+      o["reasons"] = reasons;
+      std::cout << o.dump() << "\n";
+    } else {
+      std::cout << "sample " << i << ": total " << grpo::format("{:.4f}", r.total[i]);
+      for (size_t f = 0; f < F; ++f) {
+        std::cout << "  " << r.labels[f] << " "
+                  << (r.scores[f][i] ? grpo::format("{:.4f}", *r.scores[f][i]) : std::string("absent"));
+      }
+      std::cout << "\n";
+      for (size_t f = 0; f < F; ++f) {
+        if (!r.reasons[f][i].empty()) std::cout << "    " << r.labels[f] << ": " << r.reasons[f][i] << "\n";
+      }
+    }
+  }
+  // Summary on stderr, so --json output stays one object per line.
+  std::cerr << samples.size() << " samples; total mean " << grpo::format("{:.4f}", r.metrics.at("rewards/total/mean"));
+  for (size_t f = 0; f < F; ++f) {
+    const auto it = r.metrics.find("rewards/" + r.labels[f] + "/mean");
+    std::cerr << "; " << r.labels[f] << " (weight " << r.weights[f] << ") mean "
+              << (it == r.metrics.end() ? std::string("-") : grpo::format("{:.4f}", it->second)) << " in "
+              << grpo::format("{:.3f}", r.metrics.at("rewards/" + r.labels[f] + "/seconds")) << " s";
+  }
+  std::cerr << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -200,6 +342,7 @@ int main(int argc, char** argv) {
     if (cmd == "logits") return cmd_logits(argc, argv);
     if (cmd == "tokenize") return cmd_tokenize(argc, argv);
     if (cmd == "detokenize") return cmd_detokenize(argc, argv);
+    if (cmd == "reward") return cmd_reward(argc, argv);
     if (cmd == "version") {
       std::cout << grpo::build_info() << "\n";
       return 0;

@@ -3,17 +3,22 @@
 #include <stdexcept>
 
 #include "grpo/config/config.h"
+#include "grpo/rewards/code_reward.h"
+#include "grpo/rewards/countdown_reward.h"
 #include "grpo/rewards/format_reward.h"
+#include "grpo/rewards/language_reward.h"
+#include "grpo/rewards/length_reward.h"
 #include "grpo/rewards/math_answer.h"
 
 namespace grpo::rewards {
 
 namespace {
 
-// Options mapping -> config struct, through the same validation as every YAML file.
+// Options mapping -> config struct, through the same validation as every YAML file (no options:
+// an empty mapping, so required keys and cross-field checks still apply).
 template <class Config>
 Config options_as(const config::Value& options) {
-  return options.is_null() ? Config{} : config::from_value<Config>(options);
+  return config::from_value<Config>(options.is_null() ? config::Value::make_map(options.loc) : options);
 }
 
 class MathAccuracyReward : public RewardFunction {
@@ -96,6 +101,18 @@ void register_builtin_rewards(RewardRegistry& registry) {
   });
   registry.add("format", [](const config::Value& options) {
     return std::make_unique<FormatReward>(options_as<FormatRewardConfig>(options));
+  });
+  registry.add("code_execution", [](const config::Value& options) {
+    return make_code_reward(options_as<CodeRewardConfig>(options));
+  });
+  registry.add("countdown", [](const config::Value& options) {
+    return make_countdown_reward(options_as<CountdownRewardConfig>(options));
+  });
+  registry.add("length", [](const config::Value& options) {
+    return make_length_reward(options_as<LengthRewardConfig>(options));
+  });
+  registry.add("language", [](const config::Value& options) {
+    return make_language_reward(options_as<LanguageRewardConfig>(options));
   });
 }
 

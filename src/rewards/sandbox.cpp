@@ -613,6 +613,7 @@ double run_tests(const SandboxConfig& cfg, const std::string& code, const std::v
                                  : r.stdout_text;
     t.passed = r.ok() && tail.find(marker) != std::string::npos;
     t.reason = t.passed ? "ok" : (r.ok() ? "exited before the test finished" : r.reason);
+    t.stopped = r.timed_out || r.killed_for_memory || r.signal != 0;
     passed += t.passed;
     if (details) details->push_back(std::move(t));
   }

@@ -21,7 +21,8 @@ TEST(RewardRegistry, CreatesBuiltinsAndNamesUnknownOnes) {
   EXPECT_EQ(reg.create("format")->name(), "format");
   EXPECT_EQ(reg.create("math_accuracy")->name(), "math_accuracy");
   GRPO_EXPECT_THROW_MESSAGE(reg.create("formatt"), std::invalid_argument,
-                            "unknown reward function 'formatt' (did you mean 'format'?); known: format, math_accuracy");
+                            "unknown reward function 'formatt' (did you mean 'format'?); known: code_execution, countdown, "
+                            "format, language, length, math_accuracy");
   RewardRegistry local;
   register_builtin_rewards(local);
   GRPO_EXPECT_THROW_MESSAGE(register_builtin_rewards(local), std::invalid_argument,

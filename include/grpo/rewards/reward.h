@@ -6,6 +6,7 @@
 #pragma once
 
 #include <functional>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
@@ -23,6 +24,7 @@ struct Sample {
   std::vector<int64_t> completion_ids;       // its token ids
   std::string answer;                        // the record's reference answer ("" when none)
   std::map<std::string, std::string> extra;  // the record's other columns (test cases, ...)
+  int64_t index = 0;                         // position in the step's batch (set by RewardSet), for messages
 };
 
 struct RewardBatch {

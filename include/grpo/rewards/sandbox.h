@@ -84,6 +84,7 @@ struct TestCaseResult {
   std::string test;     // the test's text, e.g. "assert f(2) == 4"
   bool passed = false;
   std::string reason;   // "ok" or the run's reason ("exit 1: AssertionError", "timed out ...")
+  bool stopped = false; // the sandbox stopped the run: wall-clock limit, memory limit or a signal
 };
 
 // Runs `code` followed by each test (Python statements, e.g. asserts), each test in its own
