@@ -318,6 +318,7 @@ int cmd_reward(int argc, char** argv) {
     }
   }
   // Summary on stderr, so --json output stays one object per line.
+  std::cout.flush();
   std::cerr << samples.size() << " samples; total mean " << grpo::format("{:.4f}", r.metrics.at("rewards/total/mean"));
   for (size_t f = 0; f < F; ++f) {
     const auto it = r.metrics.find("rewards/" + r.labels[f] + "/mean");

@@ -7,8 +7,8 @@
 //   #include <grpo/rewards/plugin.h>
 //   GRPO_REWARD_PLUGIN("my_plugin", registry) {
 //     registry.add("my_reward", [](const grpo::config::Value& options) {
-//       return std::make_unique<MyReward>(options.is_null() ? MyConfig{}
-//                                                           : grpo::config::from_value<MyConfig>(options));
+//       return std::make_unique<MyReward>(grpo::config::from_value<MyConfig>(
+//           options.is_null() ? grpo::config::Value::make_map(options.loc) : options));
 //     });
 //   }
 //
