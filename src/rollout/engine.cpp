@@ -1,0 +1,274 @@
+#include "grpo/rollout/engine.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+namespace grpo::rollout {
+
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+std::string GenerationConfig::validate() const {
+  if (speculative_mtp && !sampling.greedy()) {
+    return "speculative_mtp needs greedy sampling (sampling.temperature: 0)";
+  }
+  return "";
+}
+
+std::string_view finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::eos: return "eos";
+    case FinishReason::stop: return "stop";
+    case FinishReason::length: return "length";
+  }
+  return "?";
+}
+
+// One completion being generated.
+struct Engine::Row {
+  Completion* out = nullptr;
+  RowRng rng;
+  int64_t prompt_length = 0;
+};
+
+Engine::Engine(model::CausalLM model, const data::Tokenizer* tokenizer, GenerationConfig cfg)
+    : model_(std::move(model)), tokenizer_(tokenizer), cfg_(std::move(cfg)) {
+  if (const std::string problem = cfg_.validate(); !problem.empty()) throw std::invalid_argument(problem);
+  if (!cfg_.stop_strings.empty() && tokenizer_ == nullptr) {
+    throw std::invalid_argument("stop_strings need a tokenizer to decode the completions");
+  }
+  if (cfg_.speculative_mtp && model_->config().num_nextn_predict_layers < 1) {
+    throw std::invalid_argument("speculative_mtp needs a model with MTP modules (num_nextn_predict_layers >= 1)");
+  }
+  eos_ = cfg_.eos_token_ids.empty() ? model_->config().eos_token_ids : cfg_.eos_token_ids;
+  for (const auto& s : cfg_.stop_strings) {
+    if (s.empty()) throw std::invalid_argument("stop_strings must not contain an empty string");
+    max_stop_bytes_ = std::max(max_stop_bytes_, s.size());
+  }
+  model_->eval();
+}
+
+bool Engine::finish_check(Row& row, int64_t token, double now) const {
+  Completion& c = *row.out;
+  bool done = false;
+  if (!cfg_.ignore_eos && std::find(eos_.begin(), eos_.end(), token) != eos_.end()) {
+    c.finish_reason = FinishReason::eos;
+    done = true;
+  } else if (!cfg_.stop_strings.empty()) {
+    // A stop string completed by this token ends in its text, so it lies within the last
+    // max_stop_bytes + 1 tokens (every token decodes to at least one byte).
+    const size_t k = std::min(c.token_ids.size(), max_stop_bytes_ + 1);
+    const std::vector<int64_t> window(c.token_ids.end() - static_cast<std::ptrdiff_t>(k), c.token_ids.end());
+    const std::string text = tokenizer_->decode(window, /*skip_special_tokens=*/false);
+    for (const auto& s : cfg_.stop_strings) {
+      if (text.find(s) != std::string::npos) {
+        c.finish_reason = FinishReason::stop;
+        c.stop_string = s;
+        done = true;
+        break;
+      }
+    }
+  }
+  if (!done && static_cast<int64_t>(c.token_ids.size()) >= cfg_.max_new_tokens) {
+    c.finish_reason = FinishReason::length;
+    done = true;
+  }
+  if (done) c.seconds = now;
+  return done;
+}
+
+std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& requests, GenerationStats* stats_out) {
+  c10::InferenceMode guard;
+  const double t0 = now_seconds();
+  const int64_t P = static_cast<int64_t>(requests.size()), G = cfg_.num_generations;
+  const int64_t vocab = model_->config().vocab_size;
+  for (int64_t p = 0; p < P; ++p) {
+    const auto& ids = requests[static_cast<size_t>(p)].prompt_ids;
+    if (ids.empty()) throw std::invalid_argument("request " + std::to_string(p) + ": the prompt is empty");
+    for (const int64_t id : ids) {
+      if (id < 0 || id >= vocab) {
+        throw std::invalid_argument("request " + std::to_string(p) + ": token id " + std::to_string(id) +
+                                    " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+      }
+    }
+  }
+  std::vector<Completion> completions(static_cast<size_t>(P * G));
+  GenerationStats stats;
+  stats.prompts = P;
+  stats.completions = P * G;
+
+  // Chunks of whole prompts (all G samples of a prompt decode together, sharing its prefill).
+  const int64_t per_chunk = cfg_.max_batch_rows > 0 ? std::max<int64_t>(1, cfg_.max_batch_rows / G) : P;
+  for (int64_t p0 = 0; p0 < P; p0 += per_chunk) {
+    const int64_t p1 = std::min(P, p0 + per_chunk);
+    std::vector<Row> rows;
+    for (int64_t p = p0; p < p1; ++p) {
+      const auto& req = requests[static_cast<size_t>(p)];
+      const uint64_t seed = req.seed ? *req.seed : cfg_.seed + static_cast<uint64_t>(p);
+      for (int64_t g = 0; g < G; ++g) {
+        Completion& c = completions[static_cast<size_t>(p * G + g)];
+        c.prompt_index = p;
+        c.sample_index = g;
+        c.token_ids.reserve(static_cast<size_t>(cfg_.max_new_tokens));
+        c.logprobs.reserve(static_cast<size_t>(cfg_.max_new_tokens));
+        rows.push_back(Row{&c, RowRng(RowRng::derive(seed, static_cast<uint64_t>(g))),
+                           static_cast<int64_t>(req.prompt_ids.size())});
+      }
+    }
+    std::vector<GenerationRequest> chunk(requests.begin() + p0, requests.begin() + p1);
+    if (cfg_.speculative_mtp) {
+      run_rows_speculative(rows, chunk, stats, t0);
+    } else {
+      run_rows(rows, chunk, stats, t0);
+    }
+  }
+
+  for (auto& c : completions) {
+    stats.generated_tokens += static_cast<int64_t>(c.token_ids.size());
+    if (tokenizer_ != nullptr) {
+      c.text = tokenizer_->decode(c.token_ids, /*skip_special_tokens=*/true);
+      if (c.finish_reason == FinishReason::stop) {
+        const size_t at = c.text.find(c.stop_string);
+        if (at != std::string::npos) c.text.resize(at + c.stop_string.size());
+      }
+    }
+  }
+  for (const auto& r : requests) stats.prompt_tokens += static_cast<int64_t>(r.prompt_ids.size());
+  stats.total_seconds = now_seconds() - t0;
+  stats.tokens_per_second = stats.total_seconds > 0 ? stats.generated_tokens / stats.total_seconds : 0;
+  if (stats_out) *stats_out = stats;
+  return completions;
+}
+
+// Left-padded prompt batch: ids [P, L], mask [P, L], position ids [P, L].
+namespace {
+struct PromptBatch {
+  torch::Tensor ids, mask, positions;
+  int64_t length = 0;
+};
+
+PromptBatch pad_prompts(const std::vector<GenerationRequest>& requests, int64_t pad_id, const torch::Device& device) {
+  PromptBatch b;
+  const int64_t P = static_cast<int64_t>(requests.size());
+  for (const auto& r : requests) b.length = std::max<int64_t>(b.length, static_cast<int64_t>(r.prompt_ids.size()));
+  auto ids = torch::full({P, b.length}, pad_id, torch::kLong);
+  auto mask = torch::zeros({P, b.length}, torch::kLong);
+  for (int64_t p = 0; p < P; ++p) {
+    const auto& prompt = requests[static_cast<size_t>(p)].prompt_ids;
+    const int64_t n = static_cast<int64_t>(prompt.size());
+    ids[p].narrow(0, b.length - n, n).copy_(torch::tensor(prompt, torch::kLong));
+    mask[p].narrow(0, b.length - n, n).fill_(1);
+  }
+  b.ids = ids.to(device);
+  b.mask = mask.to(device);
+  b.positions = (b.mask.cumsum(1) - 1).clamp_min(0);
+  return b;
+}
+}  // namespace
+
+void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationRequest>& requests, GenerationStats& stats,
+                      double t0) {
+  const auto device = model_->embed_tokens.device();
+  const int64_t G = cfg_.num_generations;
+  const int64_t pad_id = eos_.empty() ? 0 : eos_.front();
+  const PromptBatch prompts = pad_prompts(requests, pad_id, device);
+  const int64_t P = static_cast<int64_t>(requests.size());
+  const auto expand = torch::arange(P, torch::TensorOptions().dtype(torch::kLong).device(device)).repeat_interleave(G);
+
+  // Prefill: each prompt once; logits of its last (always real) position.
+  double t = now_seconds();
+  std::unique_ptr<model::KVCache> cache;
+  torch::Tensor logits, mask, ids_nocache;
+  if (cfg_.use_cache) {
+    cache = model_->make_cache(P, prompts.length + cfg_.max_new_tokens);
+    stats.cache_bytes += cache->bytes_per_token() * P * (prompts.length + cfg_.max_new_tokens);
+    model::ForwardOptions opts;
+    opts.return_hidden = true;
+    opts.logits = false;
+    const auto out = model_->forward(prompts.ids, prompts.positions, prompts.mask, cache.get(), opts);
+    logits = model_->head(out.hidden.select(1, prompts.length - 1));  // [P, V]
+    if (G > 1) {
+      cache->select_rows(expand);
+      logits = logits.index_select(0, expand);
+    }
+  } else {
+    const auto out = model_->forward(prompts.ids, prompts.positions, prompts.mask);
+    logits = out.logits.select(1, prompts.length - 1).index_select(0, expand);
+    ids_nocache = prompts.ids.index_select(0, expand);
+  }
+  mask = prompts.mask.index_select(0, expand);  // [N, L]
+  auto positions = torch::empty({static_cast<int64_t>(rows.size())}, torch::kLong);
+  for (size_t i = 0; i < rows.size(); ++i) positions[static_cast<int64_t>(i)] = rows[i].prompt_length;
+  positions = positions.to(device);
+  stats.prefill_seconds += now_seconds() - t;
+
+  t = now_seconds();
+  std::vector<size_t> active(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) active[i] = i;
+  const bool greedy = cfg_.sampling.greedy();
+  for (int64_t step = 0; step < cfg_.max_new_tokens && !active.empty(); ++step) {
+    const int64_t n = static_cast<int64_t>(active.size());
+    torch::Tensor uniforms;
+    if (!greedy) {
+      uniforms = torch::empty({n}, torch::kDouble);
+      auto* u = uniforms.data_ptr<double>();
+      for (int64_t i = 0; i < n; ++i) u[i] = rows[active[static_cast<size_t>(i)]].rng.uniform();
+    }
+    const auto tokens = choose_tokens(logits, cfg_.sampling, uniforms);                      // [n]
+    const auto logprobs = token_logprobs(logits, tokens, cfg_.sampling.temperature).cpu();   // [n]
+    const auto tokens_cpu = tokens.cpu();
+    const auto* tok = tokens_cpu.data_ptr<int64_t>();
+    const auto* lp = logprobs.data_ptr<float>();
+    const double now = now_seconds() - t0;
+    std::vector<int64_t> keep;
+    std::vector<size_t> still;
+    for (int64_t i = 0; i < n; ++i) {
+      Row& row = rows[active[static_cast<size_t>(i)]];
+      row.out->token_ids.push_back(tok[i]);
+      row.out->logprobs.push_back(lp[i]);
+      if (!finish_check(row, tok[i], now)) {
+        keep.push_back(i);
+        still.push_back(active[static_cast<size_t>(i)]);
+      }
+    }
+    if (still.empty()) break;
+    auto next = tokens;
+    if (static_cast<int64_t>(still.size()) < n) {
+      // Finished rows leave the batch.
+      const auto idx = torch::tensor(keep, torch::kLong).to(device);
+      if (cache) cache->select_rows(idx);
+      if (ids_nocache.defined()) ids_nocache = ids_nocache.index_select(0, idx);
+      mask = mask.index_select(0, idx);
+      positions = positions.index_select(0, idx);
+      next = next.index_select(0, idx);
+    }
+    active = std::move(still);
+    const int64_t m = static_cast<int64_t>(active.size());
+    mask = torch::cat({mask, torch::ones({m, 1}, mask.options())}, 1);
+    if (cache) {
+      const auto out = model_->forward(next.view({m, 1}), positions.view({m, 1}), mask, cache.get());
+      logits = out.logits.select(1, 0);
+    } else {
+      ids_nocache = torch::cat({ids_nocache, next.view({m, 1})}, 1);
+      const auto pos = (mask.cumsum(1) - 1).clamp_min(0);
+      logits = model_->forward(ids_nocache, pos, mask).logits.select(1, ids_nocache.size(1) - 1);
+    }
+    positions = positions + 1;
+    ++stats.steps;
+  }
+  stats.decode_seconds += now_seconds() - t;
+}
+
+void Engine::run_rows_speculative(std::vector<Row>&, const std::vector<GenerationRequest>&, GenerationStats&, double) {
+  throw std::logic_error("speculative_mtp: not available yet");
+}
+
+}  // namespace grpo::rollout
