@@ -7,12 +7,17 @@
 //   grpo tokenize   --tokenizer FILE [--json] [--add-special-tokens]   texts on stdin -> JSON id arrays
 //   grpo detokenize --tokenizer FILE [--json] [--skip-special-tokens]  JSON id arrays on stdin -> texts
 //               one item per line; with --json the texts are JSON strings, so they may hold newlines
+//   grpo generate --model DIR [--tokenizer FILE] (--prompt TEXT | --prompt-ids 1,2,3)... [sampling options]
+//               generates with the rollout engine and prints each completion; with --bench-batch it
+//               times greedy generation on synthetic prompts and prints one JSON line
 //   grpo reward --config FILE --input samples.jsonl [--tokenizer FILE] [--json] [--set key=value ...]
 //               scores each sample with the `rewards` section of FILE; prints per-function and total
 //               scores per sample and a summary
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <chrono>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
@@ -22,6 +27,9 @@
 #include "grpo/core/files.h"
 #include "grpo/core/format.h"
 #include "grpo/rewards/reward_set.h"
+#include "grpo/rollout/engine.h"
+
+#include <sys/resource.h>
 #include "grpo/data/tokenizer.h"
 #include "grpo/io/safetensors.h"
 #include "grpo/model/checkpoint.h"
@@ -43,6 +51,14 @@ const char* kUsage =
     "         folder; with --json each line is a JSON string, so texts may hold newlines\n"
     "  detokenize --tokenizer FILE [--json] [--skip-special-tokens]\n"
     "         one JSON array of ids per stdin line -> one text per line (--json: as JSON strings)\n"
+    "  generate --model DIR [--tokenizer FILE] (--prompt TEXT | --prompt-ids 1,2,3)... [--max-new-tokens N]\n"
+    "         [--temperature T] [--top-k K] [--top-p P] [--min-p M] [--num-generations G] [--seed S]\n"
+    "         [--stop TEXT]... [--ignore-eos] [--speculative-mtp] [--no-cache] [--dtype float32|bfloat16]\n"
+    "         [--device cpu|cuda] [--threads K] [--json]\n"
+    "         generates completions with the rollout engine; --json prints one object per completion with\n"
+    "         token_ids, logprobs, text and finish_reason. Benchmark: --bench-batch B --bench-prompt-len L\n"
+    "         [--bench-repeats R] times greedy generation of exactly --max-new-tokens tokens on synthetic\n"
+    "         prompts ids[i][j] = (i*7 + j*13) % (vocab - 10) + 5 and prints one JSON line\n"
     "  reward --config FILE --input SAMPLES.jsonl [--tokenizer FILE] [--json] [--set KEY=VALUE ...]\n"
     "         scores each sample with the functions of FILE's `rewards` section; SAMPLES.jsonl lines hold\n"
     "         completion (required), prompt, answer, completion_ids and any other column (test cases, ...);\n"
@@ -197,6 +213,205 @@ int cmd_detokenize(int argc, char** argv) {
   return 0;
 }
 
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double peak_rss_mb() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
+std::vector<int64_t> parse_id_list(const std::string& text) {
+  std::vector<int64_t> ids;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(start, end - start);
+    try {
+      size_t used = 0;
+      ids.push_back(std::stoll(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw std::invalid_argument("--prompt-ids: expected comma-separated integers, found '" + item + "'");
+    }
+    start = end + 1;
+  }
+  return ids;
+}
+
+int cmd_generate(int argc, char** argv) {
+  std::string model_dir, tokenizer_path, dtype = "float32", device = "cpu";
+  std::vector<std::string> prompts;
+  std::vector<std::vector<int64_t>> prompt_ids;
+  grpo::rollout::GenerationConfig gc;
+  gc.max_new_tokens = 128;
+  bool as_json = false;
+  int64_t threads = 0, bench_batch = 0, bench_len = 0, bench_repeats = 3;
+  for (int i = 2; i < argc; ++i) {
+    const std::string key = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(key + " needs a value");
+      return argv[++i];
+    };
+    auto number = [&](auto& out) {
+      const std::string v = value();
+      try {
+        size_t used = 0;
+        if constexpr (std::is_floating_point_v<std::remove_reference_t<decltype(out)>>) {
+          out = std::stod(v, &used);
+        } else {
+          out = static_cast<std::remove_reference_t<decltype(out)>>(std::stoll(v, &used));
+        }
+        if (used != v.size()) throw std::invalid_argument(v);
+      } catch (const std::exception&) {
+        throw std::invalid_argument(key + ": expected a number, found '" + v + "'");
+      }
+    };
+    if (key == "--model") model_dir = value();
+    else if (key == "--tokenizer") tokenizer_path = value();
+    else if (key == "--prompt") prompts.push_back(value());
+    else if (key == "--prompt-ids") prompt_ids.push_back(parse_id_list(value()));
+    else if (key == "--max-new-tokens") number(gc.max_new_tokens);
+    else if (key == "--temperature") number(gc.sampling.temperature);
+    else if (key == "--top-k") number(gc.sampling.top_k);
+    else if (key == "--top-p") number(gc.sampling.top_p);
+    else if (key == "--min-p") number(gc.sampling.min_p);
+    else if (key == "--num-generations") number(gc.num_generations);
+    else if (key == "--seed") number(gc.seed);
+    else if (key == "--stop") gc.stop_strings.push_back(value());
+    else if (key == "--ignore-eos") gc.ignore_eos = true;
+    else if (key == "--speculative-mtp") gc.speculative_mtp = true;
+    else if (key == "--no-cache") gc.use_cache = false;
+    else if (key == "--dtype") dtype = value();
+    else if (key == "--device") device = value();
+    else if (key == "--threads") number(threads);
+    else if (key == "--json") as_json = true;
+    else if (key == "--bench-batch") number(bench_batch);
+    else if (key == "--bench-prompt-len") number(bench_len);
+    else if (key == "--bench-repeats") number(bench_repeats);
+    else throw std::invalid_argument("unknown option '" + key + "' for 'generate' (see grpo --help)");
+  }
+  if (model_dir.empty()) throw std::invalid_argument("generate needs --model DIR");
+  // The same checks a YAML config gets.
+  {
+    if (const std::string problem = gc.validate(); !problem.empty()) throw std::invalid_argument(problem);
+    if (gc.max_new_tokens < 1) throw std::invalid_argument("--max-new-tokens must be >= 1");
+    if (gc.num_generations < 1) throw std::invalid_argument("--num-generations must be >= 1");
+    if (gc.sampling.temperature < 0) throw std::invalid_argument("--temperature must be >= 0");
+    if (gc.sampling.top_p <= 0 || gc.sampling.top_p > 1) throw std::invalid_argument("--top-p must be in (0, 1]");
+  }
+  if (threads > 0) {
+    torch::set_num_threads(static_cast<int>(threads));
+    torch::set_num_interop_threads(1);
+  }
+  grpo::model::LoadOptions lo;
+  if (dtype == "bfloat16") lo.dtype = torch::kBFloat16;
+  else if (dtype != "float32") throw std::invalid_argument("--dtype: expected float32 or bfloat16, found '" + dtype + "'");
+  lo.device = torch::Device(device);
+  const double rss0 = peak_rss_mb();
+  auto model = grpo::model::load_hf_checkpoint(model_dir, lo);
+  if (model->config().is_mla()) model->set_attention_impl(grpo::model::AttentionImpl::absorbed);
+  std::unique_ptr<grpo::data::Tokenizer> tokenizer;
+  if (!tokenizer_path.empty()) tokenizer = grpo::data::load_tokenizer(tokenizer_path);
+
+  if (bench_batch > 0) {
+    if (bench_len < 1) throw std::invalid_argument("--bench-batch needs --bench-prompt-len >= 1");
+    const int64_t vocab = model->config().vocab_size;
+    std::vector<grpo::rollout::GenerationRequest> reqs;
+    for (int64_t i = 0; i < bench_batch; ++i) {
+      grpo::rollout::GenerationRequest r;
+      for (int64_t j = 0; j < bench_len; ++j) r.prompt_ids.push_back((i * 7 + j * 13) % (vocab - 10) + 5);
+      reqs.push_back(r);
+    }
+    gc.sampling.temperature = 0;
+    gc.ignore_eos = true;
+    const double rss_loaded = peak_rss_mb();
+    grpo::rollout::Engine engine(model, nullptr, gc);
+    engine.generate(reqs);  // warm-up
+    std::vector<double> times;
+    grpo::rollout::GenerationStats stats;
+    for (int64_t r = 0; r < bench_repeats; ++r) {
+      const double t0 = now_seconds();
+      engine.generate(reqs, &stats);
+      times.push_back(now_seconds() - t0);
+    }
+    std::sort(times.begin(), times.end());
+    const double median = times[times.size() / 2];
+    nlohmann::json j = {{"impl", "grpo"},
+                        {"model", std::filesystem::path(model_dir).filename().string()},
+                        {"batch", bench_batch},
+                        {"prompt_len", bench_len},
+                        {"new_tokens", gc.max_new_tokens},
+                        {"repeats", bench_repeats},
+                        {"seconds", median},
+                        {"seconds_all", times},
+                        {"tokens_per_s", static_cast<double>(bench_batch * gc.max_new_tokens) / median},
+                        {"peak_rss_mb", peak_rss_mb()},
+                        {"rss_before_mb", rss_loaded},
+                        {"rss_start_mb", rss0},
+                        {"torch_threads", torch::get_num_threads()},
+                        {"attn", model->config().is_mla() ? "mla-absorbed" : "gqa"},
+                        {"speculative_mtp", gc.speculative_mtp},
+                        {"drafted", stats.drafted},
+                        {"accepted", stats.accepted},
+                        {"dtype", dtype},
+                        {"device", device}};
+    std::cout << j.dump() << std::endl;
+    return 0;
+  }
+
+  std::vector<grpo::rollout::GenerationRequest> reqs;
+  for (const auto& text : prompts) {
+    if (!tokenizer) throw std::invalid_argument("--prompt needs --tokenizer FILE (or pass --prompt-ids)");
+    grpo::rollout::GenerationRequest r;
+    r.prompt_ids = tokenizer->encode(text, false);
+    reqs.push_back(r);
+  }
+  for (const auto& ids : prompt_ids) {
+    grpo::rollout::GenerationRequest r;
+    r.prompt_ids = ids;
+    reqs.push_back(r);
+  }
+  if (reqs.empty()) throw std::invalid_argument("generate needs at least one --prompt or --prompt-ids");
+  grpo::rollout::Engine engine(model, tokenizer.get(), gc);
+  grpo::rollout::GenerationStats stats;
+  const auto comps = engine.generate(reqs, &stats);
+  for (const auto& c : comps) {
+    if (as_json) {
+      nlohmann::json j = {{"prompt_index", c.prompt_index},
+                          {"sample_index", c.sample_index},
+                          {"token_ids", c.token_ids},
+                          {"logprobs", c.logprobs},
+                          {"text", c.text},
+                          {"finish_reason", std::string(grpo::rollout::finish_reason_name(c.finish_reason))},
+                          {"seconds", c.seconds}};
+      std::cout << j.dump() << "\n";
+    } else {
+      std::cout << "[" << c.prompt_index << "." << c.sample_index << "] "
+                << grpo::rollout::finish_reason_name(c.finish_reason) << ", " << c.token_ids.size() << " tokens\n";
+      if (tokenizer) {
+        std::cout << c.text << "\n";
+      } else {
+        std::cout << nlohmann::json(c.token_ids).dump() << "\n";
+      }
+    }
+  }
+  std::cout.flush();
+  std::cerr << stats.completions << " completions, " << stats.generated_tokens << " tokens in "
+            << grpo::format("{:.3f}", stats.total_seconds) << " s (" << grpo::format("{:.1f}", stats.tokens_per_second)
+            << " tokens/s; prefill " << grpo::format("{:.3f}", stats.prefill_seconds) << " s, decode "
+            << grpo::format("{:.3f}", stats.decode_seconds) << " s)";
+  if (gc.speculative_mtp && stats.drafted > 0) {
+    std::cerr << "; MTP drafts accepted " << stats.accepted << "/" << stats.drafted << " ("
+              << grpo::format("{:.1f}", 100.0 * stats.accepted / stats.drafted) << "%)";
+  }
+  std::cerr << "\n";
+  return 0;
+}
+
 // One JSONL line -> a Sample. Columns other than prompt/completion/answer/completion_ids go to
 // `extra` (a string as its text, anything else as compact JSON), as the dataset loader does.
 grpo::rewards::Sample sample_from_json(const nlohmann::json& j, const std::string& where) {
@@ -344,6 +559,7 @@ int main(int argc, char** argv) {
     if (cmd == "tokenize") return cmd_tokenize(argc, argv);
     if (cmd == "detokenize") return cmd_detokenize(argc, argv);
     if (cmd == "reward") return cmd_reward(argc, argv);
+    if (cmd == "generate") return cmd_generate(argc, argv);
     if (cmd == "version") {
       std::cout << grpo::build_info() << "\n";
       return 0;
