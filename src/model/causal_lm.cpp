@@ -84,6 +84,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch:
   const auto final_hidden = norm(h);
   if (options.logits) out.logits = head(final_hidden);
   if (options.return_hidden) out.hidden = final_hidden;
+  if (options.return_trunk) out.trunk = h;
 
   if (options.mtp && cfg_.num_nextn_predict_layers > 0) {
     TORCH_CHECK(cache == nullptr, "CausalLM::forward: MTP modules run over full sequences, without a cache");
@@ -110,7 +111,35 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch:
 std::unique_ptr<KVCache> CausalLMImpl::make_cache(int64_t batch, int64_t max_length) const {
   return std::make_unique<KVCache>(cfg_, batch, max_length,
                                    torch::TensorOptions().dtype(embed_tokens.scalar_type()).device(embed_tokens.device()),
-                                   cfg_.num_hidden_layers + cfg_.num_nextn_predict_layers);
+                                   cfg_.num_hidden_layers);
+}
+
+std::unique_ptr<KVCache> CausalLMImpl::make_mtp_cache(int64_t batch, int64_t max_length) const {
+  TORCH_CHECK(cfg_.num_nextn_predict_layers > 0, "CausalLM::make_mtp_cache: the model has no MTP modules");
+  return std::make_unique<KVCache>(cfg_, batch, max_length,
+                                   torch::TensorOptions().dtype(embed_tokens.scalar_type()).device(embed_tokens.device()),
+                                   1);
+}
+
+torch::Tensor CausalLMImpl::mtp_draft_logits(const torch::Tensor& trunk, const torch::Tensor& next_ids,
+                                             const torch::Tensor& position_ids, const torch::Tensor& attention_mask,
+                                             KVCache& mtp_cache) {
+  TORCH_CHECK(cfg_.num_nextn_predict_layers > 0, "CausalLM::mtp_draft_logits: the model has no MTP modules");
+  const int64_t b = next_ids.size(0), t = next_ids.size(1);
+  const auto device = embed_tokens.device();
+  const auto dtype = embed_tokens.scalar_type();
+  AttentionContext ctx;
+  std::tie(ctx.cos, ctx.sin) = rope_.cos_sin(position_ids.to(device), dtype);
+  ctx.mask = causal_mask(attention_mask, b, t, mtp_cache.length(), dtype, device);
+  ctx.cache = &mtp_cache;
+  ctx.cache_layer = 0;
+  torch::Tensor valid;
+  if (attention_mask.defined()) valid = attention_mask.narrow(1, mtp_cache.length(), t).to(device).to(torch::kBool);
+  auto* module = mtp[0]->as<MtpModuleImpl>();
+  const auto emb = torch::embedding(embed_tokens, next_ids.to(device));
+  const auto h = module->forward(trunk, emb, ctx, valid);
+  mtp_cache.advance(t);
+  return head(module->shared_head_norm(h));
 }
 
 void CausalLMImpl::set_attention_impl(AttentionImpl impl) {

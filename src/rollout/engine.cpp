@@ -267,8 +267,130 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
   stats.decode_seconds += now_seconds() - t;
 }
 
-void Engine::run_rows_speculative(std::vector<Row>&, const std::vector<GenerationRequest>&, GenerationStats&, double) {
-  throw std::logic_error("speculative_mtp: not available yet");
+// MTP speculative decoding (greedy). Each step feeds two tokens per row to the main model: the
+// committed token t at its position and the MTP draft d for the next one. The main model's argmax
+// y1 after t is the true next token; when y1 == d the draft is accepted and the argmax y2 after d
+// is a second new token, else the slot that held d becomes a hole in the attention mask. The
+// cache advances by two slots per step for every row, so rows stay aligned; positions are logical
+// (count of real tokens), so holes do not shift RoPE. The first MTP module then drafts the token
+// after the last committed one from the trunk states just computed, with its own cache that has
+// the same slots and holes. Main-model numbers at valid positions are the plain decoder's.
+void Engine::run_rows_speculative(std::vector<Row>& rows, const std::vector<GenerationRequest>& requests,
+                                  GenerationStats& stats, double t0) {
+  const auto device = model_->embed_tokens.device();
+  const auto lopts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  const int64_t G = cfg_.num_generations;
+  const int64_t pad_id = eos_.empty() ? 0 : eos_.front();
+  const PromptBatch prompts = pad_prompts(requests, pad_id, device);
+  const int64_t P = static_cast<int64_t>(requests.size());
+  const auto expand = torch::arange(P, lopts).repeat_interleave(G);
+  const int64_t capacity = prompts.length + 2 * cfg_.max_new_tokens + 2;
+
+  double t = now_seconds();
+  auto cache = model_->make_cache(P, capacity);
+  auto mtp_cache = model_->make_mtp_cache(P, capacity);
+  stats.cache_bytes += (cache->bytes_per_token() + mtp_cache->bytes_per_token()) * P * capacity;
+  model::ForwardOptions opts;
+  opts.return_hidden = true;
+  opts.return_trunk = true;
+  opts.logits = false;
+  auto out = model_->forward(prompts.ids, prompts.positions, prompts.mask, cache.get(), opts);
+  auto last_logits = model_->head(out.hidden.select(1, prompts.length - 1));  // [P, V]
+  auto first = last_logits.argmax(-1);                                         // [P]
+  auto first_lp = token_logprobs(last_logits, first, 1.0);
+  // MTP over the prompt: position i sees the token i + 1 (the last sees the first new token).
+  const auto next_ids = torch::cat({prompts.ids.narrow(1, 1, prompts.length - 1), first.view({P, 1})}, 1);
+  auto draft_logits = model_->mtp_draft_logits(out.trunk, next_ids, prompts.positions, prompts.mask, *mtp_cache);
+  auto draft = draft_logits.select(1, prompts.length - 1).argmax(-1);  // [P]
+  if (G > 1) {
+    cache->select_rows(expand);
+    mtp_cache->select_rows(expand);
+    first = first.index_select(0, expand);
+    first_lp = first_lp.index_select(0, expand);
+    draft = draft.index_select(0, expand);
+  }
+  auto mask = prompts.mask.index_select(0, expand);
+  auto positions = torch::empty({static_cast<int64_t>(rows.size())}, torch::kLong);
+  for (size_t i = 0; i < rows.size(); ++i) positions[static_cast<int64_t>(i)] = rows[i].prompt_length;
+  positions = positions.to(device);
+  stats.prefill_seconds += now_seconds() - t;
+
+  t = now_seconds();
+  // Commit the first token of every row.
+  std::vector<size_t> active;
+  std::vector<int64_t> keep;
+  {
+    const auto tok = first.cpu();
+    const auto lp = first_lp.cpu();
+    const double now = now_seconds() - t0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      rows[i].out->token_ids.push_back(tok[static_cast<int64_t>(i)].item<int64_t>());
+      rows[i].out->logprobs.push_back(lp[static_cast<int64_t>(i)].item<float>());
+      if (!finish_check(rows[i], rows[i].out->token_ids.back(), now)) {
+        active.push_back(i);
+        keep.push_back(static_cast<int64_t>(i));
+      }
+    }
+  }
+  auto current = first;  // [n] the committed token to feed next
+  auto select = [&](const std::vector<int64_t>& k) {
+    const auto idx = torch::tensor(k, torch::kLong).to(device);
+    cache->select_rows(idx);
+    mtp_cache->select_rows(idx);
+    mask = mask.index_select(0, idx);
+    positions = positions.index_select(0, idx);
+    current = current.index_select(0, idx);
+    draft = draft.index_select(0, idx);
+  };
+  if (!active.empty() && active.size() < rows.size()) select(keep);
+
+  while (!active.empty()) {
+    const int64_t n = static_cast<int64_t>(active.size());
+    const auto inputs = torch::stack({current, draft}, 1);                 // [n, 2]
+    const auto pos2 = torch::stack({positions, positions + 1}, 1);        // [n, 2]
+    mask = torch::cat({mask, torch::ones({n, 2}, mask.options())}, 1);
+    out = model_->forward(inputs, pos2, mask, cache.get(), opts);
+    const auto logits = model_->head(out.hidden);                         // [n, 2, V]
+    const auto y1 = logits.select(1, 0).argmax(-1), y2 = logits.select(1, 1).argmax(-1);
+    const auto lp1 = token_logprobs(logits.select(1, 0), y1, 1.0), lp2 = token_logprobs(logits.select(1, 1), y2, 1.0);
+    const auto accepted = y1.eq(draft);                                   // [n] bool
+    ++stats.steps;
+    stats.drafted += n;
+    stats.accepted += accepted.sum().item<int64_t>();
+    // A rejected draft's slot becomes a hole.
+    mask.select(1, mask.size(1) - 1).copy_(accepted.to(mask.scalar_type()));
+    // Drafts for the next step: after t (rejected: from y1) or after d (accepted: from y2).
+    const auto mtp_next = torch::stack({y1, torch::where(accepted, y2, y1)}, 1);
+    const auto dl = model_->mtp_draft_logits(out.trunk, mtp_next, pos2, mask, *mtp_cache);  // [n, 2, V]
+    const auto next_draft = torch::where(accepted, dl.select(1, 1).argmax(-1), dl.select(1, 0).argmax(-1));
+    current = torch::where(accepted, y2, y1);
+    positions = positions + 1 + accepted.to(torch::kLong);
+    draft = next_draft;
+
+    const auto y1c = y1.cpu(), y2c = y2.cpu(), lp1c = lp1.cpu(), lp2c = lp2.cpu(), accc = accepted.cpu();
+    const double now = now_seconds() - t0;
+    keep.clear();
+    std::vector<size_t> still;
+    for (int64_t i = 0; i < n; ++i) {
+      Row& row = rows[active[static_cast<size_t>(i)]];
+      row.out->token_ids.push_back(y1c[i].item<int64_t>());
+      row.out->logprobs.push_back(lp1c[i].item<float>());
+      bool done = finish_check(row, row.out->token_ids.back(), now);
+      if (!done && accc[i].item<bool>()) {
+        row.out->token_ids.push_back(y2c[i].item<int64_t>());
+        row.out->logprobs.push_back(lp2c[i].item<float>());
+        done = finish_check(row, row.out->token_ids.back(), now);
+      }
+      if (!done) {
+        keep.push_back(i);
+        still.push_back(active[static_cast<size_t>(i)]);
+      }
+    }
+    if (still.empty()) break;
+    if (static_cast<int64_t>(still.size()) < n) select(keep);
+    active = std::move(still);
+  }
+  stats.decode_seconds += now_seconds() - t;
 }
 
 }  // namespace grpo::rollout

@@ -71,7 +71,8 @@ TEST(CausalLM, MlaCacheHoldsOnlyTheLatentAndTheRopedKey) {
   CausalLM model(cfg);
   auto cache = model->make_cache(2, 16);
   const int64_t per_layer = (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4;  // float32
-  EXPECT_EQ(cache->bytes_per_token(), per_layer * (cfg.num_hidden_layers + cfg.num_nextn_predict_layers));
+  EXPECT_EQ(cache->bytes_per_token(), per_layer * cfg.num_hidden_layers);
+  EXPECT_EQ(model->make_mtp_cache(2, 16)->bytes_per_token(), per_layer);  // the first MTP module's block
   EXPECT_EQ(KVCache::bytes_per_token(cfg, 2), (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 2 * cfg.num_hidden_layers);
 }
 

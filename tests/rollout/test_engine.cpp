@@ -11,6 +11,7 @@
 
 #include "grpo/data/bpe_tokenizer.h"
 #include "model/model_test_util.h"
+#include "rollout/cyclic_model.h"
 #include "test_util.h"
 
 namespace grpo::rollout {
@@ -303,6 +304,77 @@ TEST(Engine, BadRequestsAndConfigsAreRefusedWithAReason) {
   gc.sampling.temperature = 0;
   GRPO_EXPECT_THROW_MESSAGE(Engine(model, nullptr, gc), std::invalid_argument,
                             "speculative_mtp needs a model with MTP modules (num_nextn_predict_layers >= 1)");
+}
+
+// MTP speculative decoding must give exactly the plain greedy output. A random tiny model drafts
+// badly, so most drafts are rejected; the MTP head is then copied from the main model's last layer
+// output path so that drafts are often right too, which exercises the accepted branch.
+TEST(Engine, SpeculativeMtpGivesExactlyThePlainGreedyOutput) {
+  for (auto impl : {model::AttentionImpl::absorbed, model::AttentionImpl::naive}) {
+    auto cfg = model::test::tiny_dsv3();
+    torch::manual_seed(13);
+    CausalLM model(cfg);
+    model->set_attention_impl(impl);
+    const auto reqs = ragged_requests(cfg.vocab_size, {5, 1, 9, 3});
+    GenerationConfig gc;
+    gc.max_new_tokens = 40;
+    gc.sampling.temperature = 0;
+    gc.ignore_eos = true;
+    gc.num_generations = 2;
+    const auto plain = Engine(model, nullptr, gc).generate(reqs);
+    // An EOS id that occurs early in one row, so rows leave at different steps.
+    gc.ignore_eos = false;
+    gc.eos_token_ids = {plain[2].token_ids[7]};
+    const auto plain_eos = Engine(model, nullptr, gc).generate(reqs);
+    for (bool with_eos : {false, true}) {
+      gc.ignore_eos = !with_eos;
+      gc.speculative_mtp = true;
+      GenerationStats stats;
+      const auto spec = Engine(model, nullptr, gc).generate(reqs, &stats);
+      const auto& want = with_eos ? plain_eos : plain;
+      for (size_t i = 0; i < want.size(); ++i) {
+        EXPECT_EQ(spec[i].token_ids, want[i].token_ids) << "row " << i << " eos " << with_eos;
+        EXPECT_EQ(spec[i].finish_reason, want[i].finish_reason);
+        ASSERT_EQ(spec[i].logprobs.size(), want[i].logprobs.size());
+        for (size_t j = 0; j < want[i].logprobs.size(); ++j) EXPECT_NEAR(spec[i].logprobs[j], want[i].logprobs[j], 1e-5);
+      }
+      EXPECT_GT(stats.drafted, 0);
+      std::cout << "impl " << static_cast<int>(impl) << " eos " << with_eos << ": drafts accepted " << stats.accepted
+                << "/" << stats.drafted << ", " << stats.steps << " verify steps for " << stats.generated_tokens
+                << " tokens\n";
+      gc.speculative_mtp = false;
+    }
+  }
+}
+
+TEST(Engine, SpeculativeMtpOnATrainedModelAcceptsMostDraftsAndStaysExact) {
+  const auto cfg = stride::stride_model_config();
+  torch::manual_seed(14);
+  CausalLM model(cfg);
+  const double loss = stride::train_stride_model(model, 150);
+  std::vector<GenerationRequest> reqs;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(99);
+  const auto prompts = stride::stride_sequences(6, 8, gen);
+  for (int64_t i = 0; i < 6; ++i) {
+    GenerationRequest r;
+    const int64_t len = 3 + i;  // ragged
+    r.prompt_ids.assign(prompts[i].data_ptr<int64_t>(), prompts[i].data_ptr<int64_t>() + len);
+    reqs.push_back(r);
+  }
+  GenerationConfig gc;
+  gc.max_new_tokens = 48;
+  gc.sampling.temperature = 0;
+  gc.ignore_eos = true;
+  const auto plain = Engine(model, nullptr, gc).generate(reqs);
+  gc.speculative_mtp = true;
+  GenerationStats stats;
+  const auto spec = Engine(model, nullptr, gc).generate(reqs, &stats);
+  for (size_t i = 0; i < plain.size(); ++i) EXPECT_EQ(spec[i].token_ids, plain[i].token_ids) << "row " << i;
+  const double rate = static_cast<double>(stats.accepted) / static_cast<double>(stats.drafted);
+  std::cout << "trained (loss " << loss << "): drafts accepted " << stats.accepted << "/" << stats.drafted << " ("
+            << 100 * rate << "%), " << stats.steps << " verify steps for " << gc.max_new_tokens << " tokens per row\n";
+  EXPECT_GT(rate, 0.5);
+  EXPECT_LT(stats.steps, gc.max_new_tokens - 10);
 }
 
 }  // namespace

@@ -42,11 +42,13 @@ struct ForwardOptions {
   bool return_hidden = false;  // fill ForwardOutput::hidden
   bool mtp = false;            // run the MTP modules and fill mtp_logits
   bool logits = true;          // compute the output head (off: hidden states only)
+  bool return_trunk = false;   // fill ForwardOutput::trunk (the input of the MTP modules)
 };
 
 struct ForwardOutput {
   torch::Tensor logits;                   // [B, T, V]
   torch::Tensor hidden;                   // [B, T, D] after the final norm
+  torch::Tensor trunk;                    // [B, T, D] the last layer's output before the final norm
   std::vector<torch::Tensor> mtp_logits;  // D tensors [B, T, V]; entry k-1 at position i predicts token i+k+1
   torch::Tensor balance_loss;             // sum of the MoE sequence-wise balance losses (scalar), or undefined
 };
@@ -65,8 +67,19 @@ class CausalLMImpl : public torch::nn::Module {
   // The output head applied to final-norm hidden states [.., D] -> [.., V].
   torch::Tensor head(const torch::Tensor& hidden);
 
-  // A cache for `batch` rows of up to `max_length` tokens, with slots for the MTP blocks too.
+  // A cache for `batch` rows of up to `max_length` tokens of the main model's layers.
   std::unique_ptr<KVCache> make_cache(int64_t batch, int64_t max_length) const;
+  // A cache for the first MTP module alone (speculative decoding), one layer.
+  std::unique_ptr<KVCache> make_mtp_cache(int64_t batch, int64_t max_length) const;
+
+  // The first MTP module over new positions, reading and extending `mtp_cache` (from
+  // make_mtp_cache): trunk [B, T, D] is the main model's ForwardOutput::trunk at these positions,
+  // next_ids [B, T] the token that follows each position; position_ids [B, T] and attention_mask
+  // [B, past + T] as in forward. Returns the logits [B, T, V] of the token after next (position i
+  // predicts token i + 2): the draft of speculative decoding.
+  torch::Tensor mtp_draft_logits(const torch::Tensor& trunk, const torch::Tensor& next_ids,
+                                 const torch::Tensor& position_ids, const torch::Tensor& attention_mask,
+                                 KVCache& mtp_cache);
 
   // Switches every MLA layer between the naive and the absorbed form.
   void set_attention_impl(AttentionImpl impl);
