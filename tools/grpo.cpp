@@ -7,7 +7,7 @@
 //   grpo tokenize   --tokenizer FILE [--json] [--add-special-tokens]   texts on stdin -> JSON id arrays
 //   grpo detokenize --tokenizer FILE [--json] [--skip-special-tokens]  JSON id arrays on stdin -> texts
 //               one item per line; with --json the texts are JSON strings, so they may hold newlines
-//   grpo generate --model DIR [--tokenizer FILE] (--prompt TEXT | --prompt-ids 1,2,3)... [sampling options]
+//   grpo generate --model DIR [--config FILE] [--tokenizer FILE] (--prompt TEXT | --prompt-ids 1,2,3)... [options]
 //               generates with the rollout engine and prints each completion; with --bench-batch it
 //               times greedy generation on synthetic prompts and prints one JSON line
 //   grpo reward --config FILE --input samples.jsonl [--tokenizer FILE] [--json] [--set key=value ...]
@@ -51,11 +51,13 @@ const char* kUsage =
     "         folder; with --json each line is a JSON string, so texts may hold newlines\n"
     "  detokenize --tokenizer FILE [--json] [--skip-special-tokens]\n"
     "         one JSON array of ids per stdin line -> one text per line (--json: as JSON strings)\n"
-    "  generate --model DIR [--tokenizer FILE] (--prompt TEXT | --prompt-ids 1,2,3)... [--max-new-tokens N]\n"
+    "  generate --model DIR [--config FILE] [--tokenizer FILE] (--prompt TEXT | --prompt-ids 1,2,3)...\n"
+    "         [--max-new-tokens N]\n"
     "         [--temperature T] [--top-k K] [--top-p P] [--min-p M] [--num-generations G] [--seed S]\n"
     "         [--stop TEXT]... [--ignore-eos] [--speculative-mtp] [--no-cache] [--dtype float32|bfloat16]\n"
     "         [--device cpu|cuda] [--threads K] [--json]\n"
-    "         generates completions with the rollout engine; --json prints one object per completion with\n"
+    "         generates completions with the rollout engine (--config: a YAML `generation` section, the flags\n"
+    "         override it); --json prints one object per completion with\n"
     "         token_ids, logprobs, text and finish_reason. Benchmark: --bench-batch B --bench-prompt-len L\n"
     "         [--bench-repeats R] times greedy generation of exactly --max-new-tokens tokens on synthetic\n"
     "         prompts ids[i][j] = (i*7 + j*13) % (vocab - 10) + 5 and prints one JSON line\n"
@@ -250,12 +252,24 @@ int cmd_generate(int argc, char** argv) {
   gc.max_new_tokens = 128;
   bool as_json = false;
   int64_t threads = 0, bench_batch = 0, bench_len = 0, bench_repeats = 3;
+  // --config FILE first: its `generation` section, then the flags on top.
+  for (int i = 2; i + 1 < argc; ++i) {
+    if (std::string(argv[i]) != "--config") continue;
+    const grpo::config::Value root = grpo::config::parse_yaml_file(argv[i + 1]);
+    const grpo::config::Value* section = root.find("generation");
+    if (section == nullptr) throw std::runtime_error(std::string(argv[i + 1]) + ": no `generation` section");
+    grpo::config::read_value(*section, gc, "generation", grpo::config::Check{});
+  }
   for (int i = 2; i < argc; ++i) {
     const std::string key = argv[i];
     auto value = [&]() -> std::string {
       if (i + 1 >= argc) throw std::invalid_argument(key + " needs a value");
       return argv[++i];
     };
+    if (key == "--config") {
+      value();
+      continue;
+    }
     auto number = [&](auto& out) {
       const std::string v = value();
       try {
