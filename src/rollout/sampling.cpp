@@ -2,18 +2,9 @@
 
 #include <torch/torch.h>
 
+#include "grpo/core/random.h"
+
 namespace grpo::rollout {
-
-namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 RowRng::RowRng(uint64_t seed) : gen_(splitmix64(seed)) {}
 
