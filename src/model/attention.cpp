@@ -19,7 +19,12 @@ torch::Tensor causal_mask(const torch::Tensor& attention_mask, int64_t batch, in
     TORCH_CHECK(attention_mask.dim() == 2 && attention_mask.size(0) == batch && attention_mask.size(1) == keys,
                 "attention_mask: expected [", batch, ", ", keys, "] (batch, past + new tokens), got ",
                 attention_mask.sizes());
-    allowed = allowed.logical_and(attention_mask.to(device).to(torch::kBool).view({batch, 1, 1, keys}));
+    // Values are document numbers (0 = padding): a query sees earlier keys of its own document, so
+    // packed sequences do not attend across documents; a 0/1 mask is the one-document case.
+    const auto seg = attention_mask.to(device).to(torch::kLong);
+    const auto seg_k = seg.view({batch, 1, 1, keys});
+    const auto seg_q = seg.narrow(1, past, q_len).view({batch, 1, q_len, 1});
+    allowed = allowed.logical_and(seg_k.ne(0)).logical_and(seg_k.eq(seg_q));
   }
   const double lowest = dtype == torch::kDouble ? std::numeric_limits<double>::lowest()
                         : dtype == torch::kBFloat16 ? -3.3895313892515355e38

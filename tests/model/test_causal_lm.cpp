@@ -133,5 +133,39 @@ TEST(CausalLM, TheRealDeepSeekV3ShapeBuildsOnTheMetaDevice) {
   EXPECT_EQ(s.kv_cache_bytes_per_token, (512 + 64) * 2 * 61);
 }
 
+// Packed sequences: three documents in one row (mask 1,1,..,2,2,..,3,..., positions restarting per
+// document) give each document the logits it gets alone.
+TEST(CausalLM, PackedDocumentsDoNotAttendAcrossEachOther) {
+  for (const auto& cfg : {test::tiny_dsv3(), test::tiny_qwen2()}) {
+    torch::manual_seed(21);
+    CausalLM model(cfg);
+    model->eval();
+    torch::NoGradGuard no_grad;
+    const std::vector<int64_t> lengths = {5, 3, 7};
+    std::vector<torch::Tensor> docs, masks, positions;
+    for (size_t d = 0; d < lengths.size(); ++d) {
+      docs.push_back(torch::randint(1, cfg.vocab_size, {lengths[d]}, torch::kLong));
+      masks.push_back(torch::full({lengths[d]}, static_cast<int64_t>(d + 1), torch::kLong));
+      positions.push_back(torch::arange(lengths[d], torch::kLong));
+    }
+    // Two pads first, then the packed documents.
+    const auto ids = torch::cat({torch::zeros({2}, torch::kLong), torch::cat(docs)}).unsqueeze(0);
+    const auto mask = torch::cat({torch::zeros({2}, torch::kLong), torch::cat(masks)}).unsqueeze(0);
+    const auto pos = torch::cat({torch::zeros({2}, torch::kLong), torch::cat(positions)}).unsqueeze(0);
+    const auto packed = model(ids, pos, mask).logits;
+    int64_t at = 2;
+    for (size_t d = 0; d < lengths.size(); ++d) {
+      const auto alone = model(docs[d].unsqueeze(0)).logits;
+      const auto part = packed.narrow(1, at, lengths[d]);
+      EXPECT_LT((part - alone).abs().max().item<double>() / alone.abs().max().item<double>(), 1e-5)
+          << "document " << d << (cfg.is_mla() ? " (dsv3)" : " (qwen2)");
+      at += lengths[d];
+    }
+    // A 0/1 mask over the same row lets the documents see each other: the later ones change.
+    const auto one_doc = model(ids, pos, mask.ne(0).to(torch::kLong)).logits;
+    EXPECT_GT((one_doc.narrow(1, 7, 3) - packed.narrow(1, 7, 3)).abs().max().item<double>(), 1e-3);
+  }
+}
+
 }  // namespace
 }  // namespace grpo::model

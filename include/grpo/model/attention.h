@@ -21,8 +21,10 @@ struct AttentionContext {
 };
 
 // Additive causal mask over S = past + T keys: query i (absolute past + i) sees key j when
-// j <= past + i and attention_mask[b, j] == 1. attention_mask [B, S] (int or bool; undefined =
-// all ones). Masked entries hold the dtype's lowest finite value (as HF), so a fully masked row
+// j <= past + i, attention_mask[b, j] != 0 and attention_mask[b, j] == attention_mask[b, past + i].
+// attention_mask [B, S] (int or bool; undefined = all ones) holds 0 for padding and otherwise the
+// document number of each token: 1 everywhere for one sequence per row, 1, 2, 3... for packed
+// documents, which then never attend to each other. Masked entries hold the dtype's lowest finite value (as HF), so a fully masked row
 // (a padding query) stays finite.
 torch::Tensor causal_mask(const torch::Tensor& attention_mask, int64_t batch, int64_t q_len,
                           int64_t past, torch::ScalarType dtype, const torch::Device& device);

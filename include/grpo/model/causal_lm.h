@@ -58,7 +58,9 @@ class CausalLMImpl : public torch::nn::Module {
   explicit CausalLMImpl(const ModelConfig& cfg, const torch::TensorOptions& options = {});
 
   // input_ids [B, T] int64. position_ids [B, T] (undefined: past + 0..T-1). attention_mask
-  // [B, past + T] with 1 for real tokens (undefined: all real). With a cache, the new tokens'
+  // [B, past + T] with 1 for real tokens and 0 for padding (undefined: all real); packed rows
+  // number their documents 1, 2, ... instead (and restart position_ids per document), and no token
+  // attends across documents. With a cache, the new tokens'
   // keys and values are appended and the cache advances by T.
   ForwardOutput forward(const torch::Tensor& input_ids, const torch::Tensor& position_ids = {},
                         const torch::Tensor& attention_mask = {}, KVCache* cache = nullptr,
