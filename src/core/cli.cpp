@@ -26,11 +26,13 @@ JobArgs parse_job_args(int argc, const char* const argv[]) {
       args.overrides.push_back(value_of("--set"));
     } else if (a == "--print-config") {
       args.print_config = true;
+    } else if (a == "--resume") {
+      args.resume = true;
     } else if (a == "--help" || a == "-h") {
       args.help = true;
     } else {
       throw std::invalid_argument("unknown argument '" + a +
-                                  "' (expected --config FILE, --set key=value, --print-config or --help)");
+                                  "' (expected --config FILE, --set key=value, --resume, --print-config or --help)");
     }
   }
   return args;
@@ -39,7 +41,7 @@ JobArgs parse_job_args(int argc, const char* const argv[]) {
 std::string job_usage(std::string_view program, std::string_view description) {
   std::string s = "usage: ";
   s.append(program);
-  s += " [--config FILE] [--set key.path=value]... [--print-config] [--help]\n";
+  s += " [--config FILE] [--set key.path=value]... [--resume] [--print-config] [--help]\n";
   if (!description.empty()) {
     s += '\n';
     s.append(description);
@@ -48,6 +50,7 @@ std::string job_usage(std::string_view program, std::string_view description) {
   s +=
       "\n  --config FILE      YAML configuration (see docs/config.md)\n"
       "  --set key=value    override one key, e.g. --set run.seed=7 (repeatable)\n"
+      "  --resume           continue from the run folder's last checkpoint\n"
       "  --print-config     print the effective configuration and exit\n"
       "  --help             this text\n";
   return s;

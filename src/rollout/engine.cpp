@@ -87,6 +87,14 @@ bool Engine::finish_check(Row& row, int64_t token, double now) const {
 
 std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& requests, GenerationStats* stats_out) {
   c10::InferenceMode guard;
+  // MLA decodes in the absorbed form (attention over the cached latent, no per-step expansion of
+  // the whole cache into per-head keys and values); the model's own form is restored after.
+  struct ImplGuard {
+    model::CausalLM& m;
+    model::AttentionImpl saved;
+    ~ImplGuard() { m->set_attention_impl(saved); }
+  } impl_guard{model_, model_->config().attention_impl};
+  if (model_->config().is_mla() && cfg_.mla_absorbed) model_->set_attention_impl(model::AttentionImpl::absorbed);
   const double t0 = now_seconds();
   const int64_t P = static_cast<int64_t>(requests.size()), G = cfg_.num_generations;
   const int64_t vocab = model_->config().vocab_size;

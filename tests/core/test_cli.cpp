@@ -20,12 +20,14 @@ TEST(Cli, ParsesConfigAndOverridesInOrder) {
   EXPECT_FALSE(a.help);
   EXPECT_EQ(parse({"--config=y.yaml"}).config_path.value(), "y.yaml");
   EXPECT_TRUE(parse({"-h"}).help);
+  EXPECT_TRUE(parse({"--resume"}).resume);
+  EXPECT_FALSE(parse({}).resume);
 }
 
 TEST(Cli, RejectsUnknownAndIncompleteArguments) {
   GRPO_EXPECT_THROW_MESSAGE(parse({"--cofnig", "x"}), std::invalid_argument,
                             "unknown argument '--cofnig' (expected --config FILE, --set key=value, "
-                            "--print-config or --help)");
+                            "--resume, --print-config or --help)");
   GRPO_EXPECT_THROW_MESSAGE(parse({"--set"}), std::invalid_argument, "--set needs a value");
   GRPO_EXPECT_THROW_MESSAGE(parse({"--config", "a", "--config", "b"}), std::invalid_argument,
                             "--config given twice");

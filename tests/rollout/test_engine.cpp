@@ -35,9 +35,13 @@ std::vector<GenerationRequest> ragged_requests(int64_t vocab, std::vector<int64_
 
 // Teacher-forced log-probs of each completion's tokens: one left-padded full forward without a
 // cache over prompt + completion, log_softmax(logits / T) at the positions that predicted them.
+// MLA models run it in the form the engine decodes with (absorbed, GenerationConfig::mla_absorbed);
+// the two forms agree to float32 rounding (about 1e-5 on these log-probs), not bit for bit.
 std::vector<std::vector<float>> teacher_forced(CausalLM& model, const std::vector<GenerationRequest>& reqs,
                                                const std::vector<Completion>& comps, double temperature) {
   c10::InferenceMode guard;
+  const auto saved_impl = model->config().attention_impl;
+  if (model->config().is_mla()) model->set_attention_impl(model::AttentionImpl::absorbed);
   int64_t len = 0;
   for (const auto& c : comps) {
     len = std::max<int64_t>(len, reqs[c.prompt_index].prompt_ids.size() + c.token_ids.size());
@@ -56,6 +60,7 @@ std::vector<std::vector<float>> teacher_forced(CausalLM& model, const std::vecto
   const auto pos = (mask.cumsum(1) - 1).clamp_min(0);
   const double t = temperature == 0 ? 1.0 : temperature;
   const auto lp = torch::log_softmax(model(ids, pos, mask).logits.to(torch::kFloat) / t, -1);
+  model->set_attention_impl(saved_impl);
   std::vector<std::vector<float>> out;
   for (int64_t i = 0; i < n; ++i) {
     const auto& c = comps[static_cast<size_t>(i)];

@@ -1,5 +1,5 @@
 // Command-line arguments shared by every grpo program that runs from a YAML config:
-//   PROGRAM [--config FILE] [--set key.path=value]... [--print-config] [--help]
+//   PROGRAM [--config FILE] [--set key.path=value]... [--resume] [--print-config] [--help]
 #pragma once
 
 #include <optional>
@@ -13,6 +13,7 @@ struct JobArgs {
   std::optional<std::string> config_path;  // --config FILE (a program may supply a default)
   std::vector<std::string> overrides;      // each --set key=value, in order
   bool print_config = false;               // --print-config: print the effective config and exit
+  bool resume = false;                     // --resume: continue from the run folder's last checkpoint
   bool help = false;                       // --help / -h
 };
 

@@ -48,6 +48,7 @@ struct GenerationConfig {
   bool use_cache = true;                 // false: recompute the whole sequence every step (for checks)
   int64_t max_batch_rows = 0;            // decode at most this many rows at once; 0 = all
   bool speculative_mtp = false;          // DeepSeek-V3 MTP drafts one token, the model verifies (greedy only)
+  bool mla_absorbed = true;              // MLA models decode in the absorbed form (restored after)
 
   template <class V>
   void visit(V& v) {
@@ -62,6 +63,7 @@ struct GenerationConfig {
     v("use_cache", use_cache, "KV-cached decoding (false recomputes the sequence every step)");
     v("max_batch_rows", max_batch_rows, "rows decoded at once; 0 = all prompts x num_generations", Check().ge(0));
     v("speculative_mtp", speculative_mtp, "MTP speculative decoding (DeepSeek-V3 with MTP, greedy only)");
+    v("mla_absorbed", mla_absorbed, "MLA: decode in the absorbed form over the latent cache (false: the model's form)");
   }
   std::string validate() const;
 };

@@ -1,0 +1,122 @@
+// The GRPO trainer: each step samples G completions for each of `prompts_per_step` prompts with the
+// rollout engine, scores them with the RewardSet, turns the weighted rewards into group-normalised
+// advantages, and takes num_iterations optimizer steps on the clipped-ratio objective (with the k3
+// KL to a frozen reference when beta > 0). The loss is grpo_loss (grpo/train/grpo_loss.h), its
+// aggregation normalised over the whole step batch, so micro-batching gives the same gradient as
+// one big batch.
+//
+//   GrpoTrainer trainer(model, *tokenizer, prompt_cfg, cfg.grpo, reward_set, run);
+//   trainer.train(rl_records, eval_fn, resume);
+//
+// Old policy: with num_iterations 1 the ratio is computed against the current log-probs detached
+// (exactly 1, as TRL); with more, against the log-probs the engine recorded while sampling (equal to
+// a teacher-forced forward to 1e-5). Positions count real tokens from the first prompt token, as in
+// generation. Dynamic sampling (DAPO) drops groups whose rewards are all equal and samples new
+// prompts for up to max_refill_rounds rounds.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "grpo/config/config.h"
+#include "grpo/core/metrics.h"
+#include "grpo/core/run.h"
+#include "grpo/data/prompt.h"
+#include "grpo/data/record.h"
+#include "grpo/data/tokenizer.h"
+#include "grpo/model/causal_lm.h"
+#include "grpo/rewards/reward_set.h"
+#include "grpo/rollout/engine.h"
+#include "grpo/train/grpo_loss.h"
+#include "grpo/train/optimizer.h"
+#include "grpo/train/schedule.h"
+#include "grpo/train/train_state.h"
+
+namespace grpo::train {
+
+struct GrpoConfig {
+  int64_t steps = 100;                    // generation steps (each with num_iterations optimizer steps)
+  int64_t prompts_per_step = 8;           // prompts (groups) per step
+  rollout::GenerationConfig generation;   // num_generations (G), temperature, max_new_tokens, stop strings
+  GrpoLossConfig loss;                    // loss type, clipping, beta, reward scaling
+  int64_t num_iterations = 1;             // optimizer passes over each generated batch (mu)
+  int64_t micro_batch_size = 16;          // completions per forward/backward
+  int64_t ref_refresh_steps = 0;          // copy the policy into the reference every N steps (0 = never)
+  bool mask_truncated_completions = false;  // completions cut at max_new_tokens get no loss
+  bool dynamic_sampling = false;          // drop groups whose rewards are all equal, refill with new prompts
+  int64_t max_refill_rounds = 2;          // dynamic sampling: extra generation rounds per step at most
+  double mtp_weight = 0.0;                // MTP loss on the sampled sequences during RL (0 = off)
+  double router_bias_gamma = 0.001;       // aux-loss-free router bias update per optimizer step (0 = off)
+  bool bf16_autocast = true;              // CUDA: bf16 autocast for the training forward
+  int64_t eval_every = 0;                 // steps between evaluations (0 = only at the end)
+  std::string accuracy_reward = "math_accuracy";  // reward label logged as "accuracy" (absent: not logged)
+  int64_t log_completions = 2;            // completions per step written to the log and completions.jsonl
+  int64_t seed_offset = 1;                // added to run.seed for this stage's data order and sampling
+  OptimizerConfig optim;                  // AdamW (R1: lr 3e-6)
+  ScheduleConfig schedule;                // warmup + decay
+  CheckpointConfig checkpoint;            // <run>/checkpoints/grpo
+
+  template <class V>
+  void visit(V& v) {
+    using config::Check;
+    v("steps", steps, "generation steps", Check().ge(1));
+    v("prompts_per_step", prompts_per_step, "prompts (groups of num_generations) per step", Check().ge(1));
+    v("generation", generation, "rollouts: num_generations, sampling, max_new_tokens, stop strings");
+    v("loss", loss, "the GRPO objective");
+    v("num_iterations", num_iterations, "optimizer passes over each generated batch (mu)", Check().ge(1));
+    v("micro_batch_size", micro_batch_size, "completions per forward/backward", Check().ge(1));
+    v("ref_refresh_steps", ref_refresh_steps, "copy the policy into the reference every N steps; 0 = never",
+      Check().ge(0));
+    v("mask_truncated_completions", mask_truncated_completions, "no loss on completions cut at max_new_tokens");
+    v("dynamic_sampling", dynamic_sampling, "drop groups whose rewards are all equal and refill (DAPO)");
+    v("max_refill_rounds", max_refill_rounds, "dynamic sampling: extra generation rounds per step", Check().ge(0));
+    v("mtp_weight", mtp_weight, "MTP loss weight during RL; 0 = off", Check().ge(0));
+    v("router_bias_gamma", router_bias_gamma, "aux-loss-free router bias update speed; 0 = off", Check().ge(0));
+    v("bf16_autocast", bf16_autocast, "bf16 autocast on CUDA");
+    v("eval_every", eval_every, "steps between evaluations; 0 = only at the end", Check().ge(0));
+    v("accuracy_reward", accuracy_reward, "reward label logged as accuracy");
+    v("log_completions", log_completions, "completions per step written to the log and completions.jsonl",
+      Check().ge(0));
+    v("seed_offset", seed_offset, "added to run.seed for this stage", Check().ge(0));
+    v("optim", optim, "AdamW");
+    v("schedule", schedule, "learning-rate schedule over steps x num_iterations optimizer steps");
+    v("checkpoint", checkpoint, "checkpoints under <run>/checkpoints/grpo");
+  }
+  std::string validate() const;
+};
+
+struct GrpoResult {
+  int64_t steps = 0;
+  double last_reward = 0;
+  double seconds = 0;
+};
+
+class GrpoTrainer {
+ public:
+  using EvalFn = std::function<std::vector<Metric>(int64_t step)>;
+
+  GrpoTrainer(model::CausalLM model, const data::Tokenizer& tokenizer, data::PromptConfig prompt, GrpoConfig cfg,
+              const rewards::RewardSet& rewards, Run& run, std::string stage = "grpo");
+
+  // Trains on prompts drawn from `records` (their answers and extra columns go to the rewards).
+  GrpoResult train(const std::vector<data::Record>& records, const EvalFn& eval = {}, bool resume = false);
+
+  std::string checkpoint_dir() const;
+
+ private:
+  model::CausalLM model_;
+  const data::Tokenizer& tokenizer_;
+  data::PromptConfig prompt_;
+  GrpoConfig cfg_;
+  const rewards::RewardSet& rewards_;
+  Run& run_;
+  std::string stage_;
+};
+
+// A deep copy of `model` (same config, device and dtype; parameters and buffers copied), frozen
+// (requires_grad false) and in eval mode: the reference policy.
+model::CausalLM frozen_copy(model::CausalLM& model);
+
+}  // namespace grpo::train

@@ -1,0 +1,179 @@
+// The GRPO objective as trl 1.16.0's GRPOTrainer computes it; see grpo/train/grpo_loss.h.
+#include "grpo/train/grpo_loss.h"
+
+#include <torch/torch.h>
+
+#include <limits>
+
+namespace grpo::train {
+
+std::string GrpoLossConfig::validate() const {
+  if (delta && *delta <= 1.0 + epsilon_upper()) {
+    // TRL accepts it; the cap then binds inside the clip band, which is surely a mistake.
+    return "delta must be > 1 + epsilon_high (" + std::to_string(1.0 + epsilon_upper()) + "), found " +
+           std::to_string(*delta);
+  }
+  return "";
+}
+
+namespace {
+
+// TRL's nanstd without NaNs: mean of squared deviations times n / (n - 1); n == 1 gives 0 (TRL
+// special-cases a single generation to a zero std).
+torch::Tensor bessel_std(const torch::Tensor& x, int64_t dim) {
+  const int64_t n = x.size(dim);
+  if (n <= 1) return torch::zeros_like(x.select(dim, 0));
+  const auto mean = x.mean(dim, /*keepdim=*/true);
+  const auto var = (x - mean).pow(2).mean(dim) * (static_cast<double>(n) / static_cast<double>(n - 1));
+  return var.sqrt();
+}
+
+void check_2d(const torch::Tensor& t, const char* name, const torch::Tensor& like) {
+  TORCH_CHECK(t.dim() == 2 && t.sizes() == like.sizes(), "grpo_loss: expected ", name, " of shape ", like.sizes(),
+              ", got ", t.sizes());
+}
+
+}  // namespace
+
+torch::Tensor compute_advantages(const torch::Tensor& rewards, int64_t group_size, RewardScaling scaling) {
+  TORCH_CHECK(rewards.dim() == 1, "compute_advantages: expected rewards [N], got ", rewards.sizes());
+  TORCH_CHECK(group_size > 0 && rewards.size(0) % group_size == 0, "compute_advantages: ", rewards.size(0),
+              " rewards do not split into groups of ", group_size);
+  const auto grouped = rewards.view({-1, group_size});
+  const auto mean = grouped.mean(1).repeat_interleave(group_size);
+  const auto centred = rewards - mean;
+  switch (scaling) {
+    case RewardScaling::none:
+      return centred;
+    case RewardScaling::group:
+      return centred / (bessel_std(grouped, 1).repeat_interleave(group_size) + kAdvantageEpsilon);
+    case RewardScaling::batch:
+      return centred / (bessel_std(rewards, 0) + kAdvantageEpsilon);
+  }
+  TORCH_CHECK(false, "compute_advantages: unknown scaling");
+}
+
+torch::Tensor selective_logprobs(const torch::Tensor& logits, const torch::Tensor& ids) {
+  TORCH_CHECK(logits.dim() == 3 && ids.dim() == 2 && logits.size(0) == ids.size(0) && logits.size(1) == ids.size(1),
+              "selective_logprobs: expected logits [N, L, V] and ids [N, L], got ", logits.sizes(), " and ",
+              ids.sizes());
+  const auto dtype = logits.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  std::vector<torch::Tensor> rows;
+  rows.reserve(logits.size(0));
+  // One row at a time: the float32 log_softmax of a row is the only [L, V] temporary.
+  for (int64_t i = 0; i < logits.size(0); ++i) {
+    const auto row = logits[i].to(dtype);
+    const auto picked = row.gather(-1, ids[i].unsqueeze(-1)).squeeze(-1);
+    rows.push_back(picked - row.logsumexp(-1));
+  }
+  return torch::stack(rows);
+}
+
+torch::Tensor completion_logprobs(model::CausalLM& model, const torch::Tensor& input_ids,
+                                  const torch::Tensor& attention_mask, const torch::Tensor& position_ids,
+                                  int64_t completion_length, double temperature) {
+  TORCH_CHECK(input_ids.dim() == 2 && completion_length > 0 && completion_length < input_ids.size(1),
+              "completion_logprobs: expected input_ids [N, P + L] with 0 < L = ", completion_length,
+              " < P + L, got ", input_ids.sizes());
+  TORCH_CHECK(temperature > 0, "completion_logprobs: temperature must be > 0, got ", temperature);
+  const int64_t total = input_ids.size(1);
+  const int64_t prompt = total - completion_length;
+  model::ForwardOptions options;
+  options.logits = false;
+  options.return_hidden = true;
+  const auto out = model->forward(input_ids, position_ids, attention_mask, nullptr, options);
+  // Hidden state at position i predicts token i + 1: positions P - 1 .. P + L - 2.
+  auto logits = model->head(out.hidden.slice(1, prompt - 1, total - 1));
+  if (temperature != 1.0) logits = logits / temperature;
+  const auto completion_ids = input_ids.slice(1, prompt, total);
+  auto logps = selective_logprobs(logits, completion_ids);
+  if (attention_mask.defined()) {
+    const auto pad = attention_mask.slice(1, prompt, total).to(logps.device()) == 0;
+    logps = logps.masked_fill(pad, 0.0);
+  }
+  return logps;
+}
+
+GrpoLossOutput grpo_loss(const GrpoLossInputs& in, const GrpoLossConfig& cfg) {
+  const auto& logps = in.logps;
+  TORCH_CHECK(logps.defined() && logps.dim() == 2, "grpo_loss: expected logps [N, L]");
+  check_2d(in.completion_mask, "completion_mask", logps);
+  const auto mask = in.completion_mask.to(logps.scalar_type());
+  const auto old_logps = in.old_logps.defined() ? in.old_logps : logps.detach();
+  check_2d(old_logps, "old_logps", logps);
+  TORCH_CHECK(in.advantages.defined() && in.advantages.size(0) == logps.size(0),
+              "grpo_loss: expected advantages [", logps.size(0), "], got ",
+              in.advantages.defined() ? in.advantages.sizes() : torch::IntArrayRef{});
+  const auto advantages = in.advantages.dim() == 1 ? in.advantages.unsqueeze(1) : in.advantages;
+  const bool sequence_level = cfg.importance_sampling_level == ImportanceSamplingLevel::sequence;
+  const double eps_low = cfg.epsilon_low(), eps_high = cfg.epsilon_upper();
+  const auto tokens_per_row = mask.sum(-1);
+
+  const auto log_ratio = logps - old_logps;
+  // [N, L] at token level, [N, 1] at sequence level (broadcast over the sequence's tokens).
+  const auto log_weights = sequence_level ? ((log_ratio * mask).sum(-1) / tokens_per_row.clamp_min(1.0)).unsqueeze(-1)
+                                          : log_ratio;
+  auto ratio = log_weights.exp();
+  const auto uncapped_ratio = ratio;
+  const auto clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high);
+  if (cfg.delta) ratio = ratio.clamp_max(*cfg.delta);
+  auto per_token_loss = -torch::min(ratio * advantages, clipped * advantages);
+
+  torch::Tensor per_token_kl;
+  if (cfg.beta != 0.0) {
+    TORCH_CHECK(in.ref_logps.defined(), "grpo_loss: beta = ", cfg.beta, " needs ref_logps");
+    check_2d(in.ref_logps, "ref_logps", logps);
+    const auto diff = in.ref_logps - logps;
+    per_token_kl = diff.exp() - diff - 1.0;
+    if (cfg.use_bias_correction_kl) per_token_kl = per_token_kl * uncapped_ratio;
+    per_token_loss = per_token_loss + cfg.beta * per_token_kl;
+  }
+
+  const auto masked_sum = (per_token_loss * mask).sum();
+  GrpoLossOutput out;
+  switch (cfg.loss_type) {
+    case LossType::grpo:
+      out.loss = ((per_token_loss * mask).sum(-1) / tokens_per_row.clamp_min(1.0)).mean();
+      break;
+    case LossType::bnpo:
+      out.loss = masked_sum / mask.sum().clamp_min(1.0);
+      break;
+    case LossType::dr_grpo:
+      TORCH_CHECK(cfg.max_completion_length > 0, "grpo_loss: dr_grpo needs max_completion_length > 0");
+      out.loss = masked_sum / static_cast<double>(logps.size(0) * cfg.max_completion_length);
+      break;
+    case LossType::dapo: {
+      const auto normaliser = in.num_items_in_batch > 0 ? torch::full({}, in.num_items_in_batch, mask.options())
+                                                        : mask.sum();
+      out.loss = masked_sum / normaliser.clamp_min(1.0);
+      break;
+    }
+  }
+
+  // Metrics, as TRL logs them (single process).
+  torch::NoGradGuard no_grad;
+  const auto global_masked_mean = [&](const torch::Tensor& x) {
+    if (x.size(1) == 1) return x.sum().item<double>() / static_cast<double>(x.size(0));
+    return ((x * mask).sum() / mask.sum().clamp_min(1.0)).item<double>();
+  };
+  // Per-sequence means over sequences with tokens (TRL's NaN rows are skipped by nanmin/nanmax).
+  const auto seq_means = [&](const torch::Tensor& x) {
+    if (x.size(1) == 1) return x.squeeze(1);
+    const auto m = (x * mask).sum(-1) / tokens_per_row;
+    return m.masked_select(tokens_per_row > 0);
+  };
+  if (per_token_kl.defined()) out.kl = global_masked_mean(per_token_kl);
+  const auto low = ((ratio < 1.0 - eps_low) & (advantages < 0)).to(mask.scalar_type());
+  const auto high = ((ratio > 1.0 + eps_high) & (advantages > 0)).to(mask.scalar_type());
+  const auto region = ((low + high) > 0).to(mask.scalar_type());
+  out.clip_ratio_low_mean = global_masked_mean(low);
+  out.clip_ratio_high_mean = global_masked_mean(high);
+  out.clip_ratio_region_mean = global_masked_mean(region);
+  const auto low_seq = seq_means(low), high_seq = seq_means(high);
+  out.clip_ratio_low_min = low_seq.numel() > 0 ? low_seq.min().item<double>() : 0.0;
+  out.clip_ratio_high_max = high_seq.numel() > 0 ? high_seq.max().item<double>() : 0.0;
+  out.ratio_mean = global_masked_mean(ratio);
+  return out;
+}
+
+}  // namespace grpo::train

@@ -1,0 +1,400 @@
+#include "grpo/train/train_state.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+#include <fcntl.h>
+#include <torch/cuda.h>
+#include <torch/optim/adamw.h>
+#include <torch/serialize/archive.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+
+#include "grpo/core/files.h"
+#include "grpo/model/checkpoint.h"
+#include "grpo/version.h"
+
+namespace grpo::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kStateFormat = 1;
+
+// An error message on one line: torch's backtrace dropped, line breaks joined with "; ".
+std::string one_line(const std::exception& e) {
+  std::string text;
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) {
+    text = c10_error->what_without_backtrace();
+  } else {
+    text = e.what();
+  }
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  std::string out;
+  for (char c : text) {
+    if (c == '\n') {
+      out += "; ";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+[[noreturn]] void fail(const fs::path& file, const std::string& what) {
+  throw std::runtime_error(file.string() + ": " + what);
+}
+
+// "step_<digits>" -> the number; nullopt for anything else (step_3.tmp, latest, ...).
+std::optional<int64_t> parse_step_name(const std::string& name) {
+  constexpr std::string_view prefix = "step_";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  const std::string digits = name.substr(prefix.size());
+  if (digits.size() > 18 || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  return std::stoll(digits);
+}
+
+bool is_complete(const fs::path& folder) {
+  std::error_code ec;
+  return fs::is_directory(folder, ec) && fs::is_regular_file(folder / "state.json", ec);
+}
+
+// Complete step_<N> folders of `root`, by N ascending.
+std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& root) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const auto step = parse_step_name(entry.path().filename().string());
+    if (step && is_complete(entry.path())) out.emplace_back(*step, entry.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void fsync_path(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd < 0) fail(path, std::string("cannot open to flush: ") + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) fail(path, std::string("fsync failed: ") + std::strerror(err));
+}
+
+// Flushes every file and folder under `root`, and `root` itself.
+void fsync_tree(const fs::path& root) {
+  for (const auto& entry : fs::recursive_directory_iterator(root)) {
+    if (entry.is_regular_file()) {
+      fsync_path(entry.path(), false);
+    } else if (entry.is_directory()) {
+      fsync_path(entry.path(), true);
+    }
+  }
+  fsync_path(root, true);
+}
+
+void write_bytes(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.flush();
+  if (!out) fail(path, "cannot write");
+}
+
+std::string utc_now() {
+  const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// torch's RNG states, read and checked, not yet applied.
+struct RngState {
+  torch::Tensor cpu;
+  std::vector<torch::Tensor> cuda;  // by device index
+};
+
+torch::Tensor generator_state(at::Generator generator) {
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  return generator.get_state();
+}
+
+int64_t cuda_generator_count() {
+  return torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
+}
+
+at::Generator cuda_generator(int64_t index) {
+  return at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index)));
+}
+
+RngState parse_rng_state(const std::string& bytes) {
+  RngState state;
+  try {
+    torch::serialize::InputArchive archive;
+    std::istringstream in(bytes);
+    archive.load_from(in);
+    archive.read("cpu", state.cpu);
+    torch::Tensor count;
+    archive.read("cuda_count", count);
+    for (int64_t i = 0; i < count.item<int64_t>(); ++i) {
+      torch::Tensor t;
+      archive.read("cuda_" + std::to_string(i), t);
+      state.cuda.push_back(t);
+    }
+  } catch (const std::exception& e) {
+    throw std::runtime_error("not an RNG state: " + one_line(e));
+  }
+  const torch::Tensor current = generator_state(at::detail::getDefaultCPUGenerator());
+  if (state.cpu.scalar_type() != torch::kByte || state.cpu.numel() != current.numel()) {
+    throw std::runtime_error("CPU generator state has " + std::to_string(state.cpu.numel()) + " " +
+                             std::string(c10::toString(state.cpu.scalar_type())) + " elements, expected " +
+                             std::to_string(current.numel()) + " Byte");
+  }
+  return state;
+}
+
+void apply_rng_state(const RngState& state) {
+  {
+    at::Generator cpu = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(cpu.mutex());
+    cpu.set_state(state.cpu);
+  }
+  const int64_t n = std::min<int64_t>(cuda_generator_count(), static_cast<int64_t>(state.cuda.size()));
+  for (int64_t i = 0; i < n; ++i) {
+    at::Generator g = cuda_generator(i);
+    std::lock_guard<std::mutex> lock(g.mutex());
+    g.set_state(state.cuda[i]);
+  }
+}
+
+}  // namespace
+
+std::string capture_rng_state() {
+  torch::serialize::OutputArchive archive;
+  archive.write("cpu", generator_state(at::detail::getDefaultCPUGenerator()));
+  const int64_t n = cuda_generator_count();
+  archive.write("cuda_count", torch::tensor(n));
+  for (int64_t i = 0; i < n; ++i) archive.write("cuda_" + std::to_string(i), generator_state(cuda_generator(i)));
+  std::ostringstream out;
+  archive.save_to(out);
+  return out.str();
+}
+
+void restore_rng_state(const std::string& bytes) { apply_rng_state(parse_rng_state(bytes)); }
+
+std::string mt_state(const std::mt19937_64& rng) {
+  std::ostringstream out;
+  out << rng;
+  return out.str();
+}
+
+void set_mt_state(std::mt19937_64& rng, const std::string& text) {
+  std::istringstream in(text);
+  std::mt19937_64 parsed;
+  in >> parsed;
+  std::string rest;
+  if (in.fail() || (in >> rest)) {
+    throw std::runtime_error("not a std::mt19937_64 state (312 numbers): '" + text.substr(0, 40) +
+                             (text.size() > 40 ? "...'" : "'"));
+  }
+  rng = parsed;
+}
+
+std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
+                            torch::optim::Optimizer* optimizer, const TrainState& state, const CheckpointConfig& cfg) {
+  const fs::path root(dir);
+  fs::create_directories(root);
+  // Leftovers of an interrupted save (step_<N>.tmp, step_<N>.old.tmp) are never a checkpoint.
+  std::vector<fs::path> leftovers;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && name.rfind("step_", 0) == 0 && name.size() > 4 &&
+        name.compare(name.size() - 4, 4, ".tmp") == 0) {
+      leftovers.push_back(entry.path());
+    }
+  }
+  for (const auto& path : leftovers) fs::remove_all(path);
+  const std::string name = "step_" + std::to_string(step);
+  const fs::path final_path = root / name;
+  const fs::path tmp = root / (name + ".tmp");
+  const bool with_optimizer = optimizer != nullptr && cfg.save_optimizer;
+  try {
+    fs::create_directories(tmp);
+    model::save_hf_checkpoint(model, (tmp / "model").string(), torch::kFloat);
+    if (with_optimizer) {
+      torch::serialize::OutputArchive archive;
+      optimizer->save(archive);
+      archive.save_to((tmp / "optimizer.pt").string());
+    }
+    write_bytes(tmp / "rng.pt", capture_rng_state());
+    nlohmann::json j;
+    j["format"] = kStateFormat;
+    j["step"] = step;
+    j["values"] = state.values;
+    j["grpo_version"] = GRPO_VERSION_STRING;
+    j["torch_version"] = GRPO_TORCH_VERSION;
+    j["time"] = utc_now();
+    j["optimizer"] = with_optimizer;
+    write_bytes(tmp / "state.json", j.dump(2) + "\n");
+    fsync_tree(tmp);
+  } catch (const std::exception& e) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw std::runtime_error("saving checkpoint " + final_path.string() + ": " + one_line(e));
+  }
+  // Publish: the folder appears under its final name complete, or not at all.
+  const fs::path old = root / (name + ".old.tmp");
+  if (fs::exists(final_path)) fs::rename(final_path, old);
+  fs::rename(tmp, final_path);
+  fsync_path(root, true);
+  std::error_code ec;
+  fs::remove_all(old, ec);
+  write_file_atomic((root / "latest").string(), name + "\n");
+  if (cfg.keep_last > 0) {
+    auto all = complete_checkpoints(root);
+    std::erase_if(all, [&](const auto& c) { return c.second == final_path; });
+    const std::size_t others = static_cast<std::size_t>(cfg.keep_last - 1);
+    for (std::size_t i = 0; i + others < all.size(); ++i) fs::remove_all(all[i].second);
+  }
+  return final_path.string();
+}
+
+std::optional<std::string> latest_checkpoint(const std::string& dir) {
+  const fs::path root(dir);
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return std::nullopt;
+  if (fs::is_regular_file(root / "latest", ec)) {
+    std::string name;
+    try {
+      name = read_file((root / "latest").string());
+    } catch (const std::exception&) {
+      name.clear();
+    }
+    while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+    if (parse_step_name(name) && is_complete(root / name)) return (root / name).string();
+  }
+  const auto all = complete_checkpoints(root);
+  if (all.empty()) return std::nullopt;
+  return all.back().second.string();
+}
+
+TrainState load_checkpoint(const std::string& path, model::CausalLM& model, torch::optim::Optimizer* optimizer) {
+  const fs::path root(path);
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) fail(root, "no such checkpoint folder");
+
+  // 1. state.json
+  const fs::path state_path = root / "state.json";
+  if (!fs::is_regular_file(state_path, ec)) fail(state_path, "missing");
+  TrainState state;
+  bool has_optimizer = false;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(read_file(state_path.string()));
+    if (j.value("format", 0) != kStateFormat) {
+      fail(state_path, "unsupported format " + j.value("format", nlohmann::json()).dump() + ", expected " +
+                           std::to_string(kStateFormat));
+    }
+    state.step = j.at("step").get<int64_t>();
+    state.values = j.at("values").get<std::map<std::string, std::string>>();
+    has_optimizer = j.at("optimizer").get<bool>();
+  } catch (const nlohmann::json::exception& e) {
+    fail(state_path, std::string("not a checkpoint state: ") + e.what());
+  }
+
+  // 2. rng.pt
+  const fs::path rng_path = root / "rng.pt";
+  if (!fs::is_regular_file(rng_path, ec)) fail(rng_path, "missing");
+  RngState rng;
+  try {
+    rng = parse_rng_state(read_file(rng_path.string()));
+  } catch (const std::exception& e) {
+    fail(rng_path, one_line(e));
+  }
+
+  // 3. optimizer.pt, into a temporary AdamW over the same parameters.
+  std::unique_ptr<torch::optim::AdamW> loaded;
+  torch::optim::AdamW* adamw = nullptr;
+  const fs::path optimizer_path = root / "optimizer.pt";
+  if (optimizer != nullptr) {
+    adamw = dynamic_cast<torch::optim::AdamW*>(optimizer);
+    if (adamw == nullptr) fail(optimizer_path, "load_checkpoint restores AdamW optimizers only");
+    if (!has_optimizer) fail(optimizer_path, "not saved (the checkpoint was written with save_optimizer: false)");
+    if (!fs::is_regular_file(optimizer_path, ec)) fail(optimizer_path, "missing");
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    for (auto& g : adamw->param_groups()) groups.emplace_back(g.params(), g.options().clone());
+    loaded = std::make_unique<torch::optim::AdamW>(
+        std::move(groups), static_cast<const torch::optim::AdamWOptions&>(adamw->defaults()));
+    try {
+      torch::serialize::InputArchive archive;
+      archive.load_from(optimizer_path.string());
+      loaded->load(archive);
+    } catch (const std::exception& e) {
+      fail(optimizer_path, "cannot read the optimizer state: " + one_line(e));
+    }
+    const auto& groups_now = loaded->param_groups();
+    for (std::size_t g = 0; g < groups_now.size(); ++g) {
+      const auto& params = groups_now[g].params();
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        auto it = loaded->state().find(params[i].unsafeGetTensorImpl());
+        if (it == loaded->state().end()) continue;
+        const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
+        for (const torch::Tensor* t : {&s.exp_avg(), &s.exp_avg_sq()}) {
+          if (!t->defined() || t->sizes() != params[i].sizes()) {
+            fail(optimizer_path, "group " + std::to_string(g) + " parameter " + std::to_string(i) + " has shape " +
+                                     c10::str(params[i].sizes()) + " but its saved moments have shape " +
+                                     (t->defined() ? c10::str(t->sizes()) : std::string("(none)")));
+          }
+        }
+      }
+    }
+  }
+
+  // 4. The weights: load_hf_weights reads and checks every tensor before copying any.
+  const fs::path model_path = root / "model";
+  if (!fs::is_directory(model_path, ec)) fail(model_path, "missing");
+  try {
+    model::load_hf_weights(model, model_path.string());
+  } catch (const std::exception& e) {
+    const std::string what = one_line(e);
+    if (what.find(model_path.string()) != std::string::npos) throw std::runtime_error(what);
+    fail(model_path, what);
+  }
+
+  // 5. Nothing left can fail: apply the optimizer state and the RNG.
+  if (adamw != nullptr) {
+    adamw->state().clear();
+    for (auto& [key, value] : loaded->state()) adamw->state()[key] = std::move(value);
+    for (std::size_t g = 0; g < adamw->param_groups().size(); ++g) {
+      adamw->param_groups()[g].set_options(loaded->param_groups()[g].options().clone());
+    }
+    // The moments belong on the parameters' device (a checkpoint written on GPU loads as saved).
+    for (auto& group : adamw->param_groups()) {
+      for (auto& p : group.params()) {
+        auto it = adamw->state().find(p.unsafeGetTensorImpl());
+        if (it == adamw->state().end()) continue;
+        auto& s = static_cast<torch::optim::AdamWParamState&>(*it->second);
+        s.exp_avg(s.exp_avg().to(p.device(), p.scalar_type()));
+        s.exp_avg_sq(s.exp_avg_sq().to(p.device(), p.scalar_type()));
+        if (s.max_exp_avg_sq().defined()) s.max_exp_avg_sq(s.max_exp_avg_sq().to(p.device(), p.scalar_type()));
+      }
+    }
+  }
+  apply_rng_state(rng);
+  return state;
+}
+
+}  // namespace grpo::train

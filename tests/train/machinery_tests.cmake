@@ -1,0 +1,7 @@
+# Shared training machinery: AdamW groups and clipping, learning-rate schedules (against HF
+# transformers' values), atomic checkpoints and bit-exact resume.
+grpo_add_test(grpo_train_tests
+  train/test_optimizer.cpp
+  train/test_schedule.cpp
+  train/test_train_state.cpp)
+target_precompile_headers(grpo_train_tests PRIVATE "${PROJECT_SOURCE_DIR}/src/pch.h")
