@@ -136,13 +136,13 @@ int main(int argc, char** argv) {
     save_model(policy, "grpo_model");
 
     const std::string plot = train::write_training_plot(run);
-    std::string text = grpo::format("\n{:<12} {:>18} {:>12} {:>12}\n", "stage", "held-out accuracy", "mean reward",
+    std::string text = grpo::format("\n{:<12} {:18} {:12} {:12}\n", "stage", "held-out accuracy", "mean reward",
                                     "mean length");
     nlohmann::json results = {{"seed", cfg.run.seed}, {"eval_records", eval_records.size()}};
     for (const auto& row : table) {
       const auto& r = row.result;
-      text += grpo::format("{:<12} {:>18.3f} {:>12.3f} {:>12.1f}\n", row.stage, r.accuracy, r.mean_reward,
-                           r.mean_length);
+      text += grpo::format("{:<12} {:18} {:12} {:12}\n", row.stage, grpo::format("{:.3f}", r.accuracy),
+                           grpo::format("{:.3f}", r.mean_reward), grpo::format("{:.1f}", r.mean_length));
       results["stages"].push_back(
           {{"stage", row.stage}, {"accuracy", r.accuracy}, {"mean_reward", r.mean_reward}, {"mean_length", r.mean_length}});
     }

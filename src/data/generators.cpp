@@ -122,6 +122,51 @@ std::vector<std::string> multiplication_steps(int64_t a, int64_t b) {
   return steps;
 }
 
+// Compact worked solutions: the column operations only, then the result, on one line:
+// 37 + 45 -> "7+5=12, 3+4+1=8, 37+45=82"; 52 - 17 -> "2-7=-5+10=5, 5-1-1=3, 52-17=35";
+// 23 * 45 -> "23*5=115, 23*40=920, 115+920=1035, 23*45=1035".
+std::vector<std::string> compact_steps(int64_t a, const std::string& op, int64_t b) {
+  const auto da = digits_of(a), db = digits_of(b);
+  std::vector<std::string> steps;
+  if (op == "+") {
+    int carry = 0;
+    for (std::size_t i = 0; i < std::max(da.size(), db.size()); ++i) {
+      const int x = i < da.size() ? da[i] : 0, y = i < db.size() ? db[i] : 0;
+      const int sum = x + y + carry;
+      std::string s = std::to_string(x) + "+" + std::to_string(y);
+      if (carry) s += "+" + std::to_string(carry);
+      steps.push_back(s + "=" + std::to_string(sum));
+      carry = sum / 10;
+    }
+  } else if (op == "-") {
+    int borrow = 0;
+    for (std::size_t i = 0; i < da.size(); ++i) {
+      const int x = da[i], y = i < db.size() ? db[i] : 0;
+      const int v = x - y - borrow;
+      std::string s = std::to_string(x) + "-" + std::to_string(y);
+      if (borrow) s += "-" + std::to_string(borrow);
+      s += "=" + std::to_string(v);
+      if (v < 0) s += "+10=" + std::to_string(v + 10);
+      steps.push_back(s);
+      borrow = v < 0 ? 1 : 0;
+    }
+  } else {
+    std::vector<int64_t> parts;
+    for (std::size_t i = 0; i < db.size(); ++i) {
+      if (db[i] == 0 && db.size() > 1) continue;
+      const int64_t factor = db[i] * pow10(static_cast<int>(i));
+      parts.push_back(a * factor);
+      steps.push_back(std::to_string(a) + "*" + std::to_string(factor) + "=" + std::to_string(a * factor));
+    }
+    if (parts.size() > 1) {
+      int64_t total = 0;
+      for (int64_t part : parts) total += part;
+      steps.push_back(join(parts, "+") + "=" + std::to_string(total));
+    }
+  }
+  return steps;
+}
+
 int64_t draw_operand(std::mt19937_64& rng, const ArithmeticConfig& cfg) {
   const int d = static_cast<int>(draw(rng, cfg.min_digits, cfg.max_digits));
   return d == 1 ? draw(rng, 0, 9) : draw(rng, pow10(d - 1), pow10(d) - 1);
@@ -155,7 +200,11 @@ Problem arithmetic_problem(std::mt19937_64& rng, const ArithmeticConfig& cfg, bo
   p.key = std::to_string(commutes ? std::min(a, b) : a) + op + std::to_string(commutes ? std::max(a, b) : b);
   p.record.prompt = "What is " + expression + "?";
   p.record.answer = std::to_string(result);
-  if (with_reasoning) {
+  if (with_reasoning && cfg.reasoning == "compact") {
+    steps = compact_steps(a, op, b);
+    steps.push_back(std::to_string(a) + op + std::to_string(b) + "=" + std::to_string(result));
+    p.record.reasoning = join(steps, ", ");
+  } else if (with_reasoning) {
     steps.push_back(expression + " = " + std::to_string(result));
     p.record.reasoning = join(steps, "\n");
   }

@@ -142,7 +142,11 @@ std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& r
   for (auto& c : completions) {
     stats.generated_tokens += static_cast<int64_t>(c.token_ids.size());
     if (tokenizer_ != nullptr) {
-      c.text = tokenizer_->decode(c.token_ids, /*skip_special_tokens=*/true);
+      // Special tokens stay in the text (they may be the structure the rewards check, such as
+      // <think> in a tokenizer that made it special); the EOS id that ended it does not.
+      auto ids = c.token_ids;
+      if (c.finish_reason == FinishReason::eos && !ids.empty()) ids.pop_back();
+      c.text = tokenizer_->decode(ids, cfg_.skip_special_tokens);
       if (c.finish_reason == FinishReason::stop) {
         const size_t at = c.text.find(c.stop_string);
         if (at != std::string::npos) c.text.resize(at + c.stop_string.size());

@@ -407,3 +407,74 @@ TEST(Generator, WrittenSetsLoadBackAsDatasets) {
 }
 
 }  // namespace
+
+namespace grpo::data {
+namespace {
+
+// Left-to-right value of "7+5+1", "5-1-1", "23*40", "-5+10" (one kind of operator per step).
+int64_t eval_step(const std::string& e) {
+  size_t pos = 0;
+  auto number = [&]() {
+    size_t used = 0;
+    const int64_t v = std::stoll(e.substr(pos), &used);
+    pos += used;
+    return v;
+  };
+  int64_t v = number();
+  while (pos < e.size()) {
+    const char op = e[pos++];
+    const int64_t w = number();
+    v = op == '+' ? v + w : op == '-' ? v - w : v * w;
+  }
+  return v;
+}
+
+// Compact worked solutions ("7+5=12, 3+4+1=8, 37+45=82"): every step's arithmetic is right, the
+// borrow form "2-7=-5+10=5" too, and the last step is the whole problem with its answer.
+TEST(Generator, CompactReasoningStepsAreCorrect) {
+  GeneratorConfig g;
+  g.count = 400;
+  g.seed = 11;
+  g.arithmetic.max_digits = 3;
+  g.arithmetic.reasoning = "compact";
+  int64_t steps = 0;
+  for (const auto& r : generate(g)) {
+    ASSERT_TRUE(r.reasoning.has_value());
+    const std::string& text = *r.reasoning;
+    EXPECT_EQ(text.find('\n'), std::string::npos);
+    std::vector<std::string> parts;
+    for (size_t start = 0;;) {
+      const size_t end = text.find(", ", start);
+      parts.push_back(text.substr(start, end - start));
+      if (end == std::string::npos) break;
+      start = end + 2;
+    }
+    std::string expr = r.extra.at("expression");
+    expr.erase(std::remove(expr.begin(), expr.end(), ' '), expr.end());
+    EXPECT_EQ(parts.back(), expr + "=" + r.answer) << text;
+    for (const auto& step : parts) {
+      std::vector<std::string> sides;
+      for (size_t start = 0;;) {
+        const size_t end = step.find('=', start);
+        sides.push_back(step.substr(start, end - start));
+        if (end == std::string::npos) break;
+        start = end + 1;
+      }
+      ASSERT_GE(sides.size(), 2u) << step;
+      // "x op y = v" or the borrow "x - y = v + 10 = w": each side's value leads the next side.
+      for (size_t k = 0; k + 1 < sides.size(); ++k) {
+        const std::string& next = sides[k + 1];
+        const size_t op = next.find_first_of("+*", 1);
+        EXPECT_EQ(eval_step(sides[k]), eval_step(op == std::string::npos ? next : next.substr(0, op))) << step;
+      }
+      if (sides.size() == 3) {
+        EXPECT_EQ(eval_step(sides[1]), eval_step(sides[2])) << step;
+      }
+      ++steps;
+    }
+  }
+  EXPECT_GT(steps, 1000);
+}
+
+}  // namespace
+}  // namespace grpo::data

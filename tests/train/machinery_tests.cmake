@@ -5,3 +5,7 @@ grpo_add_test(grpo_train_tests
   train/test_schedule.cpp
   train/test_train_state.cpp)
 target_precompile_headers(grpo_train_tests PRIVATE "${PROJECT_SOURCE_DIR}/src/pch.h")
+
+# The trainers themselves on a tiny model: batching, loss masks, metrics, checkpoints, resume.
+grpo_add_test(grpo_trainer_tests train/test_trainers.cpp)
+target_precompile_headers(grpo_trainer_tests REUSE_FROM grpo_train_tests)

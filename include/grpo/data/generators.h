@@ -46,6 +46,7 @@ struct ArithmeticConfig {
   int min_digits = 1;                            // fewest digits of an operand
   int max_digits = 3;                            // most digits of an operand (<= 9)
   std::vector<std::string> ops = {"+", "-", "*"};  // operations to draw from, uniformly
+  std::string reasoning = "verbose";             // verbose: one sentence per column; compact: "7+5=12, 3+4+1=8, 37+45=82"
 
   template <class V>
   void visit(V& v) {
@@ -53,6 +54,8 @@ struct ArithmeticConfig {
     v("min_digits", min_digits, "fewest digits per operand", Check().in(1, 9));
     v("max_digits", max_digits, "most digits per operand", Check().in(1, 9));
     v("ops", ops, "operations drawn uniformly; subtraction keeps a >= b", Check().nonempty().one_of({"+", "-", "*"}));
+    v("reasoning", reasoning, "worked solution style: verbose (a line per column) | compact (7+5=12, 3+4+1=8, ...)",
+      Check().one_of({"verbose", "compact"}));
   }
   std::string validate() const;
 };

@@ -49,6 +49,7 @@ struct GenerationConfig {
   int64_t max_batch_rows = 0;            // decode at most this many rows at once; 0 = all
   bool speculative_mtp = false;          // DeepSeek-V3 MTP drafts one token, the model verifies (greedy only)
   bool mla_absorbed = true;              // MLA models decode in the absorbed form (restored after)
+  bool skip_special_tokens = false;      // drop special tokens from Completion::text (the final EOS always is)
 
   template <class V>
   void visit(V& v) {
@@ -63,6 +64,7 @@ struct GenerationConfig {
     v("use_cache", use_cache, "KV-cached decoding (false recomputes the sequence every step)");
     v("max_batch_rows", max_batch_rows, "rows decoded at once; 0 = all prompts x num_generations", Check().ge(0));
     v("speculative_mtp", speculative_mtp, "MTP speculative decoding (DeepSeek-V3 with MTP, greedy only)");
+    v("skip_special_tokens", skip_special_tokens, "drop special tokens from the text (the final EOS always is)");
     v("mla_absorbed", mla_absorbed, "MLA: decode in the absorbed form over the latent cache (false: the model's form)");
   }
   std::string validate() const;
@@ -81,7 +83,7 @@ struct Completion {
   int64_t sample_index = 0;        // 0..G-1 within the request
   std::vector<int64_t> token_ids;  // generated ids, the EOS id or the token completing a stop string included
   std::vector<float> logprobs;     // log p(token) under log_softmax(logits / T), one per token
-  std::string text;                // decoded without special tokens; cut after the stop string (stop)
+  std::string text;                // decoded (without the final EOS); cut after the stop string (stop)
   FinishReason finish_reason = FinishReason::length;
   std::string stop_string;         // the stop string that ended it (stop)
   double seconds = 0;              // from the start of generate() until this completion finished

@@ -1,0 +1,227 @@
+// The SFT and GRPO trainers on a tiny DeepSeek-V3 model with the byte tokenizer: packed and padded
+// batches give the same loss, the loss covers completion tokens only, metrics and checkpoints are
+// written, resume continues bit-identically, and the golden step/loss pairs of the tiny config are
+// reproduced.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "grpo/core/files.h"
+#include "grpo/core/metrics.h"
+#include "grpo/core/run.h"
+#include "grpo/data/bpe_tokenizer.h"
+#include "grpo/data/generators.h"
+#include "grpo/train/grpo_trainer.h"
+#include "grpo/train/job.h"
+#include "grpo/train/sft_trainer.h"
+#include "model/model_test_util.h"
+#include "test_util.h"
+
+namespace grpo::train {
+namespace {
+
+std::unique_ptr<data::Tokenizer> byte_tokenizer() {
+  TokenizerSection t;
+  t.special_tokens = {"<|endoftext|>", "<think>", "</think>", "<answer>", "</answer>"};
+  return make_tokenizer(t);
+}
+
+data::PromptConfig prompt_config() {
+  data::PromptConfig p;
+  p.system = "";
+  p.eos_token = "<|endoftext|>";
+  p.add_special_tokens = false;
+  return p;
+}
+
+model::ModelConfig tiny_config(int64_t vocab) {
+  auto c = model::test::tiny_dsv3();
+  c.vocab_size = vocab;
+  c.max_position_embeddings = 128;
+  c.eos_token_ids = {256};
+  return c;
+}
+
+std::vector<data::Record> addition(int64_t count, int64_t seed, bool reasoning) {
+  data::GeneratorConfig g;
+  g.count = count;
+  g.seed = seed;
+  g.with_reasoning = reasoning;
+  g.arithmetic.max_digits = 2;
+  g.arithmetic.ops = {"+"};
+  g.arithmetic.reasoning = "compact";
+  return data::generate(g);
+}
+
+TEST(SftBatches, PackedAndPaddedGiveTheSameLossAndTokens) {
+  const auto tok = byte_tokenizer();
+  const auto report = data::tokenize_examples(*tok, prompt_config(), addition(9, 1, true), 128);
+  std::vector<const data::TokenizedExample*> ex;
+  for (const auto& e : report.examples) ex.push_back(&e);
+  torch::manual_seed(1);
+  model::CausalLM model(tiny_config(tok->vocab_size()));
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const auto padded = pad_batch(ex), packed = pack_batch(ex, 128);
+  EXPECT_LT(packed.input_ids.size(0), padded.input_ids.size(0));  // several examples share a row
+  EXPECT_EQ(packed.completion_tokens, padded.completion_tokens);
+  EXPECT_EQ(packed.tokens, padded.tokens);
+  const auto loss_padded = sft_token_loss_sum(model(padded.input_ids, padded.position_ids, padded.attention_mask).logits, padded);
+  const auto loss_packed = sft_token_loss_sum(model(packed.input_ids, packed.position_ids, packed.attention_mask).logits, packed);
+  EXPECT_NEAR(loss_packed.item<double>(), loss_padded.item<double>(), 1e-4 * loss_padded.item<double>());
+}
+
+TEST(SftBatches, LossCoversCompletionTokensOnly) {
+  const auto tok = byte_tokenizer();
+  const auto report = data::tokenize_examples(*tok, prompt_config(), addition(1, 2, true), 128);
+  const auto& e = report.examples.at(0);
+  const auto b = pad_batch({&e});
+  torch::manual_seed(2);
+  const auto logits = torch::randn({1, static_cast<int64_t>(e.input_ids.size()), tok->vocab_size()});
+  // By hand: sum over j with completion_mask[j] == 1 (j >= 1) of -log_softmax(logits[j - 1])[ids[j]].
+  const auto lp = torch::log_softmax(logits, -1);
+  double want = 0;
+  int64_t n = 0;
+  for (size_t j = 1; j < e.input_ids.size(); ++j) {
+    if (!e.completion_mask[j]) continue;
+    want -= lp[0][static_cast<int64_t>(j) - 1][e.input_ids[j]].item<double>();
+    ++n;
+  }
+  EXPECT_EQ(n, e.completion_tokens);
+  EXPECT_GT(static_cast<int64_t>(e.input_ids.size()), e.completion_tokens + 10);  // the prompt is not trained on
+  EXPECT_NEAR(sft_token_loss_sum(logits, b).item<double>(), want, 1e-3);
+}
+
+struct Fixture {
+  test::TempDir dir;
+  std::unique_ptr<data::Tokenizer> tok = byte_tokenizer();
+  std::unique_ptr<Run> run;
+  explicit Fixture(const std::string& name) {
+    RunConfig rc;
+    rc.output_dir = dir.path(name);
+    rc.seed = 3;
+    rc.log_level = "warn";
+    run = std::make_unique<Run>(rc, "test: true\n");
+  }
+};
+
+SftConfig small_sft(int64_t steps) {
+  SftConfig c;
+  c.steps = steps;
+  c.batch_size = 4;
+  c.max_length = 128;
+  c.optim.lr = 3e-3;
+  c.schedule.kind = "constant";  // the stopped run's schedule must not depend on its shorter length
+  c.checkpoint.every_steps = 3;
+  c.checkpoint.keep_last = 0;
+  return c;
+}
+
+std::vector<torch::Tensor> params_of(model::CausalLM& m) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : m->parameters()) out.push_back(p.detach().clone());
+  return out;
+}
+
+TEST(SftTrainer, WritesMetricsAndCheckpointsAndResumesBitIdentically) {
+  const auto records = addition(40, 4, true);
+  Fixture straight("straight"), resumed("resumed");
+  torch::manual_seed(5);
+  model::CausalLM a(tiny_config(straight.tok->vocab_size()));
+  SftTrainer(a, *straight.tok, prompt_config(), small_sft(6), *straight.run).train(records);
+
+  torch::manual_seed(5);
+  model::CausalLM b(tiny_config(resumed.tok->vocab_size()));
+  SftTrainer(b, *resumed.tok, prompt_config(), small_sft(3), *resumed.run).train(records);
+  torch::manual_seed(99);  // a resumed process starts from other RNG state
+  model::CausalLM c(tiny_config(resumed.tok->vocab_size()));
+  SftTrainer(c, *resumed.tok, prompt_config(), small_sft(6), *resumed.run).train(records, {}, /*resume=*/true);
+  const auto pa = params_of(a), pc = params_of(c);
+  ASSERT_EQ(pa.size(), pc.size());
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << "parameter " << i;
+
+  const auto rows = read_metrics(straight.run->path("metrics.jsonl"));
+  ASSERT_EQ(rows.size(), 6u);
+  EXPECT_GT(rows[0].get("loss", -1), rows[5].get("loss", 1e9));  // it learns
+  EXPECT_GT(rows[5].get("mtp_loss", -1), 0.0);
+  EXPECT_GE(rows[5].get("router_imbalance_max", -1), 1.0);
+  EXPECT_TRUE(std::filesystem::exists(straight.run->path("checkpoints/sft/step_6/model/config.json")));
+}
+
+GrpoConfig small_grpo(int64_t steps) {
+  GrpoConfig c;
+  c.steps = steps;
+  c.prompts_per_step = 2;
+  c.generation.num_generations = 4;
+  c.generation.max_new_tokens = 24;
+  c.generation.sampling.temperature = 1.0;
+  c.generation.stop_strings = {"</answer>"};
+  c.loss.loss_type = LossType::grpo;
+  c.loss.beta = 0.04;
+  c.micro_batch_size = 3;  // not a divisor of 8: uneven micro-batches
+  c.optim.lr = 1e-3;
+  c.schedule.kind = "constant";
+  c.checkpoint.every_steps = 1;
+  c.checkpoint.keep_last = 0;
+  return c;
+}
+
+rewards::RewardsConfig reward_config() {
+  const auto root = config::parse_yaml_string(
+      "functions: [{name: math_accuracy, weight: 1.0}, {name: format, weight: 0.5, options: {mode: lenient}}]\n",
+      "rewards.yaml");
+  return config::from_value<rewards::RewardsConfig>(root);
+}
+
+TEST(GrpoTrainer, LogsTheMetricsWritesCompletionsAndResumesBitIdentically) {
+  const auto records = addition(30, 6, false);
+  const rewards::RewardSet rewards(reward_config());
+  Fixture straight("straight"), resumed("resumed");
+  torch::manual_seed(7);
+  model::CausalLM a(tiny_config(straight.tok->vocab_size()));
+  GrpoTrainer(a, *straight.tok, prompt_config(), small_grpo(3), rewards, *straight.run).train(records);
+
+  torch::manual_seed(7);
+  model::CausalLM b(tiny_config(resumed.tok->vocab_size()));
+  GrpoTrainer(b, *resumed.tok, prompt_config(), small_grpo(2), rewards, *resumed.run).train(records);
+  torch::manual_seed(42);
+  model::CausalLM c(tiny_config(resumed.tok->vocab_size()));
+  GrpoTrainer(c, *resumed.tok, prompt_config(), small_grpo(3), rewards, *resumed.run).train(records, {}, true);
+  const auto pa = params_of(a), pc = params_of(c);
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << "parameter " << i;
+
+  const auto rows = read_metrics(straight.run->path("metrics.jsonl"));
+  ASSERT_EQ(rows.size(), 3u);
+  for (const char* key : {"loss", "reward", "reward_std", "kl", "clip_ratio_low", "clip_ratio_high", "entropy",
+                          "completion_length", "completion_length_max", "truncated_fraction", "zero_std_fraction",
+                          "gen_tokens_per_s", "train_tokens_per_s", "rewards/math_accuracy/mean",
+                          "rewards/format/mean", "accuracy", "grad_norm", "lr"}) {
+    EXPECT_FALSE(std::isnan(rows[2].get(key, NAN))) << key;
+  }
+  EXPECT_GT(rows[2].get("entropy", 0), 0.0);
+  EXPECT_GE(rows[1].get("kl", -1), 0.0);
+  EXPECT_LE(rows[2].get("completion_length_max", 99), 24.0);
+  const std::string completions = test::read_text(straight.run->path("completions.jsonl"));
+  EXPECT_EQ(std::count(completions.begin(), completions.end(), '\n'), 6);  // 2 per step
+  EXPECT_TRUE(std::filesystem::exists(straight.run->path("checkpoints/grpo/reference/config.json")));
+}
+
+TEST(GrpoTrainer, ConfigErrorsAreCaughtAtStart) {
+  GrpoConfig c = small_grpo(2);
+  c.generation.num_generations = 1;
+  EXPECT_NE(c.validate().find("num_generations must be >= 2"), std::string::npos);
+  c = small_grpo(2);
+  c.loss.temperature = 0.7;
+  EXPECT_NE(c.validate().find("must equal generation.sampling.temperature"), std::string::npos);
+  c = small_grpo(2);
+  c.schedule.warmup_steps = 5;
+  EXPECT_EQ(c.validate(), "schedule: warmup of 5 steps is longer than the run's 2 optimizer steps");
+}
+
+}  // namespace
+}  // namespace grpo::train
