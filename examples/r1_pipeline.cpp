@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
     // Stage 2: GRPO, starting from the SFT checkpoint on disk.
     train::ModelSection from_sft = cfg.model;
     from_sft.init = sft_dir;
+    from_sft.config.reset();
     auto policy = train::make_model(from_sft, *tokenizer, cfg.prompt.eos_token);
     train::GrpoTrainer grpo(policy, *tokenizer, cfg.prompt, cfg.grpo, reward_set, run, "grpo");
     grpo.train(rl_records, eval_metrics(policy), args.resume);

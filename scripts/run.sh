@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The main job: set-up (idempotent), build, and run the default example pipeline on CPU.
-# Extra arguments go to the program (e.g. --set train.steps=500).
+# The main job: set-up (idempotent), build, and run the R1 pipeline (cold-start SFT, then GRPO) on
+# its built-in default (configs/r1_pipeline.yaml) on CPU. Extra arguments go to the program
+# (e.g. --set run.seed=2, --resume).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 grpo_setup || exit 1
 grpo_configure || exit 1
-grpo_build char_lm || { grpo_say "build failed"; exit 1; }
-cd "$GRPO_ROOT" && exec "$GRPO_BUILD_DIR/examples/char_lm" --config configs/char_lm.yaml "$@"
+grpo_build r1_pipeline || { grpo_say "build failed"; exit 1; }
+cd "$GRPO_ROOT" && exec "$GRPO_BUILD_DIR/examples/r1_pipeline" "$@"

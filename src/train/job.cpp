@@ -20,6 +20,11 @@ std::string DataSection::validate() const {
   return "";
 }
 
+std::string ModelSection::validate() const {
+  if (init.empty() == !config.has_value()) return "give exactly one of `init` (a checkpoint) and `config` (a new model)";
+  return "";
+}
+
 std::unique_ptr<data::Tokenizer> make_tokenizer(const TokenizerSection& cfg) {
   if (!cfg.path.empty()) return data::load_tokenizer(cfg.path);
   return data::BpeTokenizer::from_json(data::byte_tokenizer_json(cfg.special_tokens), "built-in byte tokenizer");
@@ -39,7 +44,7 @@ model::CausalLM make_model(const ModelSection& cfg, const data::Tokenizer& token
     }
     return m;
   }
-  model::ModelConfig mc = cfg.config;
+  model::ModelConfig mc = *cfg.config;
   if (mc.vocab_size == 0) mc.vocab_size = tokenizer.vocab_size();
   if (mc.vocab_size < tokenizer.vocab_size()) {
     throw std::invalid_argument("model.config.vocab_size " + std::to_string(mc.vocab_size) +

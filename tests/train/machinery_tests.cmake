@@ -7,5 +7,5 @@ grpo_add_test(grpo_train_tests
 target_precompile_headers(grpo_train_tests PRIVATE "${PROJECT_SOURCE_DIR}/src/pch.h")
 
 # The trainers themselves on a tiny model: batching, loss masks, metrics, checkpoints, resume.
-grpo_add_test(grpo_trainer_tests train/test_trainers.cpp)
+grpo_add_test(grpo_trainer_tests train/test_trainers.cpp train/test_golden.cpp)
 target_precompile_headers(grpo_trainer_tests REUSE_FROM grpo_train_tests)

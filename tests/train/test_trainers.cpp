@@ -223,5 +223,96 @@ TEST(GrpoTrainer, ConfigErrorsAreCaughtAtStart) {
   EXPECT_EQ(c.validate(), "schedule: warmup of 5 steps is longer than the run's 2 optimizer steps");
 }
 
+// GRPO moves the policy toward what is rewarded: the share of completion tokens that are the
+// digit 7 is about 1/261 for the untrained model and much larger after a few steps.
+class SevensReward : public rewards::RewardFunction {
+ public:
+  std::string name() const override { return "sevens"; }
+  rewards::RewardBatch score(const std::vector<rewards::Sample>& batch) const override {
+    rewards::RewardBatch out;
+    for (const auto& s : batch) {
+      const double n = static_cast<double>(std::max<size_t>(s.completion_ids.size(), 1));
+      out.scores.push_back(static_cast<double>(std::count(s.completion_ids.begin(), s.completion_ids.end(), '7')) / n);
+    }
+    return out;
+  }
+};
+
+TEST(GrpoTrainer, RaisesTheRewardOfWhatIsRewarded) {
+  rewards::RewardRegistry registry;
+  registry.add("sevens", [](const config::Value&) { return std::make_unique<SevensReward>(); });
+  const auto root = config::parse_yaml_string("functions: [{name: sevens}]\n", "rewards.yaml");
+  const rewards::RewardSet rewards(config::from_value<rewards::RewardsConfig>(root), "", registry);
+  Fixture f("learn");
+  torch::manual_seed(8);
+  auto cfg = tiny_config(f.tok->vocab_size());
+  model::CausalLM m(cfg);
+  GrpoConfig c = small_grpo(30);
+  c.prompts_per_step = 4;
+  c.generation.num_generations = 8;
+  c.generation.max_new_tokens = 8;
+  c.generation.stop_strings.clear();
+  c.loss.beta = 0;
+  c.optim.lr = 3e-3;
+  c.checkpoint.every_steps = 0;
+  c.accuracy_reward = "sevens";
+  GrpoTrainer(m, *f.tok, prompt_config(), c, rewards, *f.run).train(addition(20, 9, false));
+  const auto rows = read_metrics(f.run->path("metrics.jsonl"));
+  double first = 0, last = 0;
+  for (int i = 0; i < 5; ++i) {
+    first += rows[static_cast<size_t>(i)].get("reward", 0) / 5;
+    last += rows[rows.size() - 1 - static_cast<size_t>(i)].get("reward", 0) / 5;
+  }
+  std::cout << "reward over the first 5 steps " << first << ", over the last 5 " << last << "\n";
+  EXPECT_GT(last, first + 0.2);
+}
+
+// The same with completions of different lengths: generation stops at the first 7 (a stop string),
+// and the reward is 1 / length for a completion that reached it (0 otherwise): the policy learns to
+// write the 7 early, so rows of the batch end at different places.
+class EarlySevenReward : public rewards::RewardFunction {
+ public:
+  std::string name() const override { return "early_seven"; }
+  rewards::RewardBatch score(const std::vector<rewards::Sample>& batch) const override {
+    rewards::RewardBatch out;
+    for (const auto& s : batch) {
+      const bool reached = !s.completion_ids.empty() && s.completion_ids.back() == '7';
+      out.scores.push_back(reached ? 1.0 / static_cast<double>(s.completion_ids.size()) : 0.0);
+    }
+    return out;
+  }
+};
+
+TEST(GrpoTrainer, LearnsWithCompletionsOfDifferentLengths) {
+  rewards::RewardRegistry registry;
+  registry.add("early_seven", [](const config::Value&) { return std::make_unique<EarlySevenReward>(); });
+  const auto root = config::parse_yaml_string("functions: [{name: early_seven}]\n", "rewards.yaml");
+  const rewards::RewardSet rewards(config::from_value<rewards::RewardsConfig>(root), "", registry);
+  Fixture f("learn_lengths");
+  torch::manual_seed(9);
+  model::CausalLM m(tiny_config(f.tok->vocab_size()));
+  GrpoConfig c = small_grpo(40);
+  c.prompts_per_step = 4;
+  c.generation.num_generations = 8;
+  c.generation.max_new_tokens = 48;
+  c.generation.stop_strings = {"7"};
+  c.loss.beta = 0;
+  c.optim.lr = 3e-3;
+  c.checkpoint.every_steps = 0;
+  c.accuracy_reward = "early_seven";
+  GrpoTrainer(m, *f.tok, prompt_config(), c, rewards, *f.run).train(addition(20, 9, false));
+  const auto rows = read_metrics(f.run->path("metrics.jsonl"));
+  double first = 0, last = 0, len_first = 0, len_last = 0;
+  for (int i = 0; i < 5; ++i) {
+    first += rows[static_cast<size_t>(i)].get("reward", 0) / 5;
+    last += rows[rows.size() - 1 - static_cast<size_t>(i)].get("reward", 0) / 5;
+    len_first += rows[static_cast<size_t>(i)].get("completion_length", 0) / 5;
+    len_last += rows[rows.size() - 1 - static_cast<size_t>(i)].get("completion_length", 0) / 5;
+  }
+  std::cout << "reward " << first << " -> " << last << ", length " << len_first << " -> " << len_last << "\n";
+  EXPECT_GT(last, first + 0.2);
+  EXPECT_LT(len_last, len_first);
+}
+
 }  // namespace
 }  // namespace grpo::train

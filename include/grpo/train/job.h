@@ -36,7 +36,7 @@ struct TokenizerSection {
 
 struct ModelSection {
   std::string init;                 // HF checkpoint folder to start from; "" = a new model from `config`
-  model::ModelConfig config;        // the architecture of a new model (vocab_size >= the tokenizer's)
+  std::optional<model::ModelConfig> config;  // architecture of a new model (vocab_size >= the tokenizer's); unset with init
   std::string dtype = "float32";    // float32 | bfloat16 (parameters)
   std::string device = "cpu";       // cpu | cuda | cuda:N
 
@@ -48,6 +48,7 @@ struct ModelSection {
     v("dtype", dtype, "parameter dtype", Check().one_of({"float32", "bfloat16"}));
     v("device", device, "cpu, cuda or cuda:N", Check().nonempty());
   }
+  std::string validate() const;  // exactly one of init and config
 };
 
 struct DataSection {
