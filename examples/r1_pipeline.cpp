@@ -19,8 +19,6 @@
 #include "grpo/core/format.h"
 #include "grpo/core/log.h"
 #include "grpo/core/run.h"
-#include "grpo/data/bpe_tokenizer.h"
-#include "grpo/model/checkpoint.h"
 #include "grpo/rewards/reward_set.h"
 #include "grpo/train/evaluate.h"
 #include "grpo/train/grpo_trainer.h"
@@ -97,34 +95,16 @@ int main(int argc, char** argv) {
     auto evaluate = [&](model::CausalLM& m) {
       return train::evaluate(m, *tokenizer, cfg.prompt, eval_records, reward_set, cfg.eval);
     };
-    auto eval_metrics = [&](model::CausalLM& m) {
-      return [&, m](int64_t) mutable {
-        const auto r = evaluate(m);
-        log::info("held-out accuracy {:.3f} (mean reward {:.3f}, length {:.1f})", r.accuracy, r.mean_reward,
-                  r.mean_length);
-        return std::vector<Metric>{{"eval_accuracy", r.accuracy}, {"eval_reward", r.mean_reward},
-                                   {"eval_length", r.mean_length}};
-      };
-    };
-    auto save_model = [&](model::CausalLM& m, const std::string& name) {
-      const std::string dir = run.path(name);
-      model::save_hf_checkpoint(m, dir);
-      if (cfg.tokenizer.path.empty()) {
-        write_file_atomic(dir + "/tokenizer.json", data::byte_tokenizer_json(cfg.tokenizer.special_tokens));
-      }
-      log::info("saved {}", dir);
-      return dir;
-    };
-
     std::vector<Row> table;
     auto model = train::make_model(cfg.model, *tokenizer, cfg.prompt.eos_token);
     table.push_back({"before SFT", evaluate(model)});
 
     // Stage 1: cold-start SFT.
     train::SftTrainer sft(model, *tokenizer, cfg.prompt, cfg.sft, run, "sft");
-    sft.train(sft_records, eval_metrics(model), args.resume);
+    sft.train(sft_records, train::held_out_eval(model, *tokenizer, cfg.prompt, eval_records, reward_set, cfg.eval),
+              args.resume);
     table.push_back({"after SFT", evaluate(model)});
-    const std::string sft_dir = save_model(model, "sft_model");
+    const std::string sft_dir = train::save_model(run, model, cfg.tokenizer, "sft_model");
 
     // Stage 2: GRPO, starting from the SFT checkpoint on disk.
     train::ModelSection from_sft = cfg.model;
@@ -132,9 +112,10 @@ int main(int argc, char** argv) {
     from_sft.config.reset();
     auto policy = train::make_model(from_sft, *tokenizer, cfg.prompt.eos_token);
     train::GrpoTrainer grpo(policy, *tokenizer, cfg.prompt, cfg.grpo, reward_set, run, "grpo");
-    grpo.train(rl_records, eval_metrics(policy), args.resume);
+    grpo.train(rl_records, train::held_out_eval(policy, *tokenizer, cfg.prompt, eval_records, reward_set, cfg.eval),
+               args.resume);
     table.push_back({"after GRPO", evaluate(policy)});
-    save_model(policy, "grpo_model");
+    train::save_model(run, policy, cfg.tokenizer, "grpo_model");
 
     const std::string plot = train::write_training_plot(run);
     std::string text = grpo::format("\n{:<12} {:18} {:12} {:12}\n", "stage", "held-out accuracy", "mean reward",

@@ -9,11 +9,7 @@
 
 #include "grpo/config/config.h"
 #include "grpo/core/cli.h"
-#include "grpo/core/files.h"
-#include "grpo/core/log.h"
 #include "grpo/core/run.h"
-#include "grpo/data/bpe_tokenizer.h"
-#include "grpo/model/checkpoint.h"
 #include "grpo/rewards/reward_set.h"
 #include "grpo/train/evaluate.h"
 #include "grpo/train/job.h"
@@ -69,21 +65,11 @@ int main(int argc, char** argv) {
     const rewards::RewardSet reward_set(cfg.rewards, *args.config_path);
     auto model = train::make_model(cfg.model, *tokenizer, cfg.prompt.eos_token);
 
-    auto eval = [&](int64_t) {
-      const auto r = train::evaluate(model, *tokenizer, cfg.prompt, eval_records, reward_set, cfg.eval);
-      log::info("held-out accuracy {:.3f} (mean reward {:.3f})", r.accuracy, r.mean_reward);
-      return std::vector<Metric>{{"eval_accuracy", r.accuracy}, {"eval_reward", r.mean_reward},
-                                 {"eval_length", r.mean_length}};
-    };
+    const auto eval = train::held_out_eval(model, *tokenizer, cfg.prompt, eval_records, reward_set, cfg.eval);
     train::SftTrainer trainer(model, *tokenizer, cfg.prompt, cfg.sft, run, "sft");
     trainer.train(records, eval, args.resume);
-    const std::string dir = run.path("model");
-    model::save_hf_checkpoint(model, dir);
-    if (cfg.tokenizer.path.empty()) {
-      write_file_atomic(dir + "/tokenizer.json", data::byte_tokenizer_json(cfg.tokenizer.special_tokens));
-    }
+    train::save_model(run, model, cfg.tokenizer, "model");
     train::write_training_plot(run);
-    log::info("saved {}", dir);
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "train_sft: error: " << e.what() << "\n";

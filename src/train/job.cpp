@@ -6,6 +6,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "grpo/core/files.h"
 #include "grpo/core/log.h"
 #include "grpo/core/plot.h"
 #include "grpo/data/bpe_tokenizer.h"
@@ -60,6 +61,28 @@ model::CausalLM make_model(const ModelSection& cfg, const data::Tokenizer& token
 std::vector<data::Record> load_records(const DataSection& cfg) {
   if (cfg.generator) return data::generate(*cfg.generator);
   return data::load_jsonl(*cfg.jsonl);
+}
+
+std::string save_model(const Run& run, model::CausalLM& model, const TokenizerSection& tokenizer,
+                       const std::string& name) {
+  const std::string dir = run.path(name);
+  model::save_hf_checkpoint(model, dir);
+  if (tokenizer.path.empty()) {
+    write_file_atomic(dir + "/tokenizer.json", data::byte_tokenizer_json(tokenizer.special_tokens));
+  }
+  log::info("saved {}", dir);
+  return dir;
+}
+
+std::function<std::vector<Metric>(int64_t)> held_out_eval(model::CausalLM model, const data::Tokenizer& tokenizer,
+                                                          const data::PromptConfig& prompt,
+                                                          const std::vector<data::Record>& records,
+                                                          const rewards::RewardSet& rewards, const EvalConfig& cfg) {
+  return [model, &tokenizer, &prompt, &records, &rewards, &cfg](int64_t) mutable {
+    const auto r = evaluate(model, tokenizer, prompt, records, rewards, cfg);
+    log::info("held-out accuracy {:.3f} (mean reward {:.3f}, length {:.1f})", r.accuracy, r.mean_reward, r.mean_length);
+    return std::vector<Metric>{{"eval_accuracy", r.accuracy}, {"eval_reward", r.mean_reward}, {"eval_length", r.mean_length}};
+  };
 }
 
 std::string write_training_plot(const Run& run) {

@@ -7,6 +7,7 @@
 //   sft_data:  {generator: {...GeneratorConfig...}}      or {jsonl: {...DatasetConfig...}}
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,8 @@
 #include "grpo/data/tokenizer.h"
 #include "grpo/model/causal_lm.h"
 #include "grpo/model/model_config.h"
+#include "grpo/rewards/reward_set.h"
+#include "grpo/train/evaluate.h"
 
 namespace grpo::train {
 
@@ -71,6 +74,18 @@ std::unique_ptr<data::Tokenizer> make_tokenizer(const TokenizerSection& cfg);
 model::CausalLM make_model(const ModelSection& cfg, const data::Tokenizer& tokenizer, const std::string& eos_token);
 
 std::vector<data::Record> load_records(const DataSection& cfg);
+
+// Writes `model` to <run>/<name> in HF format, with tokenizer.json when the tokenizer is the
+// built-in byte tokenizer (so `grpo generate` and HF load the folder as it is); returns the path.
+std::string save_model(const Run& run, model::CausalLM& model, const TokenizerSection& tokenizer,
+                       const std::string& name);
+
+// The evaluation a trainer calls every eval_every steps: generation + reward on `records`, logged,
+// returned as the metrics eval_accuracy, eval_reward and eval_length. The references must outlive it.
+std::function<std::vector<Metric>(int64_t)> held_out_eval(model::CausalLM model, const data::Tokenizer& tokenizer,
+                                                          const data::PromptConfig& prompt,
+                                                          const std::vector<data::Record>& records,
+                                                          const rewards::RewardSet& rewards, const EvalConfig& cfg);
 
 // <run>/training.png: panels of reward and accuracy per step (and loss) from <run>/metrics.jsonl.
 // Returns the path; logs a warning and returns "" when the plot cannot be written.
