@@ -184,15 +184,16 @@ Problem arithmetic_problem(std::mt19937_64& rng, const ArithmeticConfig& cfg, bo
   if (op == "-" && a < b) std::swap(a, b);
   int64_t result = 0;
   std::vector<std::string> steps;
+  const bool verbose = with_reasoning && cfg.reasoning != "compact";
   if (op == "+") {
     result = a + b;
-    if (with_reasoning) steps = addition_steps(a, b);
+    if (verbose) steps = addition_steps(a, b);
   } else if (op == "-") {
     result = a - b;
-    if (with_reasoning) steps = subtraction_steps(a, b);
+    if (verbose) steps = subtraction_steps(a, b);
   } else {
     result = a * b;
-    if (with_reasoning) steps = multiplication_steps(a, b);
+    if (verbose) steps = multiplication_steps(a, b);
   }
   const std::string expression = std::to_string(a) + " " + op + " " + std::to_string(b);
   Problem p;

@@ -186,6 +186,13 @@ PromptBatch pad_prompts(const std::vector<GenerationRequest>& requests, int64_t 
 }
 }  // namespace
 
+// The position of each row's first new token: its prompt's real length.
+torch::Tensor Engine::next_positions(const std::vector<Row>& rows, const torch::Device& device) {
+  std::vector<int64_t> lengths;
+  for (const auto& r : rows) lengths.push_back(r.prompt_length);
+  return torch::tensor(lengths, torch::kLong).to(device);
+}
+
 void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationRequest>& requests, GenerationStats& stats,
                       double t0) {
   const auto device = model_->embed_tokens.device();
@@ -217,9 +224,7 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
     ids_nocache = prompts.ids.index_select(0, expand);
   }
   mask = prompts.mask.index_select(0, expand);  // [N, L]
-  auto positions = torch::empty({static_cast<int64_t>(rows.size())}, torch::kLong);
-  for (size_t i = 0; i < rows.size(); ++i) positions[static_cast<int64_t>(i)] = rows[i].prompt_length;
-  positions = positions.to(device);
+  auto positions = next_positions(rows, device);
   stats.prefill_seconds += now_seconds() - t;
 
   t = now_seconds();
@@ -322,9 +327,7 @@ void Engine::run_rows_speculative(std::vector<Row>& rows, const std::vector<Gene
     draft = draft.index_select(0, expand);
   }
   auto mask = prompts.mask.index_select(0, expand);
-  auto positions = torch::empty({static_cast<int64_t>(rows.size())}, torch::kLong);
-  for (size_t i = 0; i < rows.size(); ++i) positions[static_cast<int64_t>(i)] = rows[i].prompt_length;
-  positions = positions.to(device);
+  auto positions = next_positions(rows, device);
   stats.prefill_seconds += now_seconds() - t;
 
   t = now_seconds();

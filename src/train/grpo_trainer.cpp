@@ -73,7 +73,6 @@ std::string GrpoConfig::validate() const {
 }
 
 model::CausalLM frozen_copy(model::CausalLM& model) {
-  const auto p = model->parameters();
   const auto opts = torch::TensorOptions().dtype(model->embed_tokens.scalar_type()).device(model->embed_tokens.device());
   model::CausalLM copy(model->config(), opts);
   torch::NoGradGuard no_grad;
@@ -163,7 +162,6 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     std::vector<Group> groups;
     int64_t generated_groups = 0, zero_std_groups = 0, gen_tokens = 0;
     double gen_seconds = 0, reward_seconds = 0;
-    std::map<std::string, std::vector<double>> fn_scores;  // label -> present scores of kept groups
     for (int64_t round = 0; static_cast<int64_t>(groups.size()) < cfg_.prompts_per_step; ++round) {
       const int64_t need = cfg_.prompts_per_step - static_cast<int64_t>(groups.size());
       std::vector<Group> fresh(static_cast<size_t>(need));

@@ -411,6 +411,16 @@ TEST(Generator, WrittenSetsLoadBackAsDatasets) {
 namespace grpo::data {
 namespace {
 
+std::vector<std::string> split(const std::string& text, const std::string& sep) {
+  std::vector<std::string> out;
+  for (size_t start = 0;;) {
+    const size_t end = text.find(sep, start);
+    out.push_back(text.substr(start, end - start));
+    if (end == std::string::npos) return out;
+    start = end + sep.size();
+  }
+}
+
 // Left-to-right value of "7+5+1", "5-1-1", "23*40", "-5+10" (one kind of operator per step).
 int64_t eval_step(const std::string& e) {
   size_t pos = 0;
@@ -442,24 +452,12 @@ TEST(Generator, CompactReasoningStepsAreCorrect) {
     ASSERT_TRUE(r.reasoning.has_value());
     const std::string& text = *r.reasoning;
     EXPECT_EQ(text.find('\n'), std::string::npos);
-    std::vector<std::string> parts;
-    for (size_t start = 0;;) {
-      const size_t end = text.find(", ", start);
-      parts.push_back(text.substr(start, end - start));
-      if (end == std::string::npos) break;
-      start = end + 2;
-    }
+    const auto parts = split(text, ", ");
     std::string expr = r.extra.at("expression");
     expr.erase(std::remove(expr.begin(), expr.end(), ' '), expr.end());
     EXPECT_EQ(parts.back(), expr + "=" + r.answer) << text;
     for (const auto& step : parts) {
-      std::vector<std::string> sides;
-      for (size_t start = 0;;) {
-        const size_t end = step.find('=', start);
-        sides.push_back(step.substr(start, end - start));
-        if (end == std::string::npos) break;
-        start = end + 1;
-      }
+      const auto sides = split(step, "=");
       ASSERT_GE(sides.size(), 2u) << step;
       // "x op y = v" or the borrow "x - y = v + 10 = w": each side's value leads the next side.
       for (size_t k = 0; k + 1 < sides.size(); ++k) {

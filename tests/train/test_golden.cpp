@@ -16,50 +16,30 @@
 #include "grpo/train/grpo_trainer.h"
 #include "grpo/train/job.h"
 #include "grpo/train/sft_trainer.h"
-#include "model/model_test_util.h"
 #include "test_util.h"
+#include "train/train_test_util.h"
 
 namespace grpo::train {
 namespace {
 
-std::vector<data::Record> addition(int64_t count, int64_t seed, bool reasoning) {
-  data::GeneratorConfig g;
-  g.count = count;
-  g.seed = seed;
-  g.with_reasoning = reasoning;
-  g.arithmetic.max_digits = 2;
-  g.arithmetic.ops = {"+"};
-  g.arithmetic.reasoning = "compact";
-  return data::generate(g);
-}
-
 TEST(Golden, TinyConfigSftThenGrpoStepLosses) {
-  test::TempDir dir;
+  grpo::test::TempDir dir;
   RunConfig rc;
   rc.output_dir = dir.path("run");
   rc.seed = 11;
   rc.log_level = "warn";
   grpo::Run run(rc, "golden: true\n");
-  TokenizerSection ts;
-  ts.special_tokens = {"<|endoftext|>", "<think>", "</think>", "<answer>", "</answer>"};
-  const auto tok = make_tokenizer(ts);
-  data::PromptConfig prompt;
-  prompt.system = "";
-  prompt.eos_token = "<|endoftext|>";
-  prompt.add_special_tokens = false;
-  auto mc = model::test::tiny_dsv3();
-  mc.vocab_size = tok->vocab_size();
-  mc.max_position_embeddings = 128;
-  mc.eos_token_ids = {256};
+  const auto tok = test::byte_tokenizer();
+  const auto prompt = test::prompt_config();
   torch::manual_seed(11);
-  model::CausalLM model(mc);
+  model::CausalLM model(test::tiny_config(tok->vocab_size()));
 
   SftConfig sft;
   sft.steps = 4;
   sft.batch_size = 4;
   sft.max_length = 128;
   sft.optim.lr = 3e-3;
-  SftTrainer(model, *tok, prompt, sft, run).train(addition(24, 1, true));
+  SftTrainer(model, *tok, prompt, sft, run).train(test::addition(24, 1, true));
 
   GrpoConfig g;
   g.steps = 3;
@@ -73,7 +53,7 @@ TEST(Golden, TinyConfigSftThenGrpoStepLosses) {
   const auto root = config::parse_yaml_string(
       "functions: [{name: math_accuracy}, {name: format, weight: 0.5, options: {mode: lenient}}]\n", "r.yaml");
   const rewards::RewardSet rewards(config::from_value<rewards::RewardsConfig>(root));
-  GrpoTrainer(model, *tok, prompt, g, rewards, run).train(addition(24, 2, false));
+  GrpoTrainer(model, *tok, prompt, g, rewards, run).train(test::addition(24, 2, false));
 
   nlohmann::json got = nlohmann::json::array();
   for (const auto& row : read_metrics(run.path("metrics.jsonl"))) {

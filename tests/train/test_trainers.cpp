@@ -19,44 +19,16 @@
 #include "grpo/train/grpo_trainer.h"
 #include "grpo/train/job.h"
 #include "grpo/train/sft_trainer.h"
-#include "model/model_test_util.h"
 #include "test_util.h"
+#include "train/train_test_util.h"
 
 namespace grpo::train {
 namespace {
 
-std::unique_ptr<data::Tokenizer> byte_tokenizer() {
-  TokenizerSection t;
-  t.special_tokens = {"<|endoftext|>", "<think>", "</think>", "<answer>", "</answer>"};
-  return make_tokenizer(t);
-}
-
-data::PromptConfig prompt_config() {
-  data::PromptConfig p;
-  p.system = "";
-  p.eos_token = "<|endoftext|>";
-  p.add_special_tokens = false;
-  return p;
-}
-
-model::ModelConfig tiny_config(int64_t vocab) {
-  auto c = model::test::tiny_dsv3();
-  c.vocab_size = vocab;
-  c.max_position_embeddings = 128;
-  c.eos_token_ids = {256};
-  return c;
-}
-
-std::vector<data::Record> addition(int64_t count, int64_t seed, bool reasoning) {
-  data::GeneratorConfig g;
-  g.count = count;
-  g.seed = seed;
-  g.with_reasoning = reasoning;
-  g.arithmetic.max_digits = 2;
-  g.arithmetic.ops = {"+"};
-  g.arithmetic.reasoning = "compact";
-  return data::generate(g);
-}
+using test::addition;
+using test::byte_tokenizer;
+using test::prompt_config;
+using test::tiny_config;
 
 TEST(SftBatches, PackedAndPaddedGiveTheSameLossAndTokens) {
   const auto tok = byte_tokenizer();
@@ -98,7 +70,7 @@ TEST(SftBatches, LossCoversCompletionTokensOnly) {
 }
 
 struct Fixture {
-  test::TempDir dir;
+  grpo::test::TempDir dir;
   std::unique_ptr<data::Tokenizer> tok = byte_tokenizer();
   std::unique_ptr<Run> run;
   explicit Fixture(const std::string& name) {
@@ -206,7 +178,7 @@ TEST(GrpoTrainer, LogsTheMetricsWritesCompletionsAndResumesBitIdentically) {
   EXPECT_GT(rows[2].get("entropy", 0), 0.0);
   EXPECT_GE(rows[1].get("kl", -1), 0.0);
   EXPECT_LE(rows[2].get("completion_length_max", 99), 24.0);
-  const std::string completions = test::read_text(straight.run->path("completions.jsonl"));
+  const std::string completions = grpo::test::read_text(straight.run->path("completions.jsonl"));
   EXPECT_EQ(std::count(completions.begin(), completions.end(), '\n'), 6);  // 2 per step
   EXPECT_TRUE(std::filesystem::exists(straight.run->path("checkpoints/grpo/reference/config.json")));
 }

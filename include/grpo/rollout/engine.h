@@ -117,6 +117,7 @@ class Engine {
   void run_rows_speculative(std::vector<Row>& rows, const std::vector<GenerationRequest>& requests,
                             GenerationStats& stats, double t0);
   bool finish_check(Row& row, int64_t token, double now) const;
+  static torch::Tensor next_positions(const std::vector<Row>& rows, const torch::Device& device);
 
   model::CausalLM model_;
   const data::Tokenizer* tokenizer_;

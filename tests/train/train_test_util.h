@@ -1,0 +1,49 @@
+// The tiny setting the trainer tests share: the byte tokenizer with the R1 tags as special tokens,
+// a short prompt template, the tiny DeepSeek-V3 config sized to that vocabulary, and generated
+// 2-digit additions.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "grpo/data/generators.h"
+#include "grpo/data/prompt.h"
+#include "grpo/train/job.h"
+#include "model/model_test_util.h"
+
+namespace grpo::train::test {
+
+inline std::unique_ptr<data::Tokenizer> byte_tokenizer() {
+  TokenizerSection t;
+  t.special_tokens = {"<|endoftext|>", "<think>", "</think>", "<answer>", "</answer>"};
+  return make_tokenizer(t);
+}
+
+inline data::PromptConfig prompt_config() {
+  data::PromptConfig p;
+  p.system = "";
+  p.eos_token = "<|endoftext|>";
+  p.add_special_tokens = false;
+  return p;
+}
+
+inline model::ModelConfig tiny_config(int64_t vocab) {
+  auto c = model::test::tiny_dsv3();
+  c.vocab_size = vocab;
+  c.max_position_embeddings = 128;
+  c.eos_token_ids = {256};
+  return c;
+}
+
+inline std::vector<data::Record> addition(int64_t count, int64_t seed, bool reasoning) {
+  data::GeneratorConfig g;
+  g.count = count;
+  g.seed = seed;
+  g.with_reasoning = reasoning;
+  g.arithmetic.max_digits = 2;
+  g.arithmetic.ops = {"+"};
+  g.arithmetic.reasoning = "compact";
+  return data::generate(g);
+}
+
+}  // namespace grpo::train::test
