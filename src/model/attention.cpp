@@ -57,8 +57,8 @@ torch::Tensor GqaAttentionImpl::forward(const torch::Tensor& x, const AttentionC
   auto q = q_proj(x).view({b, t, heads_, head_dim_}).transpose(1, 2);     // [B, H, T, Dh]
   auto k = k_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);  // [B, Hkv, T, Dh]
   auto v = v_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
-  q = apply_rope_rotate_half(q, ctx.cos, ctx.sin);
-  k = apply_rope_rotate_half(k, ctx.cos, ctx.sin);
+  q = apply_rope_rotate_half(q, ctx.cos, ctx.sin, ctx.kernels);
+  k = apply_rope_rotate_half(k, ctx.cos, ctx.sin, ctx.kernels);
   if (ctx.cache != nullptr) std::tie(k, v) = ctx.cache->append(ctx.cache_layer, k, v);
   const int64_t groups = heads_ / kv_heads_;
   if (groups > 1) {

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include "grpo/model/activation_checkpoint.h"
+#include "grpo/model/fp8_linear.h"
+
 namespace grpo::model {
 
 MtpModuleImpl::MtpModuleImpl(const ModelConfig& cfg, int64_t layer_index, double softmax_scale_factor,
@@ -47,6 +50,12 @@ CausalLMImpl::CausalLMImpl(const ModelConfig& cfg, const torch::TensorOptions& o
   for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) {
     mtp->push_back(MtpModule(cfg, cfg.num_hidden_layers + k, rope_.softmax_scale_factor, options));
   }
+  // The hot-path implementation (ModelConfig::kernels) of every norm and MLP; Moe reads it from cfg.
+  for (const auto& module : modules(/*include_self=*/false)) {
+    if (auto* rms_norm = module->as<RMSNormImpl>()) rms_norm->kernel_backend = cfg.kernels;
+    if (auto* mlp = module->as<MlpImpl>()) mlp->kernel_backend = cfg.kernels;
+  }
+  if (cfg.fp8.enabled) fp8_enable(*this, cfg.fp8);  // selected Linear layers and experts to FP8
 }
 
 torch::Tensor CausalLMImpl::head(const torch::Tensor& hidden) { return at::linear(hidden, lm_head); }
@@ -72,14 +81,33 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch:
   std::tie(ctx.cos, ctx.sin) = rope_.cos_sin(position_ids.to(device), dtype);
   ctx.mask = causal_mask(attention_mask, b, t, past, dtype, device);
   ctx.cache = cache;
+  ctx.kernels = cfg_.kernels;
   torch::Tensor valid;  // [B, T] real new tokens
   if (attention_mask.defined()) valid = attention_mask.narrow(1, past, t).to(device).to(torch::kBool);
 
   auto h = torch::embedding(embed_tokens, input_ids.to(device));
   ForwardOutput out;
+  const bool recompute = activation_checkpointing && is_training() && cache == nullptr &&
+                         torch::GradMode::is_enabled();
+  std::vector<torch::Tensor> balance(cfg_.num_hidden_layers);  // each MoE block's balance loss
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     ctx.cache_layer = l;
-    h = layers[l]->as<DecoderLayerImpl>()->forward(h, ctx, valid);
+    const auto layer = layers->ptr<DecoderLayerImpl>(l);
+    if (!recompute) {
+      h = layer->forward(h, ctx, valid);
+      if (layer->moe) balance[l] = layer->moe->balance_loss();
+      continue;
+    }
+    // The block's output and its balance loss (when there is one) come out of the checkpoint, so
+    // that both back-propagate through the recomputation.
+    const auto block = [layer, ctx, valid](const std::vector<torch::Tensor>& in) {
+      std::vector<torch::Tensor> result{layer->forward(in[0], ctx, valid)};
+      if (layer->moe && layer->moe->balance_loss().defined()) result.push_back(layer->moe->balance_loss());
+      return result;
+    };
+    const auto outputs = checkpoint(block, {h}, layer->parameters());
+    h = outputs[0];
+    if (outputs.size() > 1) balance[l] = outputs[1];
   }
   const auto final_hidden = norm(h);
   if (options.logits) out.logits = head(final_hidden);
@@ -101,8 +129,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch:
   }
   if (cache != nullptr) cache->advance(t);
 
-  for (const auto& moe : moe_layers()) {
-    const auto loss = moe->balance_loss();
+  for (const auto& loss : balance) {
     if (loss.defined()) out.balance_loss = out.balance_loss.defined() ? out.balance_loss + loss : loss;
   }
   return out;
@@ -132,6 +159,7 @@ torch::Tensor CausalLMImpl::mtp_draft_logits(const torch::Tensor& trunk, const t
   std::tie(ctx.cos, ctx.sin) = rope_.cos_sin(position_ids.to(device), dtype);
   ctx.mask = causal_mask(attention_mask, b, t, mtp_cache.length(), dtype, device);
   ctx.cache = &mtp_cache;
+  ctx.kernels = cfg_.kernels;
   ctx.cache_layer = 0;
   torch::Tensor valid;
   if (attention_mask.defined()) valid = attention_mask.narrow(1, mtp_cache.length(), t).to(device).to(torch::kBool);

@@ -10,6 +10,7 @@
 
 #include "grpo/core/files.h"
 #include "grpo/io/safetensors.h"
+#include "grpo/model/fp8_checkpoint.h"
 
 namespace grpo::model {
 namespace {
@@ -158,6 +159,7 @@ void load_hf_weights(CausalLM& model, const std::string& dir, bool allow_unexpec
     auto dst = plan[i].first->tensor;
     dst.copy_(values[i].to(dst.scalar_type()));
   }
+  attach_fp8_checkpoint_weights(model, ckpt);  // FP8 path: keep FP8 weights as they were released
 }
 
 CausalLM load_hf_checkpoint(const std::string& dir, const LoadOptions& options) {

@@ -46,11 +46,11 @@ torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x, const AttentionC
   auto latent = kv_a_layernorm(compressed.narrow(-1, 0, latent_));  // [B, T, C]
   auto k_rope = compressed.narrow(-1, latent_, rope_).unsqueeze(1);  // [B, 1, T, Dr]
   if (interleave_) {
-    q_rope = apply_rope_interleaved(q_rope, ctx.cos, ctx.sin);
-    k_rope = apply_rope_interleaved(k_rope, ctx.cos, ctx.sin);
+    q_rope = apply_rope_interleaved(q_rope, ctx.cos, ctx.sin, ctx.kernels);
+    k_rope = apply_rope_interleaved(k_rope, ctx.cos, ctx.sin, ctx.kernels);
   } else {
-    q_rope = apply_rope_rotate_half(q_rope, ctx.cos, ctx.sin);
-    k_rope = apply_rope_rotate_half(k_rope, ctx.cos, ctx.sin);
+    q_rope = apply_rope_rotate_half(q_rope, ctx.cos, ctx.sin, ctx.kernels);
+    k_rope = apply_rope_rotate_half(k_rope, ctx.cos, ctx.sin, ctx.kernels);
   }
   auto k_rope_flat = k_rope.squeeze(1);  // [B, T, Dr]
   if (ctx.cache != nullptr) std::tie(latent, k_rope_flat) = ctx.cache->append(ctx.cache_layer, latent, k_rope_flat);

@@ -4,6 +4,11 @@
 
 #include <limits>
 
+#include "grpo/kernels/moe_dispatch.h"
+#include "grpo/kernels/swiglu.h"
+#include "grpo/model/activation_checkpoint.h"
+#include "grpo/model/fp8_linear.h"
+
 namespace grpo::model {
 
 MoeImpl::MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
@@ -13,7 +18,9 @@ MoeImpl::MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
       topk_groups_(cfg.topk_group),
       norm_topk_(cfg.norm_topk_prob),
       scaling_(cfg.routed_scaling_factor),
-      alpha_(cfg.seq_aux_loss_alpha) {
+      alpha_(cfg.seq_aux_loss_alpha),
+      kernel_backend_(cfg.kernels),
+      fp8_experts_(cfg.fp8.enabled && cfg.fp8.experts) {
   const int64_t d = cfg.hidden_size, f = cfg.moe_intermediate_size;
   const double std = cfg.initializer_range;
   gate_weight = register_parameter("gate_weight", torch::empty({experts_, d}, options));
@@ -29,6 +36,7 @@ MoeImpl::MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
   if (cfg.n_shared_experts > 0) {
     shared_experts = register_module(
         "shared_experts", Mlp(d, f * cfg.n_shared_experts, false, std, options));
+    shared_experts->kernel_backend = cfg.kernels;
   }
   load_ = torch::zeros({experts_}, torch::kDouble);
 }
@@ -62,29 +70,35 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
   // Sort the N*K (token, expert) pairs by expert; stable, so each expert's tokens keep their order.
   const auto flat_expert = r.expert_index.reshape({-1});
   const auto order = std::get<1>(flat_expert.sort(/*stable=*/true, 0, false));
-  const auto token = order.div(top_k_, "floor");                      // [N*K]
-  const auto pair_weight = r.weight.reshape({-1}).index_select(0, order);  // [N*K]
   const auto counts = torch::bincount(flat_expert, {}, experts_).to(torch::kCPU);
-  const auto gathered = x_flat.index_select(0, token);                // [N*K, D]
 
-  std::vector<torch::Tensor> outputs;
-  const auto* count = counts.data_ptr<int64_t>();
-  int64_t offset = 0;
-  for (int64_t e = 0; e < experts_; ++e) {
-    if (count[e] == 0) continue;
-    const auto xs = gathered.narrow(0, offset, count[e]);
-    const auto h = torch::silu(at::linear(xs, experts_gate[e])) * at::linear(xs, experts_up[e]);
-    outputs.push_back(at::linear(h, experts_down[e]));
-    offset += count[e];
+  torch::Tensor routed;  // [N, D]
+  if (use_fused_kernels(kernel_backend_, x)) {
+    routed = routed_fused(x_flat, r.weight, order, counts);
+  } else {
+    const auto token = order.div(top_k_, "floor");                      // [N*K]
+    const auto pair_weight = r.weight.reshape({-1}).index_select(0, order);  // [N*K]
+    const auto gathered = x_flat.index_select(0, token);                // [N*K, D]
+    std::vector<torch::Tensor> outputs;
+    const auto* count = counts.data_ptr<int64_t>();
+    int64_t offset = 0;
+    for (int64_t e = 0; e < experts_; ++e) {
+      if (count[e] == 0) continue;
+      const auto xs = gathered.narrow(0, offset, count[e]);
+      const auto h = torch::silu(expert_linear(*this, xs, experts_gate[e])) * expert_linear(*this, xs, experts_up[e]);
+      outputs.push_back(expert_linear(*this, h, experts_down[e]));
+      offset += count[e];
+    }
+    const auto expert_out = torch::cat(outputs, 0) * pair_weight.unsqueeze(1).to(x.scalar_type());
+    routed = torch::zeros({n, d}, x.options()).index_add_(0, token, expert_out);
   }
-  const auto expert_out = torch::cat(outputs, 0) * pair_weight.unsqueeze(1).to(x.scalar_type());
-  auto routed = torch::zeros({n, d}, x.options()).index_add_(0, token, expert_out);
   auto out = routed.view(shape);
   if (shared_experts) out = out + shared_experts(x);
 
   // Statistics (training forwards only, so that generation does not steer the bias) and the
   // balance loss count real tokens only.
-  if (is_training()) {
+  // A checkpointed block's recomputation in the backward pass does not count its tokens again.
+  if (is_training() && !recomputing()) {
     torch::NoGradGuard no_grad;
     auto idx = r.expert_index;
     if (valid.defined()) idx = idx.index({valid.reshape({-1}).to(torch::kBool)});
@@ -102,6 +116,31 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
     balance_loss_ = alpha_ * (f * p).sum(1).mean();
   }
   return out;
+}
+
+torch::Tensor MoeImpl::routed_fused(const torch::Tensor& x_flat, const torch::Tensor& weight,
+                                   const torch::Tensor& order, const torch::Tensor& counts) {
+  const auto offsets = torch::cat({torch::zeros({1}, counts.options()), counts.cumsum(0)});  // [E+1] CPU
+  const auto xs = grpo::kernels::moe_permute(x_flat, order, top_k_);  // [N*K, D] expert-sorted
+  torch::Tensor ys;                                                   // [N*K, D]
+  if (!fp8_experts_) {
+    const auto gate = grpo::kernels::grouped_linear(xs, experts_gate, offsets);  // [N*K, F]
+    const auto up = grpo::kernels::grouped_linear(xs, experts_up, offsets);
+    ys = grpo::kernels::grouped_linear(grpo::kernels::swiglu(gate, up), experts_down, offsets);
+  } else {
+    // FP8 experts: the per-expert FP8 GEMMs of the reference, with the fused activation.
+    std::vector<torch::Tensor> outputs{xs.new_empty({0, xs.size(1)})};
+    const auto* o = offsets.data_ptr<int64_t>();
+    for (int64_t e = 0; e < experts_; ++e) {
+      if (o[e + 1] == o[e]) continue;
+      const auto rows = xs.narrow(0, o[e], o[e + 1] - o[e]);
+      const auto h = grpo::kernels::swiglu(expert_linear(*this, rows, experts_gate[e]),
+                                           expert_linear(*this, rows, experts_up[e]));
+      outputs.push_back(expert_linear(*this, h, experts_down[e]));
+    }
+    ys = torch::cat(outputs, 0);
+  }
+  return grpo::kernels::moe_unpermute(ys, weight, order, top_k_);
 }
 
 double MoeImpl::update_bias(double gamma) {

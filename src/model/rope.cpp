@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "grpo/kernels/rope.h"
+#include "grpo/model/layers.h"
+
 namespace grpo::model {
 namespace {
 
@@ -93,23 +96,17 @@ std::pair<torch::Tensor, torch::Tensor> RotaryEmbedding::cos_sin(const torch::Te
 }
 
 torch::Tensor apply_rope_rotate_half(const torch::Tensor& x, const torch::Tensor& cos,
-                                     const torch::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  const auto c = cos.unsqueeze(1);  // [B, 1, T, R]
-  const auto s = sin.unsqueeze(1);
-  const auto rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * c + rotated * s;
+                                     const torch::Tensor& sin, KernelBackend kernels) {
+  using grpo::kernels::RopeLayout;
+  if (use_fused_kernels(kernels, x)) return grpo::kernels::rope(x, cos, sin, RopeLayout::rotate_half);
+  return grpo::kernels::rope_reference(x, cos, sin, RopeLayout::rotate_half);
 }
 
 torch::Tensor apply_rope_interleaved(const torch::Tensor& x, const torch::Tensor& cos,
-                                     const torch::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  const auto c = cos.narrow(-1, 0, half).unsqueeze(1);  // [B, 1, T, R/2]
-  const auto s = sin.narrow(-1, 0, half).unsqueeze(1);
-  using torch::indexing::Slice;
-  const auto even = x.index({"...", Slice(0, torch::indexing::None, 2)});
-  const auto odd = x.index({"...", Slice(1, torch::indexing::None, 2)});
-  return torch::cat({even * c - odd * s, odd * c + even * s}, -1);
+                                     const torch::Tensor& sin, KernelBackend kernels) {
+  using grpo::kernels::RopeLayout;
+  if (use_fused_kernels(kernels, x)) return grpo::kernels::rope(x, cos, sin, RopeLayout::interleaved);
+  return grpo::kernels::rope_reference(x, cos, sin, RopeLayout::interleaved);
 }
 
 }  // namespace grpo::model

@@ -18,6 +18,7 @@ struct AttentionContext {
   torch::Tensor mask;          // [B, 1, T, S] additive: 0 where a query may attend, else lowest
   KVCache* cache = nullptr;    // null: attend over the new tokens only
   int64_t cache_layer = 0;     // this layer's slot in the cache
+  KernelBackend kernels = KernelBackend::reference;  // RoPE implementation (ModelConfig::kernels)
 };
 
 // Additive causal mask over S = past + T keys: query i (absolute past + i) sees key j when

@@ -100,6 +100,11 @@ class CausalLMImpl : public torch::nn::Module {
   RMSNorm norm{nullptr};
   torch::nn::ModuleList mtp{nullptr};  // MtpModule per depth
 
+  // Recompute each decoder block in the backward pass instead of keeping its activations
+  // (model/activation_checkpoint.h); applies to training-mode forwards with gradients and no KV
+  // cache. The MTP modules are not checkpointed.
+  bool activation_checkpointing = false;
+
  private:
   ModelConfig cfg_;
   RotaryEmbedding rope_;

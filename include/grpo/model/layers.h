@@ -9,6 +9,11 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include <optional>
+
+#include "grpo/kernels/fp8_quant.h"
+#include "grpo/model/model_config.h"
+
 namespace grpo::model {
 
 // y = x W^T (+ b). weight [out, in], bias [out].
@@ -20,6 +25,11 @@ class LinearImpl : public torch::nn::Module {
 
   torch::Tensor weight;
   torch::Tensor bias;  // undefined when there is none
+  // FP8 mode (grpo/model/fp8_linear.h; set by fp8_enable): forward runs fp8_linear with this config.
+  std::optional<Fp8Config> fp8;
+  // A weight kept in FP8 (codes [out, in] + 128x128 scales, e.g. from an FP8 checkpoint): with fp8
+  // set, forward uses it instead of `weight`, which then receives no gradient.
+  std::optional<kernels::Fp8Tensor> fp8_weight;
 };
 TORCH_MODULE(Linear);
 
@@ -32,6 +42,9 @@ class RMSNormImpl : public torch::nn::Module {
 
   torch::Tensor weight;  // [dim]
   double eps;
+  // Implementation (ModelConfig::kernels; set by CausalLM): the fused kernels::rms_norm or the
+  // plain-ATen reference.
+  KernelBackend kernel_backend = KernelBackend::automatic;
 };
 TORCH_MODULE(RMSNorm);
 
@@ -43,7 +56,15 @@ class MlpImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);  // [..., D] -> [..., D]
 
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  // Implementation of silu(gate) * up (ModelConfig::kernels; set by CausalLM and Moe): the fused
+  // kernels::swiglu or the plain-ATen reference.
+  KernelBackend kernel_backend = KernelBackend::automatic;
 };
 TORCH_MODULE(Mlp);
+
+// Whether the fused ops of grpo/kernels/ run for activations `x` under `backend` (see
+// KernelBackend): never for reference, always for cuda, for CUDA tensors in a build with CUDA
+// kernels for automatic.
+bool use_fused_kernels(KernelBackend backend, const torch::Tensor& x);
 
 }  // namespace grpo::model

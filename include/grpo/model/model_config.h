@@ -36,6 +36,19 @@ constexpr auto config_enum_names(AttentionImpl) {
                     std::pair{AttentionImpl::absorbed, "absorbed"}};
 }
 
+// Which implementation runs the memory-bound hot paths (RMSNorm, RoPE, SwiGLU, MoE dispatch and
+// expert GEMMs; see docs/kernels.md "Fused kernels"), so that numerical drift can be bisected end to
+// end. reference: the plain-ATen code with ATen autograd (the numbers every test pins). cuda: the
+// fused ops (custom autograd functions with explicit backwards); on CUDA tensors they run grpo's
+// kernels (an error when the build has none), on CPU tensors their explicit CPU references.
+// auto: cuda for CUDA tensors when grpo was built with CUDA kernels, else reference.
+enum class KernelBackend { automatic, reference, cuda };
+constexpr auto config_enum_names(KernelBackend) {
+  return std::array{std::pair{KernelBackend::automatic, "auto"},
+                    std::pair{KernelBackend::reference, "reference"},
+                    std::pair{KernelBackend::cuda, "cuda"}};
+}
+
 struct RopeConfig {
   RopeType type = RopeType::standard;     // default | yarn | llama3 | linear
   double theta = 10000.0;                 // base of the inverse frequencies
@@ -66,6 +79,32 @@ struct RopeConfig {
     v("truncate", truncate, "yarn: round the correction range");
     v("low_freq_factor", low_freq_factor, "llama3", Check().gt(0));
     v("high_freq_factor", high_freq_factor, "llama3", Check().gt(0));
+  }
+};
+
+// FP8 training of the Linear layers, DeepSeek-V3's recipe (docs/fp8.md): E4M3 operands with
+// max-abs scales per 1x128 activation tile and 128x128 weight block, float32 accumulation, FP8 in
+// the forward (Fprop), input-gradient (Dgrad) and weight-gradient (Wgrad) GEMMs; master weights and
+// gradients stay in the model's dtype. The embedding, output head, MoE router, norms, MTP eh_proj
+// and the attention core always stay in high precision.
+struct Fp8Config {
+  bool enabled = false;         // master switch; false = every layer in the model's dtype
+  bool attention = true;        // attention projections (MLA q_a/q_b/q_proj, kv_a/kv_b, o_proj; q/k/v/o)
+  bool dense_mlp = true;        // MLPs of dense layers (first_k_dense_replace layers, dense models)
+  bool experts = true;          // routed experts of MoE layers
+  bool shared_experts = true;   // shared experts of MoE layers
+  bool ue8m0 = false;           // round scales up to powers of two (UE8M0, as DeepSeek-V3.1)
+  KernelBackend backend = KernelBackend::automatic;  // GEMM: auto | reference (dequant + fp32) | cuda
+
+  template <class V>
+  void visit(V& v) {
+    v("enabled", enabled, "run the selected Linear layers in FP8");
+    v("attention", attention, "FP8 attention projections");
+    v("dense_mlp", dense_mlp, "FP8 dense-layer MLPs");
+    v("experts", experts, "FP8 routed experts");
+    v("shared_experts", shared_experts, "FP8 shared experts");
+    v("ue8m0", ue8m0, "power-of-two scales");
+    v("backend", backend, "FP8 GEMM: auto | reference | cuda");
   }
 };
 
@@ -109,6 +148,10 @@ struct ModelConfig {
   // Multi-token prediction (deepseek_v3)
   int64_t num_nextn_predict_layers = 0;   // D MTP modules
   double mtp_loss_weight = 0.3;           // lambda
+  // Implementation of the hot paths: auto | reference | cuda (see KernelBackend), e.g. `reference`
+  // to rule the kernels out when a GPU run drifts from a CPU one.
+  KernelBackend kernels = KernelBackend::automatic;
+  Fp8Config fp8;                          // FP8 Linear layers (off by default)
   // Special tokens (informational; generation reads them)
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;
@@ -152,6 +195,8 @@ struct ModelConfig {
     v("seq_aux_loss_alpha", seq_aux_loss_alpha, "sequence-wise balance loss weight", Check().ge(0));
     v("num_nextn_predict_layers", num_nextn_predict_layers, "MTP modules D", Check().ge(0));
     v("mtp_loss_weight", mtp_loss_weight, "MTP loss weight lambda", Check().ge(0));
+    v("kernels", kernels, "hot-path implementation: auto | reference | cuda");
+    v("fp8", fp8, "FP8 Linear layers (DeepSeek-V3 recipe)");
     v("bos_token_id", bos_token_id, "beginning-of-sequence id");
     v("eos_token_ids", eos_token_ids, "end-of-sequence ids");
   }

@@ -57,8 +57,15 @@ class MoeImpl : public torch::nn::Module {
   int64_t experts_, top_k_, groups_, topk_groups_;
   bool norm_topk_;
   double scaling_, alpha_;
+  // Routed experts through the fused ops of grpo/kernels/ (permute, grouped GEMMs, SwiGLU,
+  // unpermute): x_flat [N, D], weight [N, K], order [N*K], counts [E] (CPU) -> [N, D].
+  torch::Tensor routed_fused(const torch::Tensor& x_flat, const torch::Tensor& weight,
+                             const torch::Tensor& order, const torch::Tensor& counts);
+
   torch::Tensor load_;
   torch::Tensor balance_loss_;
+  KernelBackend kernel_backend_;  // ModelConfig::kernels: fused dispatch or the reference loop
+  bool fp8_experts_;              // cfg.fp8 selects the routed experts: keep their FP8 GEMMs
 };
 TORCH_MODULE(Moe);
 

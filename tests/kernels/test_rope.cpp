@@ -1,0 +1,177 @@
+// Fused RoPE, both layouts: the reference against hand-computed rotations, norm preservation, the
+// explicit backward as the inverse rotation and against float64 finite differences (through the
+// autograd function), the model's application with kernels: cuda on CPU, and the CUDA kernel
+// against the reference over shapes and dtypes when a GPU is present.
+#include "grpo/kernels/rope.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <vector>
+
+#include "grpo/model/causal_lm.h"
+#include "grpo/model/rope.h"
+#include "grpo/version.h"
+#include "model/model_test_util.h"
+
+namespace grpo::kernels {
+namespace {
+
+void expect_close(const torch::Tensor& got, const torch::Tensor& want, double atol, double rtol,
+                  const std::string& what) {
+  ASSERT_EQ(got.sizes(), want.sizes()) << what;
+  if (got.numel() == 0) return;
+  const auto g = got.to(torch::kDouble).cpu(), w = want.to(torch::kDouble).cpu();
+  const auto diff = (g - w).abs();
+  EXPECT_TRUE(torch::allclose(g, w, rtol, atol))
+      << what << ": max abs err " << diff.max().item<double>() << ", max rel err "
+      << (diff / w.abs().clamp_min(1e-12)).max().item<double>();
+}
+
+// Tables as RotaryEmbedding builds them: angle[b, t, j] = position * freq[j], both halves equal.
+std::pair<torch::Tensor, torch::Tensor> tables(int64_t batch, int64_t seq, int64_t width,
+                                               torch::ScalarType dtype = torch::kDouble) {
+  const auto freq = 1.0 / torch::pow(100.0, torch::arange(0, width, 2, torch::kDouble) / width);  // [R/2]
+  const auto pos = torch::arange(seq, torch::kDouble).unsqueeze(0).expand({batch, seq}) +
+                   torch::arange(batch, torch::kDouble).unsqueeze(1) * 3;   // [B, T]
+  const auto angle = pos.unsqueeze(-1) * freq;                               // [B, T, R/2]
+  const auto emb = torch::cat({angle, angle}, -1);
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+TEST(Rope, ReferenceMatchesHandComputedRotations) {
+  const double a0 = 0.3, a1 = 1.1;
+  const double c0 = std::cos(a0), s0 = std::sin(a0), c1 = std::cos(a1), s1 = std::sin(a1);
+  const auto cos = torch::tensor({c0, c1, c0, c1}, torch::kDouble).view({1, 1, 4});
+  const auto sin = torch::tensor({s0, s1, s0, s1}, torch::kDouble).view({1, 1, 4});
+  const auto x = torch::tensor({1.0, 2.0, 3.0, 4.0}, torch::kDouble).view({1, 1, 1, 4});
+  // Rotate-half: pairs (x0, x2) by a0 and (x1, x3) by a1.
+  const auto half = torch::tensor({1 * c0 - 3 * s0, 2 * c1 - 4 * s1, 3 * c0 + 1 * s0, 4 * c1 + 2 * s1}, torch::kDouble);
+  expect_close(rope_reference(x, cos, sin, RopeLayout::rotate_half).view({4}), half, 1e-12, 1e-12, "rotate_half");
+  // Interleaved: pairs (x0, x1) by a0 and (x2, x3) by a1, written as (rotated evens, rotated odds).
+  const auto inter = torch::tensor({1 * c0 - 2 * s0, 3 * c1 - 4 * s1, 2 * c0 + 1 * s0, 4 * c1 + 3 * s1}, torch::kDouble);
+  expect_close(rope_reference(x, cos, sin, RopeLayout::interleaved).view({4}), inter, 1e-12, 1e-12, "interleaved");
+}
+
+TEST(Rope, RotationPreservesTheNormAndBackwardInvertsIt) {
+  torch::manual_seed(1);
+  const auto [cos, sin] = tables(2, 5, 8);
+  const auto x = torch::randn({2, 3, 5, 8}, torch::kDouble);
+  for (auto layout : {RopeLayout::rotate_half, RopeLayout::interleaved}) {
+    const auto y = rope_forward(x, cos, sin, layout);
+    expect_close(y.pow(2).sum(-1), x.pow(2).sum(-1), 1e-12, 1e-12, "norm");
+    // The backward of an orthogonal map is its inverse.
+    expect_close(rope_backward(y, cos, sin, layout), x, 1e-12, 1e-12, "inverse");
+  }
+}
+
+TEST(Rope, ExplicitBackwardMatchesFiniteDifferences) {
+  torch::manual_seed(2);
+  // Scaled tables (YaRN's attention_scaling) and a batch-1 table broadcast over B.
+  auto [cos, sin] = tables(1, 3, 6);
+  cos = cos * 1.3;
+  sin = sin * 1.3;
+  for (auto layout : {RopeLayout::rotate_half, RopeLayout::interleaved}) {
+    const auto x = torch::randn({2, 2, 3, 6}, torch::kDouble).requires_grad_();
+    const auto w = torch::randn({2, 2, 3, 6}, torch::kDouble);
+    (rope(x, cos, sin, layout) * w).sum().backward();  // the custom Function: explicit backward
+    torch::NoGradGuard no_grad;
+    const auto x0 = x.detach().clone();
+    const double h = 1e-6;
+    for (int64_t i = 0; i < x0.numel(); ++i) {
+      auto xp = x0.clone(), xm = x0.clone();
+      xp.view({-1})[i] += h;
+      xm.view({-1})[i] -= h;
+      const double fd = ((rope_reference(xp, cos, sin, layout) - rope_reference(xm, cos, sin, layout)) * w).sum().item<double>() / (2 * h);
+      EXPECT_NEAR(x.grad().view({-1})[i].item<double>(), fd, 1e-7) << "element " << i;
+    }
+  }
+}
+
+TEST(Rope, RejectsBadShapes) {
+  const auto [cos, sin] = tables(1, 3, 6);
+  EXPECT_THROW(rope_reference(torch::ones({1, 2, 3, 5}, torch::kDouble), cos, sin, RopeLayout::rotate_half), c10::Error);
+  EXPECT_THROW(rope_forward(torch::ones({1, 2, 4, 6}, torch::kDouble), cos, sin, RopeLayout::interleaved), c10::Error);
+  EXPECT_THROW(rope_forward(torch::ones({2, 3, 6}, torch::kDouble), cos, sin, RopeLayout::interleaved), c10::Error);
+}
+
+TEST(Rope, ModelApplicationRoutesThroughTheFusedOp) {
+  torch::manual_seed(3);
+  const auto [cos, sin] = tables(2, 4, 8, torch::kFloat);
+  const auto x = torch::randn({2, 3, 4, 8});
+  const auto xr = x.clone().requires_grad_(), xf = x.clone().requires_grad_();
+  const auto yr = model::apply_rope_interleaved(xr, cos, sin, model::KernelBackend::reference);
+  const auto yf = model::apply_rope_interleaved(xf, cos, sin, model::KernelBackend::cuda);
+  EXPECT_TRUE(torch::equal(yr, yf));
+  EXPECT_NE(yf.grad_fn()->name().find("RopeFunction"), std::string::npos) << yf.grad_fn()->name();
+  EXPECT_TRUE(torch::equal(model::apply_rope_rotate_half(x, cos, sin, model::KernelBackend::cuda),
+                           model::apply_rope_rotate_half(x, cos, sin)));
+  yr.pow(2).sum().backward();
+  yf.pow(2).sum().backward();
+  expect_close(xf.grad(), xr.grad(), 1e-5, 1e-5, "grad_x");
+}
+
+// A dense rotate-half model (Qwen2) with kernels: cuda on CPU: the same logits (the fused forwards
+// are the references) and the same gradients up to float32 rounding.
+TEST(Rope, Qwen2ModelWithFusedKernelsMatchesReference) {
+  auto cfg = model::test::tiny_qwen2();
+  cfg.kernels = model::KernelBackend::reference;
+  torch::manual_seed(4);
+  model::CausalLM reference(cfg);
+  cfg.kernels = model::KernelBackend::cuda;
+  torch::manual_seed(4);
+  model::CausalLM fused(cfg);
+  const auto batch = model::test::ragged_batch(cfg.vocab_size, 2, 6);
+  const auto lr = reference->forward(batch.ids, batch.positions, batch.mask).logits;
+  const auto lf = fused->forward(batch.ids, batch.positions, batch.mask).logits;
+  EXPECT_TRUE(torch::equal(lr, lf));
+  lr.pow(2).mean().backward();
+  lf.pow(2).mean().backward();
+  const auto fused_params = fused->named_parameters();
+  for (const auto& item : reference->named_parameters()) {
+    const auto& name = item.key();
+    const auto& p = item.value();
+    expect_close(fused_params[name].grad(), p.grad(), 1e-5, 1e-4, name);
+  }
+}
+
+TEST(RopeCuda, MatchesReferenceOverShapesAndDtypes) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  if (!GRPO_WITH_CUDA_KERNELS) GTEST_SKIP() << "built without CUDA kernels";
+  torch::manual_seed(0);
+  // [B, H, T, R], table batch (B or 1).
+  const std::vector<std::pair<std::vector<int64_t>, bool>> cases = {
+      {{1, 1, 1, 2}, false}, {{2, 3, 5, 64}, false}, {{3, 16, 7, 128}, true}, {{1, 1, 33, 4}, false},
+      {{2, 5, 0, 8}, false}, {{4, 128, 17, 64}, false}};
+  for (auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
+    // The reference forward rounds x*c and rot(x)*s before adding: with |x| up to about 5 that is
+    // up to 1.5 units in the last place of 4..8 in absolute error, whatever the (cancelled) result.
+    const double tol = dtype == torch::kFloat ? 1e-5 : (dtype == torch::kHalf ? 3e-3 : 3e-2);
+    const double atol = dtype == torch::kFloat ? 1e-5 : (dtype == torch::kHalf ? 1e-2 : 8e-2);
+    for (const auto& [shape, table_batch_one] : cases) {
+      for (auto layout : {RopeLayout::rotate_half, RopeLayout::interleaved}) {
+        const auto [cos, sin] = tables(table_batch_one ? 1 : shape[0], shape[2], shape[3], dtype);
+        const auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype).device(torch::kCUDA));
+        const auto c = cos.cuda(), s = sin.cuda();
+        const std::string what = std::string(c10::toString(dtype)) + " " + c10::str(x.sizes()) +
+                                 (layout == RopeLayout::interleaved ? " interleaved" : " rotate_half");
+        expect_close(rope_forward(x, c, s, layout), rope_reference(x, c, s, layout), atol, tol, "forward " + what);
+        expect_close(rope_backward(x, c, s, layout), rope_backward_reference(x, c, s, layout), tol, tol,
+                     "backward " + what);
+      }
+    }
+  }
+  // A non-contiguous slice, as MLA's q_rope ([B, T, H, Dn + Dr] viewed as [B, H, T, Dr]).
+  const auto [cos, sin] = tables(2, 9, 16, torch::kFloat);
+  const auto q = torch::randn({2, 9, 4, 24}, torch::kCUDA).transpose(1, 2).narrow(-1, 8, 16).requires_grad_();
+  const auto c = cos.cuda(), s = sin.cuda();
+  expect_close(rope(q, c, s, RopeLayout::interleaved), rope_reference(q, c, s, RopeLayout::interleaved), 1e-5,
+               1e-5, "non-contiguous");
+  const auto g = torch::randn({2, 4, 9, 16}, torch::kCUDA);
+  (rope(q, c, s, RopeLayout::interleaved) * g).sum().backward();
+  expect_close(q.grad(), rope_backward_reference(g, c, s, RopeLayout::interleaved), 1e-5, 1e-5, "autograd");
+}
+
+}  // namespace
+}  // namespace grpo::kernels
