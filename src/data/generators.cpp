@@ -125,19 +125,26 @@ std::vector<std::string> multiplication_steps(int64_t a, int64_t b) {
 // Compact worked solutions: the column operations only, then the result, on one line:
 // 37 + 45 -> "7+5=12, 3+4+1=8, 37+45=82"; 52 - 17 -> "2-7=-5+10=5, 5-1-1=3, 52-17=35";
 // 23 * 45 -> "23*5=115, 23*40=920, 115+920=1035, 23*45=1035".
-std::vector<std::string> compact_steps(int64_t a, const std::string& op, int64_t b) {
+// forget_carries (addition only): every column is summed without the carry coming in, as a sloppy
+// writer would; *result receives the number such a writer ends with (37 + 45 -> 72).
+std::vector<std::string> compact_steps(int64_t a, const std::string& op, int64_t b, bool forget_carries = false,
+                                       int64_t* result = nullptr) {
   const auto da = digits_of(a), db = digits_of(b);
   std::vector<std::string> steps;
   if (op == "+") {
     int carry = 0;
-    for (std::size_t i = 0; i < std::max(da.size(), db.size()); ++i) {
+    int64_t written = 0;
+    const std::size_t columns = std::max(da.size(), db.size());
+    for (std::size_t i = 0; i < columns; ++i) {
       const int x = i < da.size() ? da[i] : 0, y = i < db.size() ? db[i] : 0;
       const int sum = x + y + carry;
       std::string s = std::to_string(x) + "+" + std::to_string(y);
       if (carry) s += "+" + std::to_string(carry);
       steps.push_back(s + "=" + std::to_string(sum));
-      carry = sum / 10;
+      written += (i + 1 == columns ? sum : sum % 10) * pow10(static_cast<int>(i));
+      carry = forget_carries ? 0 : sum / 10;
     }
+    if (result != nullptr) *result = written;
   } else if (op == "-") {
     int borrow = 0;
     for (std::size_t i = 0; i < da.size(); ++i) {
@@ -177,7 +184,9 @@ struct Problem {
   Record record;
 };
 
-Problem arithmetic_problem(std::mt19937_64& rng, const ArithmeticConfig& cfg, bool with_reasoning) {
+// slip_rng draws the carry slips (its own stream, so that the problems do not depend on the rate).
+Problem arithmetic_problem(std::mt19937_64& rng, std::mt19937_64& slip_rng, const ArithmeticConfig& cfg,
+                           bool with_reasoning) {
   int64_t a = draw_operand(rng, cfg);
   int64_t b = draw_operand(rng, cfg);
   const std::string op = cfg.ops[static_cast<std::size_t>(draw(rng, 0, static_cast<int64_t>(cfg.ops.size()) - 1))];
@@ -202,7 +211,17 @@ Problem arithmetic_problem(std::mt19937_64& rng, const ArithmeticConfig& cfg, bo
   p.record.prompt = "What is " + expression + "?";
   p.record.answer = std::to_string(result);
   if (with_reasoning && cfg.reasoning == "compact") {
-    steps = compact_steps(a, op, b);
+    // A slip is drawn only for additions whose ones column carries into another column (and only
+    // when the rate is set, so that the data of other configurations does not change).
+    const bool has_carry = op == "+" && (a >= 10 || b >= 10) && a % 10 + b % 10 >= 10;
+    if (cfg.carry_slip_rate > 0 && has_carry &&
+        std::uniform_real_distribution<double>(0.0, 1.0)(slip_rng) < cfg.carry_slip_rate) {
+      steps = compact_steps(a, op, b, /*forget_carries=*/true, &result);
+      p.record.answer = std::to_string(result);
+      p.record.extra["slip"] = "forgot the carries";
+    } else {
+      steps = compact_steps(a, op, b);
+    }
     steps.push_back(std::to_string(a) + op + std::to_string(b) + "=" + std::to_string(result));
     p.record.reasoning = join(steps, ", ");
   } else if (with_reasoning) {
@@ -312,6 +331,12 @@ std::string ArithmeticConfig::validate() const {
   if (min_digits > max_digits) {
     return "min_digits (" + std::to_string(min_digits) + ") must be <= max_digits (" + std::to_string(max_digits) + ")";
   }
+  if (carry_slip_rate > 0 && reasoning != "compact") {
+    return "carry_slip_rate applies to compact reasoning only, got reasoning: " + reasoning;
+  }
+  if (carry_slip_rate > 0 && std::find(ops.begin(), ops.end(), "+") == ops.end()) {
+    return "carry_slip_rate needs \"+\" among ops (carries are forgotten in additions)";
+  }
   return "";
 }
 
@@ -348,6 +373,7 @@ std::vector<Record> generate(const GeneratorConfig& cfg) {
   const std::string kind(config::enum_name(cfg.kind));
   const bool want_eval = cfg.split == Split::eval;
   std::mt19937_64 rng(splitmix64(static_cast<uint64_t>(cfg.seed) * 2 + (want_eval ? 1 : 0)));
+  std::mt19937_64 slip_rng(splitmix64(splitmix64(static_cast<uint64_t>(cfg.seed)) ^ 0x5117ULL));
 
   std::vector<Record> records;
   std::set<std::string> seen;
@@ -362,7 +388,7 @@ std::vector<Record> generate(const GeneratorConfig& cfg) {
     }
     std::optional<Problem> p;
     if (cfg.kind == GeneratorKind::arithmetic) {
-      p = arithmetic_problem(rng, cfg.arithmetic, cfg.with_reasoning);
+      p = arithmetic_problem(rng, slip_rng, cfg.arithmetic, cfg.with_reasoning);
     } else {
       p = countdown_problem(rng, cfg.countdown, cfg.with_reasoning);
     }

@@ -5,6 +5,8 @@
 
 #include <limits>
 
+#include "grpo/kernels/token_logprobs.h"
+
 namespace grpo::train {
 
 std::string GrpoLossConfig::validate() const {
@@ -71,7 +73,7 @@ torch::Tensor selective_logprobs(const torch::Tensor& logits, const torch::Tenso
 
 torch::Tensor completion_logprobs(model::CausalLM& model, const torch::Tensor& input_ids,
                                   const torch::Tensor& attention_mask, const torch::Tensor& position_ids,
-                                  int64_t completion_length, double temperature) {
+                                  int64_t completion_length, double temperature, int64_t chunk_size) {
   TORCH_CHECK(input_ids.dim() == 2 && completion_length > 0 && completion_length < input_ids.size(1),
               "completion_logprobs: expected input_ids [N, P + L] with 0 < L = ", completion_length,
               " < P + L, got ", input_ids.sizes());
@@ -83,10 +85,22 @@ torch::Tensor completion_logprobs(model::CausalLM& model, const torch::Tensor& i
   options.return_hidden = true;
   const auto out = model->forward(input_ids, position_ids, attention_mask, nullptr, options);
   // Hidden state at position i predicts token i + 1: positions P - 1 .. P + L - 2.
-  auto logits = model->head(out.hidden.slice(1, prompt - 1, total - 1));
-  if (temperature != 1.0) logits = logits / temperature;
+  const auto hidden = out.hidden.slice(1, prompt - 1, total - 1);  // [N, L, D]
   const auto completion_ids = input_ids.slice(1, prompt, total);
-  auto logps = selective_logprobs(logits, completion_ids);
+  torch::Tensor logps;
+  if (chunk_size > 0) {  // the head's logits never exist whole: kernels/token_logprobs.h
+    kernels::TokenLogprobsOptions o;
+    o.temperature = temperature;
+    o.chunk_size = chunk_size;
+    const int64_t n = hidden.size(0), l = hidden.size(1);
+    logps = kernels::token_logprobs(hidden.reshape({n * l, hidden.size(2)}), model->lm_head,
+                                    completion_ids.reshape({-1}).to(hidden.device()), o)
+                .logprobs.view({n, l});
+  } else {
+    auto logits = model->head(hidden);
+    if (temperature != 1.0) logits = logits / temperature;
+    logps = selective_logprobs(logits, completion_ids);
+  }
   if (attention_mask.defined()) {
     const auto pad = attention_mask.slice(1, prompt, total).to(logps.device()) == 0;
     logps = logps.masked_fill(pad, 0.0);

@@ -267,7 +267,8 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
         const int64_t m = std::min(cfg_.micro_batch_size, n - b);
         AutocastScope ac(autocast);
         parts.push_back(completion_logprobs(*ref, ids.narrow(0, b, m).to(device), mask.narrow(0, b, m).to(device),
-                                            positions.narrow(0, b, m).to(device), clen, cfg_.loss.temperature)
+                                            positions.narrow(0, b, m).to(device), clen, cfg_.loss.temperature,
+                                            cfg_.logprob_chunk_size)
                             .to(torch::kCPU));
       }
       ref_logps = torch::cat(parts);
@@ -275,8 +276,10 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
 
     // ---- Optimizer steps -----------------------------------------------------------------
     model_->train();
+    model_->activation_checkpointing = cfg_.activation_checkpointing;
     const auto tt = std::chrono::steady_clock::now();
     double loss_sum = 0, kl_sum = 0, clip_low = 0, clip_high = 0, clip_region = 0, grad_norm = 0, lr = 0;
+    double sampler_diff_sum = 0, sampler_diff_max = 0;
     int64_t loss_terms = 0;
     for (int64_t it = 0; it < cfg_.num_iterations; ++it) {
       const int64_t opt_step = step * cfg_.num_iterations + it;
@@ -290,8 +293,14 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
         const auto mb_ids = ids.narrow(0, b, m).to(device);
         const auto mb_mask = mask.narrow(0, b, m).to(device);
         in.logps = completion_logprobs(model_, mb_ids, mb_mask, positions.narrow(0, b, m).to(device), clen,
-                                       cfg_.loss.temperature);
+                                       cfg_.loss.temperature, cfg_.logprob_chunk_size);
         if (cfg_.num_iterations > 1) in.old_logps = old.narrow(0, b, m).to(device);
+        if (it == 0) {  // the trainer's log-probs against the sampler's, before any update
+          torch::NoGradGuard no_grad;
+          const auto diff = (in.logps.detach().to(torch::kCPU) - old.narrow(0, b, m)).abs() * cmask.narrow(0, b, m);
+          sampler_diff_sum += diff.sum().item<double>();
+          sampler_diff_max = std::max(sampler_diff_max, diff.max().item<double>());
+        }
         if (ref) in.ref_logps = ref_logps.narrow(0, b, m).to(device);
         in.advantages = advantages.narrow(0, b, m).to(device);
         in.completion_mask = cmask.narrow(0, b, m).to(device);
@@ -349,6 +358,8 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
                                    {"clip_ratio_high", clip_high / static_cast<double>(cfg_.num_iterations)},
                                    {"clip_ratio_region", clip_region / static_cast<double>(cfg_.num_iterations)},
                                    {"entropy", tokens_total > 0 ? -(old * cmask).sum().item<double>() / tokens_total : 0.0},
+                                   {"logprob_diff_mean", sampler_diff_sum / std::max(tokens_total, 1.0)},
+                                   {"logprob_diff_max", sampler_diff_max},
                                    {"completion_length", mean_of(lengths)},
                                    {"completion_length_max", *std::max_element(lengths.begin(), lengths.end())},
                                    {"truncated_fraction", static_cast<double>(truncated) / static_cast<double>(n)},

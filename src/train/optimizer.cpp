@@ -43,6 +43,17 @@ ParamGroups split_parameters(torch::nn::Module& model, const OptimizerConfig& cf
 }
 
 std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, const OptimizerConfig& cfg) {
+  for (const auto& pattern : cfg.freeze) {
+    TORCH_CHECK(!pattern.empty(), "optim.freeze: an empty pattern would freeze every parameter");
+    int64_t matched = 0;
+    for (auto& item : model.named_parameters(/*recurse=*/true)) {
+      if (item.key().find(pattern) == std::string::npos) continue;
+      item.value().requires_grad_(false);
+      ++matched;
+    }
+    TORCH_CHECK(matched > 0, "optim.freeze: '", pattern, "' matches no parameter name (names look like ",
+                model.named_parameters().size() > 0 ? model.named_parameters()[0].key() : std::string("?"), ")");
+  }
   ParamGroups groups = split_parameters(model, cfg);
   TORCH_CHECK(!groups.decay.empty() || !groups.no_decay.empty(), "make_optimizer: the model has no trainable parameters");
   auto options = [&](double weight_decay) {

@@ -203,6 +203,7 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
   };
 
   model_->train();
+  model_->activation_checkpointing = cfg_.activation_checkpointing;
   Progress progress(stage_, cfg_.steps, run_.config().progress_interval_s);
   SftResult result;
   while (step < cfg_.steps) {

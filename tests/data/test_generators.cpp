@@ -474,5 +474,54 @@ TEST(Generator, CompactReasoningStepsAreCorrect) {
   EXPECT_GT(steps, 1000);
 }
 
+// carry_slip_rate: that share of the compact additions carrying out of the ones column is written
+// with every carry forgotten, answer included (37 + 45 -> "7+5=12, 3+4=7, 37+45=72"); the others
+// and the problems themselves are those of the same configuration without slips.
+TEST(Generator, CarrySlipsForgetEveryCarryInTheirShareOfAdditions) {
+  GeneratorConfig g;
+  g.count = 2000;
+  g.seed = 5;
+  g.arithmetic.min_digits = 1;
+  g.arithmetic.max_digits = 2;
+  g.arithmetic.ops = {"+"};
+  g.arithmetic.reasoning = "compact";
+  const auto clean = generate(g);
+  g.arithmetic.carry_slip_rate = 0.6;
+  const auto slipped = generate(g);
+  ASSERT_EQ(clean.size(), slipped.size());
+  int64_t with_carry = 0, slips = 0;
+  for (size_t i = 0; i < slipped.size(); ++i) {
+    const auto& r = slipped[i];
+    const auto& expr = r.extra.at("expression");
+    const auto plus = expr.find(" + ");
+    const int64_t a = std::stoll(expr.substr(0, plus)), b = std::stoll(expr.substr(plus + 3));
+    EXPECT_EQ(clean[i].extra.at("expression"), expr);  // the same problems, in the same order
+    if (a % 10 + b % 10 < 10 || (a < 10 && b < 10)) {  // no carry into another column
+      EXPECT_EQ(r.answer, std::to_string(a + b));
+      EXPECT_EQ(r.reasoning, clean[i].reasoning);
+      continue;
+    }
+    ++with_carry;
+    if (!r.extra.count("slip")) {
+      EXPECT_EQ(r.answer, std::to_string(a + b));
+      continue;
+    }
+    ++slips;
+    // Forgotten carry: the ones digit of the ones sum, the tens sum written without the carry.
+    const int64_t forgot = (a % 10 + b % 10) % 10 + 10 * (a / 10 + b / 10);
+    EXPECT_EQ(r.answer, std::to_string(forgot)) << expr;
+    const std::string tens = std::to_string(a / 10) + "+" + std::to_string(b / 10) + "=" + std::to_string(a / 10 + b / 10);
+    const std::string expected = std::to_string(a % 10) + "+" + std::to_string(b % 10) + "=" +
+                                 std::to_string(a % 10 + b % 10) + ", " + tens + ", " +
+                                 std::to_string(a) + "+" + std::to_string(b) + "=" + std::to_string(forgot);
+    EXPECT_EQ(*r.reasoning, expected);
+  }
+  EXPECT_GT(with_carry, 600);
+  EXPECT_NEAR(static_cast<double>(slips) / static_cast<double>(with_carry), 0.6, 0.05);
+
+  g.arithmetic.reasoning = "verbose";
+  EXPECT_NE(g.arithmetic.validate().find("compact"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace grpo::data

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "grpo/model/causal_lm.h"
 #include "grpo/train/grpo_loss.h"
 
 namespace grpo::train {
@@ -283,6 +284,47 @@ TEST(GrpoLossConfig, DefaultsAreTrls) {
   EXPECT_NE(bad.validate(), "");
   EXPECT_EQ(config::enum_from_name<LossType>("dr_grpo"), LossType::dr_grpo);
   EXPECT_EQ(config::enum_from_name<RewardScaling>("batch"), RewardScaling::batch);
+}
+
+// The chunked log-prob head (kernels/token_logprobs.h) gives the log-probs and gradients of the
+// whole-logits path (head, then selective_logprobs, checked against log_softmax above), for chunks
+// that split the vocabulary unevenly, at temperature 0.7, with left- and right-padding.
+TEST(CompletionLogprobs, ChunkedHeadEqualsWholeLogits) {
+  model::ModelConfig c;
+  c.arch = model::Arch::qwen2;
+  c.vocab_size = 53;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 1;
+  c.num_attention_heads = 2;
+  c.max_position_embeddings = 32;
+  c.initializer_range = 0.3;
+  torch::manual_seed(7);
+  model::CausalLM lm(c);
+  auto ids = torch::randint(1, 53, {3, 10}, torch::kLong);
+  auto mask = torch::ones({3, 10}, torch::kLong);
+  mask[1].narrow(0, 0, 2).zero_();  // left padding of the prompt
+  mask[2].narrow(0, 8, 2).zero_();  // right padding of the completion
+  const auto positions = (mask.cumsum(1) - 1).clamp_min(0);
+  auto run = [&](int64_t chunk) {
+    lm->zero_grad();
+    const auto logps = completion_logprobs(lm, ids, mask, positions, 6, 0.7, chunk);
+    (logps * torch::linspace(-1.0, 1.0, 18).view({3, 6})).sum().backward();
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : lm->parameters()) grads.push_back(p.grad().clone());
+    return std::make_pair(logps.detach(), grads);
+  };
+  const auto whole = run(0);
+  EXPECT_EQ(whole.first[2][5].item<double>(), 0.0);  // padding
+  for (int64_t chunk : {7, 20, 53, 4096}) {
+    const auto chunked = run(chunk);
+    expect_near(chunked.first, whole.first.to(torch::kDouble), 2e-6);
+    for (size_t i = 0; i < whole.second.size(); ++i) {
+      const double scale = whole.second[i].abs().max().item<double>() + 1e-12;
+      EXPECT_LE((chunked.second[i] - whole.second[i]).abs().max().item<double>() / scale, 1e-5)
+          << "chunk " << chunk << " parameter " << i;
+    }
+  }
 }
 
 }  // namespace

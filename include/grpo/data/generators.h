@@ -47,6 +47,8 @@ struct ArithmeticConfig {
   int max_digits = 3;                            // most digits of an operand (<= 9)
   std::vector<std::string> ops = {"+", "-", "*"};  // operations to draw from, uniformly
   std::string reasoning = "verbose";             // verbose: one sentence per column; compact: "7+5=12, 3+4+1=8, 37+45=82"
+  double carry_slip_rate = 0.0;                  // share of compact worked additions with a carry whose writer forgets
+                                                 // every carry (reasoning and answer wrong alike): imperfect cold-start data
 
   template <class V>
   void visit(V& v) {
@@ -56,6 +58,9 @@ struct ArithmeticConfig {
     v("ops", ops, "operations drawn uniformly; subtraction keeps a >= b", Check().nonempty().one_of({"+", "-", "*"}));
     v("reasoning", reasoning, "worked solution style: verbose (a line per column) | compact (7+5=12, 3+4+1=8, ...)",
       Check().one_of({"verbose", "compact"}));
+    v("carry_slip_rate", carry_slip_rate,
+      "share of compact worked additions (with a carry) written with every carry forgotten, answer included",
+      Check().in(0.0, 1.0));
   }
   std::string validate() const;
 };

@@ -118,9 +118,13 @@ torch::Tensor selective_logprobs(const torch::Tensor& logits, const torch::Tenso
 // position_ids undefined = 0 .. P+L-1 for every row, regardless of the left padding: that is what
 // TRL's forward gets (it passes no position_ids, and HF then uses arange(T)), although generation
 // numbered the tokens from the first real one. Pass cumsum(mask) - 1 to use the generation's.
+// chunk_size > 0: the log-probs come from the hidden states through kernels::token_logprobs, a
+// vocabulary chunk of that many rows at a time, so the [N, L, V] logits are never materialised
+// (forward or backward); 0: the head's logits, then selective_logprobs (TRL's way).
 torch::Tensor completion_logprobs(model::CausalLM& model, const torch::Tensor& input_ids,
                                   const torch::Tensor& attention_mask, const torch::Tensor& position_ids,
-                                  int64_t completion_length, double temperature = 1.0);
+                                  int64_t completion_length, double temperature = 1.0,
+                                  int64_t chunk_size = 0);
 
 struct GrpoLossInputs {
   torch::Tensor logps{};            // [N, L] current policy, with grad

@@ -43,6 +43,7 @@ struct GrpoConfig {
   GrpoLossConfig loss;                    // loss type, clipping, beta, reward scaling
   int64_t num_iterations = 1;             // optimizer passes over each generated batch (mu)
   int64_t micro_batch_size = 16;          // completions per forward/backward
+  int64_t logprob_chunk_size = 4096;      // vocabulary rows per chunk of the log-prob head (0 = whole logits)
   int64_t ref_refresh_steps = 0;          // copy the policy into the reference every N steps (0 = never)
   bool mask_truncated_completions = false;  // completions cut at max_new_tokens get no loss
   bool dynamic_sampling = false;          // drop groups whose rewards are all equal, refill with new prompts
@@ -50,6 +51,7 @@ struct GrpoConfig {
   double mtp_weight = 0.0;                // MTP loss on the sampled sequences during RL (0 = off)
   double router_bias_gamma = 0.001;       // aux-loss-free router bias update per optimizer step (0 = off)
   bool bf16_autocast = true;              // CUDA: bf16 autocast for the training forward
+  bool activation_checkpointing = false;  // recompute each decoder block in backward (less memory)
   int64_t eval_every = 0;                 // steps between evaluations (0 = only at the end)
   std::string accuracy_reward = "math_accuracy";  // reward label logged as "accuracy" (absent: not logged)
   int64_t log_completions = 2;            // completions per step written to the log and completions.jsonl
@@ -67,6 +69,8 @@ struct GrpoConfig {
     v("loss", loss, "the GRPO objective");
     v("num_iterations", num_iterations, "optimizer passes over each generated batch (mu)", Check().ge(1));
     v("micro_batch_size", micro_batch_size, "completions per forward/backward", Check().ge(1));
+    v("logprob_chunk_size", logprob_chunk_size,
+      "vocabulary rows per chunk when computing token log-probs (bounds memory); 0 = whole logits", Check().ge(0));
     v("ref_refresh_steps", ref_refresh_steps, "copy the policy into the reference every N steps; 0 = never",
       Check().ge(0));
     v("mask_truncated_completions", mask_truncated_completions, "no loss on completions cut at max_new_tokens");
@@ -75,6 +79,7 @@ struct GrpoConfig {
     v("mtp_weight", mtp_weight, "MTP loss weight during RL; 0 = off", Check().ge(0));
     v("router_bias_gamma", router_bias_gamma, "aux-loss-free router bias update speed; 0 = off", Check().ge(0));
     v("bf16_autocast", bf16_autocast, "bf16 autocast on CUDA");
+    v("activation_checkpointing", activation_checkpointing, "recompute each decoder block in backward");
     v("eval_every", eval_every, "steps between evaluations; 0 = only at the end", Check().ge(0));
     v("accuracy_reward", accuracy_reward, "reward label logged as accuracy");
     v("log_completions", log_completions, "completions per step written to the log and completions.jsonl",

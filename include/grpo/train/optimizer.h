@@ -29,6 +29,7 @@ struct OptimizerConfig {
   double eps = 1e-8;           // AdamW denominator epsilon
   double weight_decay = 0.1;   // decoupled weight decay of the decay group (p -= lr * wd * p)
   std::vector<std::string> no_decay = {};  // name substrings never decayed, besides every 1-D parameter
+  std::vector<std::string> freeze = {};    // name substrings of parameters kept fixed (requires_grad off)
   double max_grad_norm = 1.0;  // clip the global gradient norm to this (0 = no clipping)
 
   template <class V>
@@ -41,6 +42,7 @@ struct OptimizerConfig {
     v("weight_decay", weight_decay, "decoupled weight decay (1-D parameters and no_decay names never decay)",
       Check().ge(0));
     v("no_decay", no_decay, "parameter-name substrings exempt from weight decay, e.g. [embed_tokens, lm_head]");
+    v("freeze", freeze, "parameter-name substrings not trained, e.g. [gate_weight] (MoE routers) or [embed_tokens]");
     v("max_grad_norm", max_grad_norm, "clip the global gradient norm to this (0 = off)", Check().ge(0));
   }
 };
@@ -54,7 +56,8 @@ struct ParamGroups {
 // tensor registered under two names (tied embeddings) appears once, under its first name.
 ParamGroups split_parameters(torch::nn::Module& model, const OptimizerConfig& cfg);
 
-// AdamW over split_parameters: group 0 decays with cfg.weight_decay, group 1 has weight decay 0
+// AdamW over split_parameters, after turning requires_grad off for the parameters whose names
+// contain one of cfg.freeze (a pattern that matches no parameter is an error): group 0 decays with cfg.weight_decay, group 1 has weight decay 0
 // (a group is left out when it is empty). Learning rate cfg.lr; set it per step with
 // set_learning_rate.
 std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, const OptimizerConfig& cfg);

@@ -41,6 +41,7 @@ struct SftConfig {
   double mtp_weight = 0.3;           // DeepSeek-V3's MTP loss weight lambda (0 = off; ignored without MTP)
   double router_bias_gamma = 0.001;  // aux-loss-free router bias update per step (0 = off; MoE only)
   bool bf16_autocast = true;         // on CUDA: bf16 autocast with fp32 master weights (CPU: fp32)
+  bool activation_checkpointing = false;  // recompute each decoder block in backward (less memory)
   int64_t eval_every = 0;            // steps between evaluations (0 = only at the end)
   int64_t seed_offset = 0;           // added to run.seed for this stage's data order
   OptimizerConfig optim;             // AdamW
@@ -58,6 +59,7 @@ struct SftConfig {
     v("mtp_weight", mtp_weight, "MTP loss weight (DeepSeek-V3: 0.3, then 0.1); 0 = off", Check().ge(0));
     v("router_bias_gamma", router_bias_gamma, "aux-loss-free router bias update speed; 0 = off", Check().ge(0));
     v("bf16_autocast", bf16_autocast, "bf16 autocast on CUDA (fp32 master weights)");
+    v("activation_checkpointing", activation_checkpointing, "recompute each decoder block in backward");
     v("eval_every", eval_every, "steps between evaluations; 0 = only at the end", Check().ge(0));
     v("seed_offset", seed_offset, "added to run.seed for this stage's data order", Check().ge(0));
     v("optim", optim, "AdamW");
