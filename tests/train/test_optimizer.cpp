@@ -80,6 +80,52 @@ TEST(Optimizer, SplitSkipsFrozenAndRepeatsNoTiedTensor) {
   EXPECT_EQ(optimizer->param_groups()[1].params().size(), groups.no_decay.size());
 }
 
+// optim.freeze: the MoE routers of a DeepSeek-V3 model leave the optimizer (requires_grad off) and
+// keep their values through a step that moves everything else; a pattern naming nothing is an error.
+TEST(Optimizer, FreezeKeepsMatchingParametersFixed) {
+  CausalLM lm(model::test::tiny_dsv3());
+  OptimizerConfig cfg;
+  cfg.lr = 1e-2;
+  cfg.freeze = {"gate_weight"};
+  int64_t routers = 0;
+  std::vector<torch::Tensor> before;
+  for (const auto& item : lm->named_parameters()) {
+    if (item.key().find("gate_weight") != std::string::npos) {
+      ++routers;
+      before.push_back(item.value().detach().clone());
+    }
+  }
+  ASSERT_EQ(routers, 3);  // two MoE layers and the MTP block's
+  auto optimizer = make_optimizer(*lm, cfg);
+  const auto ids = torch::randint(0, 61, {2, 8}, torch::kLong);
+  lm->forward(ids, {}, {}).logits.pow(2).mean().backward();
+  optimizer->step();
+  size_t k = 0;
+  int64_t moved = 0;
+  for (const auto& item : lm->named_parameters()) {
+    if (item.key().find("gate_weight") != std::string::npos) {
+      EXPECT_FALSE(item.value().requires_grad()) << item.key();
+      EXPECT_TRUE(torch::equal(item.value(), before[k++])) << item.key();
+    }
+  }
+  for (const auto& g : optimizer->param_groups()) {
+    for (const auto& p : g.params()) moved += p.grad().defined() ? 1 : 0;
+  }
+  EXPECT_GT(moved, 10);
+  const auto groups = split_parameters(*lm, cfg);
+  for (const auto& name : groups.decay_names) EXPECT_EQ(name.find("gate_weight"), std::string::npos) << name;
+
+  CausalLM other(model::test::tiny_dsv3());
+  cfg.freeze = {"no_such_parameter"};
+  try {
+    make_optimizer(*other, cfg);
+    ADD_FAILURE() << "expected an error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("optim.freeze: 'no_such_parameter' matches no parameter"), std::string::npos)
+        << e.what();
+  }
+}
+
 // A 2x2 weight (decayed) and a bias (not decayed), in float64.
 struct TwoParamsImpl : torch::nn::Module {
   TwoParamsImpl() {
