@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "grpo/version.h"
+#include "use_kernel.h"
 
 #if GRPO_WITH_CUDA_KERNELS
 #include "moe_dispatch.cuh"
@@ -14,16 +15,7 @@
 namespace grpo::kernels {
 namespace {
 
-bool use_kernel(const char* fn, const at::Tensor& x) {
-  if (!x.is_cuda()) return false;
-#if GRPO_WITH_CUDA_KERNELS
-  (void)fn;
-  return true;
-#else
-  TORCH_CHECK(false, fn, ": grpo was built without CUDA kernels (GRPO_WITH_CUDA=OFF); rebuild with nvcc ",
-              "available or use the reference (model config kernels: reference)");
-#endif
-}
+using detail::use_kernel;
 
 at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

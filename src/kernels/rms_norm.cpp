@@ -4,6 +4,7 @@
 #include <torch/autograd.h>
 
 #include "grpo/version.h"
+#include "use_kernel.h"
 
 #if GRPO_WITH_CUDA_KERNELS
 #include "rms_norm.cuh"
@@ -11,6 +12,8 @@
 
 namespace grpo::kernels {
 namespace {
+
+using detail::use_kernel;
 
 void check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.dim() >= 1, fn, ": x must have at least one dimension, got ", x.sizes());
@@ -20,19 +23,6 @@ void check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& weight)
               ": expected floating dtypes, got x ", x.scalar_type(), " and weight ", weight.scalar_type());
   TORCH_CHECK(x.device() == weight.device(), fn, ": x and weight must be on one device, got ",
               x.device(), " and ", weight.device());
-}
-
-// True when the CUDA kernel must run (CUDA tensors); fails loudly for CUDA tensors in a build
-// without kernels rather than silently running the reference.
-bool use_kernel(const char* fn, const at::Tensor& x) {
-  if (!x.is_cuda()) return false;
-#if GRPO_WITH_CUDA_KERNELS
-  (void)fn;
-  return true;
-#else
-  TORCH_CHECK(false, fn, ": grpo was built without CUDA kernels (GRPO_WITH_CUDA=OFF); rebuild with nvcc ",
-              "available or use the reference (model config kernels: reference)");
-#endif
 }
 
 class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {

@@ -5,6 +5,7 @@
 #include <torch/autograd.h>
 
 #include "grpo/version.h"
+#include "use_kernel.h"
 
 #if GRPO_WITH_CUDA_KERNELS
 #include "rope.cuh"
@@ -12,6 +13,8 @@
 
 namespace grpo::kernels {
 namespace {
+
+using detail::use_kernel;
 
 void check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   TORCH_CHECK(x.dim() == 4, fn, ": x must be [B, H, T, R], got ", x.sizes());
@@ -26,17 +29,6 @@ void check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& cos, co
               ": x, cos and sin must be on one device, got ", x.device(), ", ", cos.device(), " and ",
               sin.device());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), fn, ": expected a floating dtype, got ", x.scalar_type());
-}
-
-bool use_kernel(const char* fn, const at::Tensor& x) {
-  if (!x.is_cuda()) return false;
-#if GRPO_WITH_CUDA_KERNELS
-  (void)fn;
-  return true;
-#else
-  TORCH_CHECK(false, fn, ": grpo was built without CUDA kernels (GRPO_WITH_CUDA=OFF); rebuild with nvcc ",
-              "available or use the reference (model config kernels: reference)");
-#endif
 }
 
 class RopeFunction : public torch::autograd::Function<RopeFunction> {

@@ -4,6 +4,7 @@
 #include <torch/autograd.h>
 
 #include "grpo/version.h"
+#include "use_kernel.h"
 
 #if GRPO_WITH_CUDA_KERNELS
 #include "swiglu.cuh"
@@ -11,6 +12,8 @@
 
 namespace grpo::kernels {
 namespace {
+
+using detail::use_kernel;
 
 void check_inputs(const char* fn, const at::Tensor& gate, const at::Tensor& up) {
   TORCH_CHECK(gate.sizes() == up.sizes(), fn, ": gate and up must have one shape, got ", gate.sizes(),
@@ -21,17 +24,6 @@ void check_inputs(const char* fn, const at::Tensor& gate, const at::Tensor& up) 
               gate.device(), " and ", up.device());
   TORCH_CHECK(at::isFloatingType(gate.scalar_type()), fn, ": expected a floating dtype, got ",
               gate.scalar_type());
-}
-
-bool use_kernel(const char* fn, const at::Tensor& x) {
-  if (!x.is_cuda()) return false;
-#if GRPO_WITH_CUDA_KERNELS
-  (void)fn;
-  return true;
-#else
-  TORCH_CHECK(false, fn, ": grpo was built without CUDA kernels (GRPO_WITH_CUDA=OFF); rebuild with nvcc ",
-              "available or use the reference (model config kernels: reference)");
-#endif
 }
 
 class SwigluFunction : public torch::autograd::Function<SwigluFunction> {

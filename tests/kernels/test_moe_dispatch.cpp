@@ -15,21 +15,13 @@
 #include "grpo/model/causal_lm.h"
 #include "grpo/model/moe.h"
 #include "grpo/version.h"
+#include "kernels/kernel_test_util.h"
 #include "model/model_test_util.h"
 
 namespace grpo::kernels {
 namespace {
 
-void expect_close(const torch::Tensor& got, const torch::Tensor& want, double atol, double rtol,
-                  const std::string& what) {
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  if (got.numel() == 0) return;
-  const auto g = got.to(torch::kDouble).cpu(), w = want.to(torch::kDouble).cpu();
-  const auto diff = (g - w).abs();
-  EXPECT_TRUE(torch::allclose(g, w, rtol, atol))
-      << what << ": max abs err " << diff.max().item<double>() << ", max rel err "
-      << (diff / w.abs().clamp_min(1e-12)).max().item<double>();
-}
+using test::expect_close;
 
 // Stable argsort of the flat expert indices, and offsets [E+1] (CPU) of the sorted rows.
 std::pair<torch::Tensor, torch::Tensor> sort_pairs(const torch::Tensor& expert_index, int64_t experts) {
@@ -176,12 +168,7 @@ TEST(MoeDispatch, MoeLayerWithFusedKernelsMatchesReferenceLoop) {
   expect_close(yf, yr, 1e-6, 1e-5, "forward");
   yr.pow(2).sum().backward();
   yf.pow(2).sum().backward();
-  const auto fused_params = fused->named_parameters();
-  for (const auto& item : reference->named_parameters()) {
-    const auto& name = item.key();
-    const auto& p = item.value();
-    expect_close(fused_params[name].grad(), p.grad(), 1e-5, 1e-4, name);
-  }
+  test::expect_same_grads(*fused, *reference, 1e-5, 1e-4);
 }
 
 // DeepSeek-V3 (MLA with interleaved RoPE, MoE, MTP) end to end with kernels: cuda on CPU.

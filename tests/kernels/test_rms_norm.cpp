@@ -18,22 +18,12 @@
 #include "grpo/model/layers.h"
 #include "grpo/model/model_config.h"
 #include "grpo/version.h"
+#include "kernels/kernel_test_util.h"
 
 namespace grpo::kernels {
 namespace {
 
-// got vs want with dtype-aware tolerances; the message carries max-abs and max-rel errors.
-void expect_close(const torch::Tensor& got, const torch::Tensor& want, double atol, double rtol,
-                  const std::string& what) {
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  if (got.numel() == 0) return;
-  const auto g = got.to(torch::kDouble).cpu(), w = want.to(torch::kDouble).cpu();
-  const auto diff = (g - w).abs();
-  const double max_abs = diff.max().item<double>();
-  const double max_rel = (diff / w.abs().clamp_min(1e-12)).max().item<double>();
-  EXPECT_TRUE(torch::allclose(g, w, rtol, atol)) << what << ": max abs err " << max_abs << ", max rel err "
-                                                 << max_rel;
-}
+using test::expect_close;
 
 TEST(RmsNorm, ReferenceMatchesHandComputedValues) {
   const auto x = torch::tensor({{1.0f, 2.0f, 3.0f, 4.0f}, {-2.0f, 0.0f, 0.0f, 2.0f}});

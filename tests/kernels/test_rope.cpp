@@ -13,21 +13,13 @@
 #include "grpo/model/causal_lm.h"
 #include "grpo/model/rope.h"
 #include "grpo/version.h"
+#include "kernels/kernel_test_util.h"
 #include "model/model_test_util.h"
 
 namespace grpo::kernels {
 namespace {
 
-void expect_close(const torch::Tensor& got, const torch::Tensor& want, double atol, double rtol,
-                  const std::string& what) {
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  if (got.numel() == 0) return;
-  const auto g = got.to(torch::kDouble).cpu(), w = want.to(torch::kDouble).cpu();
-  const auto diff = (g - w).abs();
-  EXPECT_TRUE(torch::allclose(g, w, rtol, atol))
-      << what << ": max abs err " << diff.max().item<double>() << ", max rel err "
-      << (diff / w.abs().clamp_min(1e-12)).max().item<double>();
-}
+using test::expect_close;
 
 // Tables as RotaryEmbedding builds them: angle[b, t, j] = position * freq[j], both halves equal.
 std::pair<torch::Tensor, torch::Tensor> tables(int64_t batch, int64_t seq, int64_t width,
@@ -128,12 +120,7 @@ TEST(Rope, Qwen2ModelWithFusedKernelsMatchesReference) {
   EXPECT_TRUE(torch::equal(lr, lf));
   lr.pow(2).mean().backward();
   lf.pow(2).mean().backward();
-  const auto fused_params = fused->named_parameters();
-  for (const auto& item : reference->named_parameters()) {
-    const auto& name = item.key();
-    const auto& p = item.value();
-    expect_close(fused_params[name].grad(), p.grad(), 1e-5, 1e-4, name);
-  }
+  test::expect_same_grads(*fused, *reference, 1e-5, 1e-4);
 }
 
 TEST(RopeCuda, MatchesReferenceOverShapesAndDtypes) {

@@ -12,20 +12,12 @@
 
 #include "grpo/model/layers.h"
 #include "grpo/version.h"
+#include "kernels/kernel_test_util.h"
 
 namespace grpo::kernels {
 namespace {
 
-void expect_close(const torch::Tensor& got, const torch::Tensor& want, double atol, double rtol,
-                  const std::string& what) {
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  if (got.numel() == 0) return;
-  const auto g = got.to(torch::kDouble).cpu(), w = want.to(torch::kDouble).cpu();
-  const auto diff = (g - w).abs();
-  EXPECT_TRUE(torch::allclose(g, w, rtol, atol))
-      << what << ": max abs err " << diff.max().item<double>() << ", max rel err "
-      << (diff / w.abs().clamp_min(1e-12)).max().item<double>();
-}
+using test::expect_close;
 
 double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
 

@@ -12,23 +12,15 @@
 #include <torch/torch.h>
 
 #include "grpo/version.h"
+#include "kernels/kernel_test_util.h"
 
 namespace grpo::kernels {
 namespace {
 
-// Fails with the max abs and max rel error when got and want differ beyond atol + rtol * |want|.
+// Tolerances in (rtol, atol) order here.
 void expect_close(const torch::Tensor& got, const torch::Tensor& want, double rtol, double atol,
                   const std::string& what) {
-  ASSERT_TRUE(got.defined()) << what << ": undefined";
-  ASSERT_EQ(got.sizes(), want.sizes()) << what;
-  if (got.numel() == 0) return;
-  const auto g = got.detach().to(torch::kCPU, torch::kDouble);
-  const auto w = want.detach().to(torch::kCPU, torch::kDouble);
-  const auto diff = (g - w).abs();
-  const double max_abs = diff.max().item<double>();
-  const double max_rel = (diff / w.abs().clamp_min(1e-12)).max().item<double>();
-  EXPECT_TRUE(torch::allclose(g, w, rtol, atol))
-      << what << ": max abs err " << max_abs << ", max rel err " << max_rel;
+  test::expect_close(got, want, atol, rtol, what);
 }
 
 struct Case {
