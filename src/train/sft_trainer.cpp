@@ -32,15 +32,25 @@ std::string SftConfig::validate() const {
   return "";
 }
 
-SftBatch pad_batch(const std::vector<const data::TokenizedExample*>& examples) {
-  int64_t t = 1;
-  for (const auto* e : examples) t = std::max<int64_t>(t, static_cast<int64_t>(e->input_ids.size()));
-  const int64_t b = static_cast<int64_t>(examples.size());
+namespace {
+
+// A batch of b rows of t zeros in every tensor (padding everywhere), counts 0.
+SftBatch zero_batch(int64_t b, int64_t t) {
   SftBatch out;
   out.input_ids = torch::zeros({b, t}, torch::kLong);
   out.attention_mask = torch::zeros({b, t}, torch::kLong);
   out.position_ids = torch::zeros({b, t}, torch::kLong);
   out.loss_mask = torch::zeros({b, t}, torch::kLong);
+  return out;
+}
+
+}  // namespace
+
+SftBatch pad_batch(const std::vector<const data::TokenizedExample*>& examples) {
+  int64_t t = 1;
+  for (const auto* e : examples) t = std::max<int64_t>(t, static_cast<int64_t>(e->input_ids.size()));
+  const int64_t b = static_cast<int64_t>(examples.size());
+  SftBatch out = zero_batch(b, t);
   auto ids = out.input_ids.accessor<int64_t, 2>();
   auto mask = out.attention_mask.accessor<int64_t, 2>();
   auto pos = out.position_ids.accessor<int64_t, 2>();
@@ -79,11 +89,7 @@ SftBatch pack_batch(const std::vector<const data::TokenizedExample*>& examples, 
     used[r] += n;
   }
   const int64_t b = static_cast<int64_t>(rows.size());
-  SftBatch out;
-  out.input_ids = torch::zeros({b, max_length}, torch::kLong);
-  out.attention_mask = torch::zeros({b, max_length}, torch::kLong);
-  out.position_ids = torch::zeros({b, max_length}, torch::kLong);
-  out.loss_mask = torch::zeros({b, max_length}, torch::kLong);
+  SftBatch out = zero_batch(b, max_length);
   auto ids = out.input_ids.accessor<int64_t, 2>();
   auto mask = out.attention_mask.accessor<int64_t, 2>();
   auto pos = out.position_ids.accessor<int64_t, 2>();
