@@ -643,7 +643,11 @@ def cmd_cli_check(args):
         return 1
     rel = float((ours - hf).abs().max()) / float(hf.abs().max())
     ok = rel <= args.rtol
-    print(f"[cli-check] {os.path.basename(args.dir.rstrip('/'))}: {'PASS' if ok else 'FAIL'} rel_err={rel:.3e}")
+    cls = type(model).__name__
+    if args.expect_class and cls != args.expect_class:
+        print(f"[cli-check] FAIL transformers loaded {cls}, expected {args.expect_class}")
+        return 1
+    print(f"[cli-check] {os.path.basename(args.dir.rstrip('/'))} as {cls}: {'PASS' if ok else 'FAIL'} rel_err={rel:.3e}")
     return 0 if ok else 1
 
 
@@ -661,6 +665,7 @@ def main(argv=None):
     k.add_argument("ids")
     k.add_argument("ours")
     k.add_argument("--rtol", type=float, default=1e-5)
+    k.add_argument("--expect-class", default="", help="fail unless transformers loads this class")
     args = ap.parse_args(argv)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead (and contention on a busy box)
