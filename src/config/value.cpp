@@ -343,6 +343,32 @@ void describe_into(const Value& v, const std::string& path, std::vector<KeyDoc>&
 
 }  // namespace
 
+namespace {
+
+void leaves_into(const Value& v, const std::string& path, std::vector<std::pair<std::string, std::string>>& out) {
+  const auto child = [&](const std::string& key) { return path.empty() ? key : path + "." + key; };
+  switch (v.kind) {
+    case Value::Kind::map:
+      if (v.entries.empty()) out.emplace_back(path, "{}");
+      for (const auto& [k, c] : v.entries) leaves_into(c, child(k), out);
+      break;
+    case Value::Kind::list:
+      if (v.items.empty()) out.emplace_back(path, "[]");
+      for (size_t i = 0; i < v.items.size(); ++i) leaves_into(v.items[i], child(std::to_string(i)), out);
+      break;
+    case Value::Kind::scalar: out.emplace_back(path, v.quoted ? "\"" + v.text + "\"" : v.text); break;
+    case Value::Kind::null: out.emplace_back(path, "null"); break;
+  }
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> leaf_values(const Value& v, const std::string& prefix) {
+  std::vector<std::pair<std::string, std::string>> out;
+  leaves_into(v, prefix, out);
+  return out;
+}
+
 std::vector<KeyDoc> describe_keys(const Value& defaults) {
   std::vector<KeyDoc> out;
   describe_into(defaults, "", out);

@@ -163,36 +163,6 @@ class Hasher {
 
 using Fingerprint = std::vector<std::pair<std::string, std::string>>;
 
-// A config Value as one line: scalars as their text, lists as [a, b], maps as {k: v}.
-std::string value_text(const config::Value& v) {
-  switch (v.kind) {
-    case config::Value::Kind::null: return "null";
-    case config::Value::Kind::scalar: return v.text;
-    case config::Value::Kind::list: {
-      std::string out = "[";
-      for (size_t i = 0; i < v.items.size(); ++i) out += (i ? ", " : "") + value_text(v.items[i]);
-      return out + "]";
-    }
-    case config::Value::Kind::map: {
-      std::string out = "{";
-      for (size_t i = 0; i < v.entries.size(); ++i) {
-        out += (i ? ", " : "") + v.entries[i].first + ": " + value_text(v.entries[i].second);
-      }
-      return out + "}";
-    }
-  }
-  return "?";
-}
-
-// Leaves of a config map as "prefix.key" -> text.
-void flatten(const config::Value& v, const std::string& prefix, Fingerprint& out) {
-  if (v.is_map()) {
-    for (const auto& [key, child] : v.entries) flatten(child, prefix + "." + key, out);
-  } else {
-    out.emplace_back(prefix, value_text(v));
-  }
-}
-
 std::string text_of(double x) { return config::double_to_text(x); }
 
 Fingerprint make_fingerprint(const data::PromptConfig& prompt, const std::vector<data::Record>& prompts,
@@ -201,7 +171,7 @@ Fingerprint make_fingerprint(const data::PromptConfig& prompt, const std::vector
   Fingerprint fp;
   fp.emplace_back("teacher", provenance.teacher);
   Fingerprint gen;
-  flatten(config::Writer::to_value(cfg.generation), "generation", gen);
+  for (auto& leaf : config::leaf_values(config::Writer::to_value(cfg.generation), "generation")) gen.push_back(leaf);
   for (auto& kv : gen) {
     // num_generations comes from samples_per_prompt; every request carries its own seed.
     if (kv.first == "generation.num_generations" || kv.first == "generation.seed") continue;

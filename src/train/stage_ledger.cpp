@@ -56,29 +56,9 @@ StageLedger::StageLedger(const Run& run) : dir_(run.path("stages")) {}
 
 std::string StageLedger::path(const std::string& stage) const { return dir_ + "/" + stage + ".json"; }
 
-namespace {
-
-void flatten(const config::Value& v, const std::string& path, std::map<std::string, std::string>& out) {
-  const auto child = [&](const std::string& key) { return path.empty() ? key : path + "." + key; };
-  switch (v.kind) {
-    case config::Value::Kind::map:
-      if (v.entries.empty()) out[path] = "{}";
-      for (const auto& [k, c] : v.entries) flatten(c, child(k), out);
-      break;
-    case config::Value::Kind::list:
-      if (v.items.empty()) out[path] = "[]";
-      for (size_t i = 0; i < v.items.size(); ++i) flatten(v.items[i], child(std::to_string(i)), out);
-      break;
-    case config::Value::Kind::scalar: out[path] = v.quoted ? "\"" + v.text + "\"" : v.text; break;
-    case config::Value::Kind::null: out[path] = "null"; break;
-  }
-}
-
-}  // namespace
-
 std::string StageLedger::lines_of(const config::Value& tree) {
   std::map<std::string, std::string> sorted;
-  flatten(tree, "", sorted);
+  for (auto& [k, v] : config::leaf_values(tree)) sorted[k] = v;
   std::string out;
   for (const auto& [k, v] : sorted) out += k + "=" + v + "\n";
   return out;

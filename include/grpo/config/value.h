@@ -89,6 +89,12 @@ long long scalar_to_int(const Value& v, const std::string& path);
 double scalar_to_double(const Value& v, const std::string& path);
 std::string scalar_to_string(const Value& v, const std::string& path);
 
+// Every leaf of `v` as ("path", "text"), in written order: maps and lists are walked ("a.b",
+// "functions.0.name"), a scalar is its text (a quoted one in double quotes: "\"format\""), null is
+// "null", an empty list "[]", an empty map "{}". `prefix` starts every path. For fingerprints of
+// settings (what a finished stage or a resumable file ran with) and for naming what changed.
+std::vector<std::pair<std::string, std::string>> leaf_values(const Value& v, const std::string& prefix = "");
+
 // Shortest decimal text that parses back to exactly `x` ("0.0003", "1e-06", ".inf").
 std::string double_to_text(double x);
 
