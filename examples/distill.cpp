@@ -113,32 +113,19 @@ int main(int argc, char** argv) {
     if (rs_cfg.seed == 0) rs_cfg.seed = static_cast<uint64_t>(cfg.run.seed) + 4;
 
     using train::StageLedger;
-    train::StageLedger ledger(run);
-    std::map<std::string, std::string> inputs = {{"run", "seed=" + std::to_string(cfg.run.seed) + "\n"},
-                                                 {"tokenizer", StageLedger::section_text(cfg.tokenizer)},
-                                                 {"teacher", StageLedger::section_text(cfg.teacher)},
-                                                 {"student", StageLedger::section_text(cfg.student)},
-                                                 {"prompt", StageLedger::section_text(cfg.prompt)},
-                                                 {"prompts", StageLedger::section_text(cfg.prompts)},
-                                                 {"rewards", StageLedger::section_text(cfg.rewards)},
-                                                 {"eval", StageLedger::section_text(cfg.eval)},
-                                                 {"eval_data", StageLedger::section_text(cfg.eval_data)},
-                                                 {"traces_file", "path=" + rs_cfg.output + "\n"}};
-    std::string stages_so_far;
+    examples::StageRunner stages(run, {{"run", "seed=" + std::to_string(cfg.run.seed) + "\n"},
+                                       {"tokenizer", StageLedger::section_text(cfg.tokenizer)},
+                                       {"teacher", StageLedger::section_text(cfg.teacher)},
+                                       {"student", StageLedger::section_text(cfg.student)},
+                                       {"prompt", StageLedger::section_text(cfg.prompt)},
+                                       {"prompts", StageLedger::section_text(cfg.prompts)},
+                                       {"rewards", StageLedger::section_text(cfg.rewards)},
+                                       {"eval", StageLedger::section_text(cfg.eval)},
+                                       {"eval_data", StageLedger::section_text(cfg.eval_data)},
+                                       {"traces_file", "path=" + rs_cfg.output + "\n"}});
     auto stage = [&](const std::string& name, const std::string& section, const std::string& text,
                      const std::function<void(train::StageSummary&)>& body) {
-      stages_so_far += name + "\n";
-      inputs["stages"] = stages_so_far;
-      inputs[section] = text;
-      if (auto done = ledger.finished(name, inputs)) return *done;
-      const auto t0 = std::chrono::steady_clock::now();
-      train::StageSummary s;
-      s.stage = name;
-      s.inputs = inputs;
-      body(s);
-      s.numbers["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      ledger.record(s);
-      return s;
+      return stages.run(name, {{section, text}}, body);
     };
     std::vector<examples::Row> table;
     const int64_t teacher_params = examples::parameters_of(teacher->config());
@@ -149,7 +136,7 @@ int main(int argc, char** argv) {
                              examples::put_eval(s, "teacher", evaluate(teacher), teacher_params);
                              const auto r = train::generate_traces(teacher, *tokenizer, cfg.prompt,
                                                                    train::load_records(cfg.prompts), reward_set, rs_cfg,
-                                                                   {cfg.teacher.init}, !ledger.ran());
+                                                                   {cfg.teacher.init}, !stages.ran());
                              s.numbers["kept"] = static_cast<double>(r.kept);
                              s.numbers["pass_rate"] = r.pass_rate;
                            });
@@ -157,16 +144,7 @@ int main(int argc, char** argv) {
       log::info("traces: pass rate {:.3f}, {} kept, in {}", s.numbers.at("pass_rate"),
                 static_cast<int64_t>(s.numbers.at("kept")), rs_cfg.output);
     }
-    auto traces = [&]() {
-      if (!std::filesystem::exists(rs_cfg.output)) {
-        throw std::runtime_error("no traces at " + rs_cfg.output + ": list stage traces, or set traces_file");
-      }
-      train::DataSection d;
-      d.jsonl.emplace();
-      d.jsonl->path = rs_cfg.output;
-      d.jsonl->fields.reasoning = "reasoning";
-      return train::load_records(d);
-    };
+    auto traces = [&]() { return examples::load_traces(rs_cfg.output, "sft/distill"); };
     std::string student_dir = cfg.student.init;
     auto student_model = [&]() {
       train::ModelSection s = cfg.student;

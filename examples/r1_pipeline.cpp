@@ -154,36 +154,19 @@ int main(int argc, char** argv) {
       return train::make_model(s, *tokenizer, cfg.prompt.eos_token);
     };
 
-    // What every stage depends on, then each stage's own sections, cumulatively.
-    train::StageLedger ledger(run);
+    // What every stage depends on; each stage adds its own sections (grpo/train/stage_ledger.h).
     using train::StageLedger;
-    std::map<std::string, std::string> inputs = {{"run", "seed=" + std::to_string(cfg.run.seed) + "\n"},
-                                                 {"tokenizer", StageLedger::section_text(cfg.tokenizer)},
-                                                 {"model", StageLedger::section_text(cfg.model)},
-                                                 {"prompt", StageLedger::section_text(cfg.prompt)},
-                                                 {"rewards", StageLedger::section_text(cfg.rewards)},
-                                                 {"eval", StageLedger::section_text(cfg.eval)},
-                                                 {"eval_data", StageLedger::section_text(cfg.eval_data)}};
-    std::string stages_so_far;
+    examples::StageRunner stages(run, {{"run", "seed=" + std::to_string(cfg.run.seed) + "\n"},
+                                       {"tokenizer", StageLedger::section_text(cfg.tokenizer)},
+                                       {"model", StageLedger::section_text(cfg.model)},
+                                       {"prompt", StageLedger::section_text(cfg.prompt)},
+                                       {"rewards", StageLedger::section_text(cfg.rewards)},
+                                       {"eval", StageLedger::section_text(cfg.eval)},
+                                       {"eval_data", StageLedger::section_text(cfg.eval_data)}});
+    auto stage = [&](const std::string& name, const std::vector<std::pair<std::string, std::string>>& own,
+                     const std::function<void(train::StageSummary&)>& body) { return stages.run(name, own, body); };
     std::vector<examples::Row> table;
     nlohmann::json stage_seconds = nlohmann::json::object();
-    // Runs `body` for `stage` unless the ledger says it is done; returns the stage's summary.
-    auto stage = [&](const std::string& name, std::vector<std::pair<std::string, std::string>> own,
-                     const std::function<void(train::StageSummary&)>& body) {
-      stages_so_far += name + "\n";
-      inputs["stages"] = stages_so_far;
-      for (auto& [k, v] : own) inputs[k] = v;
-      if (auto done = ledger.finished(name, inputs)) return *done;
-      log::info("stage {}: start", name);
-      const auto t0 = std::chrono::steady_clock::now();
-      train::StageSummary s;
-      s.stage = name;
-      s.inputs = inputs;
-      body(s);
-      s.numbers["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      ledger.record(s);
-      return s;
-    };
 
     // The reasoning model's checkpoint so far ("" = none yet).
     std::string teacher_dir = cfg.model.init;
@@ -248,7 +231,7 @@ int main(int argc, char** argv) {
                              const auto prompts = train::load_records(cfg.rs_data);
                              // A partial file is continued only when nothing before it ran again here.
                              const auto r = train::generate_traces(teacher, *tokenizer, cfg.prompt, prompts, reward_set, rs_cfg,
-                                                                   {teacher_dir}, !ledger.ran());
+                                                                   {teacher_dir}, !stages.ran());
                              s.numbers["prompts"] = static_cast<double>(r.prompts);
                              s.numbers["completions"] = static_cast<double>(r.completions);
                              s.numbers["kept"] = static_cast<double>(r.kept);
@@ -264,17 +247,7 @@ int main(int argc, char** argv) {
                 s.texts.at("output"));
       stage_seconds["traces"] = s.numbers.at("seconds");
     }
-    // The traces as SFT records (prompt, the teacher's reasoning and answer).
-    auto trace_records = [&](const std::string& name) {
-      if (!std::filesystem::exists(rs_cfg.output)) {
-        throw std::runtime_error("stage " + name + " needs the traces " + rs_cfg.output + ": list stage traces before it");
-      }
-      train::DataSection d;
-      d.jsonl.emplace();
-      d.jsonl->path = rs_cfg.output;
-      d.jsonl->fields.reasoning = "reasoning";
-      return train::load_records(d);
-    };
+    auto trace_records = [&](const std::string& name) { return examples::load_traces(rs_cfg.output, name); };
     const auto traces_text = "output=" + rs_cfg.output + "\n";
 
     // ---- Stage rs_sft: SFT of the RL model on the traces ------------------------------------

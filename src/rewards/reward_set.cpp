@@ -9,6 +9,7 @@
 #include <set>
 
 #include "grpo/core/log.h"
+#include "grpo/core/progress.h"
 
 namespace grpo::rewards {
 
@@ -64,10 +65,6 @@ struct Chunk {
   size_t function = 0;
   size_t begin = 0, end = 0;
 };
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 }  // namespace
 

@@ -18,19 +18,8 @@
 
 namespace grpo::train {
 
-namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace
-
 std::string DistillConfig::validate() const {
-  if (warmup_steps_for(schedule, steps) > steps) {
-    return "schedule: warmup of " + std::to_string(warmup_steps_for(schedule, steps)) +
-           " steps is longer than the run's " + std::to_string(steps) + " steps";
-  }
+  if (auto problem = warmup_problem(schedule, steps); !problem.empty()) return problem;
   if (generation.num_generations != 1) {
     return "generation.num_generations must be 1 (one student sample per prompt), found " +
            std::to_string(generation.num_generations);

@@ -24,9 +24,6 @@ namespace grpo::train {
 
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // One prompt's group: its record, prompt and G completions with their scores.
 struct Group {
@@ -60,9 +57,8 @@ std::string GrpoConfig::validate() const {
            std::to_string(generation.num_generations) + ")";
   }
   if (generation.speculative_mtp) return "generation.speculative_mtp is greedy only; GRPO samples";
-  if (warmup_steps_for(schedule, steps * num_iterations) > steps * num_iterations) {
-    return "schedule: warmup of " + std::to_string(warmup_steps_for(schedule, steps * num_iterations)) +
-           " steps is longer than the run's " + std::to_string(steps * num_iterations) + " optimizer steps";
+  if (auto problem = warmup_problem(schedule, steps * num_iterations, "optimizer steps"); !problem.empty()) {
+    return problem;
   }
   if (std::abs(loss.temperature - generation.sampling.temperature) > 1e-12) {
     return "loss.temperature (" + config::double_to_text(loss.temperature) +

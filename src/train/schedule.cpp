@@ -7,6 +7,13 @@
 
 namespace grpo::train {
 
+std::string warmup_problem(const ScheduleConfig& cfg, int64_t total_steps, const std::string& what) {
+  const int64_t warmup = warmup_steps_for(cfg, total_steps);
+  if (warmup <= total_steps) return "";
+  return "schedule: warmup of " + std::to_string(warmup) + " steps is longer than the run's " +
+         std::to_string(total_steps) + " " + what;
+}
+
 std::string ScheduleConfig::validate() const {
   if (kind != "cosine" && kind != "linear" && kind != "constant") {
     return "kind: must be one of: cosine, linear, constant, found '" + kind + "'";

@@ -16,21 +16,7 @@
 
 namespace grpo::train {
 
-namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace
-
-std::string SftConfig::validate() const {
-  if (warmup_steps_for(schedule, steps) > steps) {
-    return "schedule: warmup of " + std::to_string(warmup_steps_for(schedule, steps)) +
-           " steps is longer than the run's " + std::to_string(steps) + " steps";
-  }
-  return "";
-}
+std::string SftConfig::validate() const { return warmup_problem(schedule, steps); }
 
 namespace {
 

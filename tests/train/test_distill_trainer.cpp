@@ -19,22 +19,11 @@ namespace grpo::train {
 namespace {
 
 using test::addition;
+using test::Fixture;
+using test::params_of;
 using test::byte_tokenizer;
 using test::prompt_config;
 using test::tiny_config;
-
-struct Fixture {
-  grpo::test::TempDir dir;
-  std::unique_ptr<data::Tokenizer> tok = byte_tokenizer();
-  std::unique_ptr<Run> run;
-  explicit Fixture(const std::string& name) {
-    RunConfig rc;
-    rc.output_dir = dir.path(name);
-    rc.seed = 3;
-    rc.log_level = "warn";
-    run = std::make_unique<Run>(rc, "test: true\n");
-  }
-};
 
 model::ModelConfig student_config(int64_t vocab) {
   auto c = model::test::tiny_qwen2();
@@ -59,12 +48,6 @@ DistillConfig small_distill(int64_t steps) {
   c.checkpoint.keep_last = 0;
   c.loss.chunk_size = 100;  // several vocabulary chunks (V = 261)
   return c;
-}
-
-std::vector<torch::Tensor> params_of(model::CausalLM& m) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : m->parameters()) out.push_back(p.detach().clone());
-  return out;
 }
 
 // The mean divergence over every completion token of `records`, from whole logits.

@@ -26,6 +26,8 @@ namespace grpo::train {
 namespace {
 
 using test::addition;
+using test::Fixture;
+using test::params_of;
 using test::byte_tokenizer;
 using test::prompt_config;
 using test::tiny_config;
@@ -69,19 +71,6 @@ TEST(SftBatches, LossCoversCompletionTokensOnly) {
   EXPECT_NEAR(sft_token_loss_sum(logits, b).item<double>(), want, 1e-3);
 }
 
-struct Fixture {
-  grpo::test::TempDir dir;
-  std::unique_ptr<data::Tokenizer> tok = byte_tokenizer();
-  std::unique_ptr<Run> run;
-  explicit Fixture(const std::string& name) {
-    RunConfig rc;
-    rc.output_dir = dir.path(name);
-    rc.seed = 3;
-    rc.log_level = "warn";
-    run = std::make_unique<Run>(rc, "test: true\n");
-  }
-};
-
 SftConfig small_sft(int64_t steps) {
   SftConfig c;
   c.steps = steps;
@@ -92,12 +81,6 @@ SftConfig small_sft(int64_t steps) {
   c.checkpoint.every_steps = 3;
   c.checkpoint.keep_last = 0;
   return c;
-}
-
-std::vector<torch::Tensor> params_of(model::CausalLM& m) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : m->parameters()) out.push_back(p.detach().clone());
-  return out;
 }
 
 TEST(SftTrainer, WritesMetricsAndCheckpointsAndResumesBitIdentically) {

@@ -4,12 +4,15 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "grpo/core/run.h"
 #include "grpo/data/generators.h"
 #include "grpo/data/prompt.h"
 #include "grpo/train/job.h"
 #include "model/model_test_util.h"
+#include "test_util.h"
 
 namespace grpo::train::test {
 
@@ -33,6 +36,27 @@ inline model::ModelConfig tiny_config(int64_t vocab) {
   c.max_position_embeddings = 128;
   c.eos_token_ids = {256};
   return c;
+}
+
+// A run folder in a temporary directory (seed 3, warnings only) and the byte tokenizer.
+struct Fixture {
+  grpo::test::TempDir dir;
+  std::unique_ptr<data::Tokenizer> tok = byte_tokenizer();
+  std::unique_ptr<Run> run;
+  explicit Fixture(const std::string& name) {
+    RunConfig rc;
+    rc.output_dir = dir.path(name);
+    rc.seed = 3;
+    rc.log_level = "warn";
+    run = std::make_unique<Run>(rc, "test: true\n");
+  }
+};
+
+// Copies of a model's parameters, to compare later.
+inline std::vector<torch::Tensor> params_of(model::CausalLM& m) {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : m->parameters()) out.push_back(p.detach().clone());
+  return out;
 }
 
 inline std::vector<data::Record> addition(int64_t count, int64_t seed, bool reasoning) {

@@ -9,6 +9,11 @@
 
 namespace grpo {
 
+// Seconds from `t0` to now on the steady clock.
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 class Progress {
  public:
   // `label` starts each line; `total` steps are expected (>= 1).

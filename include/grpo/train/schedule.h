@@ -40,6 +40,10 @@ struct ScheduleConfig {
 // (HF TrainingArguments.get_warmup_steps).
 int64_t warmup_steps_for(const ScheduleConfig& cfg, int64_t total_steps);
 
+// "" when the warmup fits in a run of `total_steps`, else the problem, for a trainer's validate():
+// "schedule: warmup of 50 steps is longer than the run's 20 steps" (with `what` for "steps").
+std::string warmup_problem(const ScheduleConfig& cfg, int64_t total_steps, const std::string& what = "steps");
+
 // The learning rate of optimizer step `step` (0-based) of `total_steps`. Throws
 // std::invalid_argument when total_steps < 1, the warmup is longer than total_steps, or step is
 // negative; steps at or past total_steps keep the end value.
