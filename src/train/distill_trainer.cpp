@@ -186,7 +186,7 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     if (n_tokens > 0) {
       torch::Tensor teacher_hidden;
       {
-        torch::NoGradGuard no_grad;
+        c10::InferenceMode inference;  // the teacher's forward keeps no autograd state at all
         AutocastScope ac(autocast && teacher_device.is_cuda());
         const auto out = teacher_->forward(batch.input_ids.to(teacher_device), batch.position_ids.to(teacher_device),
                                            batch.attention_mask.to(teacher_device), nullptr, hidden_only);

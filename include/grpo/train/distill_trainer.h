@@ -1,7 +1,7 @@
 // Logit-level distillation: a student learns the teacher's next-token distribution on the tokens
 // of completions, by a divergence between the two (forward KL, reverse KL or generalised JSD with
 // temperature: grpo/train/distill_loss.h), computed chunked over the vocabulary so neither model's
-// [N, V] logits are ever held. The teacher runs without autograd (its parameters frozen), possibly
+// [N, V] logits are ever held. The teacher runs in inference mode (its parameters frozen), possibly
 // on another device; teacher and student must share the tokenizer (the same vocabulary size).
 //
 //   DistillTrainer trainer(student, teacher, *tokenizer, prompt_cfg, cfg.distill, run);
