@@ -107,7 +107,13 @@ int main(int argc, char** argv) {
     auto held_out = [&](model::CausalLM& m) {
       return train::held_out_eval(m, *tokenizer, cfg.prompt, eval_records, reward_set, cfg.eval);
     };
-    auto teacher = train::make_model(cfg.teacher, *tokenizer, cfg.prompt.eos_token);
+    auto teacher = [&]() {
+      try {
+        return train::make_model(cfg.teacher, *tokenizer, cfg.prompt.eos_token);
+      } catch (const std::exception& e) {
+        throw std::runtime_error(std::string("teacher.init: ") + e.what());
+      }
+    }();
     train::RejectionSamplingConfig rs_cfg = cfg.rejection_sampling;
     rs_cfg.output = cfg.traces_file.empty() ? run.path("traces.jsonl") : cfg.traces_file;
     if (rs_cfg.seed == 0) rs_cfg.seed = static_cast<uint64_t>(cfg.run.seed) + 4;
