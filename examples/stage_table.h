@@ -99,10 +99,10 @@ inline int64_t parameters_of(const model::ModelConfig& cfg) { return model::mode
 
 // The table as text, and as JSON for results.json.
 inline std::string table_text(const std::vector<Row>& rows) {
-  std::string text = grpo::format("\n{:<36} {:18} {:12} {:12} {:12}\n", "model", "held-out accuracy", "mean reward",
+  std::string text = grpo::format("\n{:<38} {:18} {:12} {:12} {:12}\n", "model", "held-out accuracy", "mean reward",
                                   "mean length", "parameters");
   for (const auto& r : rows) {
-    text += grpo::format("{:<36} {:18} {:12} {:12} {:12}\n", r.label, grpo::format("{:.3f}", r.accuracy),
+    text += grpo::format("{:<38} {:18} {:12} {:12} {:12}\n", r.label, grpo::format("{:.3f}", r.accuracy),
                          grpo::format("{:.3f}", r.mean_reward), grpo::format("{:.1f}", r.mean_length),
                          std::to_string(r.parameters));
   }
