@@ -29,10 +29,22 @@ class Fp8LinearFunction : public torch::autograd::Function<Fp8LinearFunction> {
                                bool has_weight, bool has_bias) {
     const auto backend = fp8_gemm_backend(cfg);
     const Fp8Tensor wq = has_weight ? kernels::fp8_quantize_128x128(weight.detach(), cfg.ue8m0) : frozen;
-    const Fp8Tensor xq = kernels::fp8_quantize_1x128(x2d.detach(), cfg.ue8m0);
-    auto y = kernels::fp8_gemm(xq, wq, at::kFloat, backend);
+    // The weight in float32 for a GEMM left in high precision: the master weight, or the FP8 one
+    // dequantised when there is no master.
+    const auto w_hp = [&]() {
+      return has_weight ? weight.detach().to(at::kFloat) : kernels::fp8_dequantize(wq, at::kFloat);
+    };
+    torch::Tensor y;
+    if (cfg.fprop) {
+      y = kernels::fp8_gemm(kernels::fp8_quantize_1x128(x2d.detach(), cfg.ue8m0), wq, at::kFloat, backend);
+    } else {
+      y = at::matmul(x2d.detach().to(at::kFloat), w_hp().t());
+    }
     if (has_bias) y = y + bias.detach().to(at::kFloat);
     ctx->save_for_backward({x2d});
+    ctx->saved_data["dgrad"] = cfg.dgrad;
+    ctx->saved_data["wgrad"] = cfg.wgrad;
+    if (!cfg.dgrad) ctx->saved_data["w_hp"] = w_hp();
     ctx->saved_data["w_data"] = wq.data;
     ctx->saved_data["w_scale"] = wq.scale;
     ctx->saved_data["ue8m0"] = cfg.ue8m0;
@@ -55,15 +67,24 @@ class Fp8LinearFunction : public torch::autograd::Function<Fp8LinearFunction> {
     torch::Tensor dx, dw, db;
     if (ctx->needs_input_grad(0)) {
       // Dgrad: contraction over N, so dy is tiled along N and W's 128x128 blocks are read transposed.
-      const auto dyq = kernels::fp8_quantize_1x128(dy, ue8m0);
-      dx = kernels::fp8_gemm(dyq, kernels::fp8_transpose(wq), at::kFloat, backend)
-               .to(ctx->saved_data["x_dtype"].toScalarType());
+      if (ctx->saved_data["dgrad"].toBool()) {
+        const auto dyq = kernels::fp8_quantize_1x128(dy, ue8m0);
+        dx = kernels::fp8_gemm(dyq, kernels::fp8_transpose(wq), at::kFloat, backend);
+      } else {
+        dx = at::matmul(dy.to(at::kFloat), ctx->saved_data["w_hp"].toTensor());
+      }
+      dx = dx.to(ctx->saved_data["x_dtype"].toScalarType());
     }
     if (ctx->needs_input_grad(1)) {
       // Wgrad: contraction over the tokens, so dy^T and x^T are tiled along M.
-      const auto dyq_t = kernels::fp8_quantize_1x128(dy.t(), ue8m0);
-      const auto xq_t = kernels::fp8_quantize_1x128(x2d.t(), ue8m0);
-      dw = kernels::fp8_gemm(dyq_t, xq_t, at::kFloat, backend).to(ctx->saved_data["w_dtype"].toScalarType());
+      if (ctx->saved_data["wgrad"].toBool()) {
+        const auto dyq_t = kernels::fp8_quantize_1x128(dy.t(), ue8m0);
+        const auto xq_t = kernels::fp8_quantize_1x128(x2d.t(), ue8m0);
+        dw = kernels::fp8_gemm(dyq_t, xq_t, at::kFloat, backend);
+      } else {
+        dw = at::matmul(dy.t().to(at::kFloat), x2d.to(at::kFloat));
+      }
+      dw = dw.to(ctx->saved_data["w_dtype"].toScalarType());
     }
     if (ctx->needs_input_grad(2)) {
       db = dy.to(at::kFloat).sum(0).to(ctx->saved_data["b_dtype"].toScalarType());

@@ -90,6 +90,37 @@ TEST(Fp8Linear, BackwardEqualsTheRecipeGemms) {
   }
 }
 
+TEST(Fp8Linear, EachGemmCanBeLeftInHighPrecision) {
+  // The ablation switches: a GEMM switched off is the float32 product of the unquantised operands;
+  // the others stay the recipe's.
+  torch::manual_seed(6);
+  const int64_t m = 150, n = 130, k = 96;
+  const auto x0 = torch::randn({m, k});
+  const auto w0 = torch::randn({n, k}) * 0.1;
+  const auto dy = torch::randn({m, n});
+  const auto fp8_dx = at::matmul(dq_rows(dy), dq_blocks(w0));
+  const auto fp8_dw = at::matmul(dq_rows(dy.t()), dq_rows(x0.t()).t());
+  for (int mask = 0; mask < 8; ++mask) {
+    auto cfg = reference_config();
+    cfg.fprop = mask & 1;
+    cfg.dgrad = mask & 2;
+    cfg.wgrad = mask & 4;
+    const auto x = x0.clone().requires_grad_(true);
+    const auto w = w0.clone().requires_grad_(true);
+    const auto y = fp8_linear(x, w, {}, cfg);
+    y.backward(dy);
+    const auto want_y = cfg.fprop ? at::matmul(dq_rows(x0), dq_blocks(w0).t()) : at::matmul(x0, w0.t());
+    const auto want_dx = cfg.dgrad ? fp8_dx : at::matmul(dy, w0);
+    const auto want_dw = cfg.wgrad ? fp8_dw : at::matmul(dy.t(), x0);
+    EXPECT_TRUE(torch::allclose(y, want_y, 1e-6, 1e-5)) << "mask " << mask;
+    EXPECT_TRUE(torch::allclose(x.grad(), want_dx, 1e-6, 1e-5)) << "mask " << mask;
+    EXPECT_TRUE(torch::allclose(w.grad(), want_dw, 1e-6, 1e-5)) << "mask " << mask;
+  }
+  // The FP8 and float32 products differ by far more than that tolerance: the switches matter.
+  EXPECT_FALSE(torch::allclose(fp8_dx, at::matmul(dy, w0), 1e-3, 1e-2));
+  EXPECT_FALSE(torch::allclose(fp8_dw, at::matmul(dy.t(), x0), 1e-3, 1e-2));
+}
+
 TEST(Fp8Linear, BackwardMatchesFiniteDifferencesOfStraightThroughFunction) {
   // With Q as the identity the function is L(x, W, b) = <G, x W^T + b>; its float64 central
   // differences are the gradients the FP8 backward estimates. Agreement is up to the FP8 rounding

@@ -94,6 +94,9 @@ struct Fp8Config {
   bool experts = true;          // routed experts of MoE layers
   bool shared_experts = true;   // shared experts of MoE layers
   bool ue8m0 = false;           // round scales up to powers of two (UE8M0, as DeepSeek-V3.1)
+  bool fprop = true;            // y = x W^T in FP8 (false: in high precision, for ablations)
+  bool dgrad = true;            // dx = dy W in FP8 (false: high precision)
+  bool wgrad = true;            // dW = dy^T x in FP8 (false: high precision)
   KernelBackend backend = KernelBackend::automatic;  // GEMM: auto | reference (dequant + fp32) | cuda
 
   template <class V>
@@ -104,6 +107,9 @@ struct Fp8Config {
     v("experts", experts, "FP8 routed experts");
     v("shared_experts", shared_experts, "FP8 shared experts");
     v("ue8m0", ue8m0, "power-of-two scales");
+    v("fprop", fprop, "forward GEMM in FP8 (false: high precision; an ablation switch)");
+    v("dgrad", dgrad, "input-gradient GEMM in FP8 (false: high precision)");
+    v("wgrad", wgrad, "weight-gradient GEMM in FP8 (false: high precision)");
     v("backend", backend, "FP8 GEMM: auto | reference | cuda");
   }
 };
