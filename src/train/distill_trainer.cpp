@@ -100,23 +100,14 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
   order_cfg.batch_size = std::min<int64_t>(cfg_.batch_size, static_cast<int64_t>(pool.size()));
   data::DataOrder order(static_cast<int64_t>(pool.size()), order_cfg, seed);
   int64_t step = 0;
-  if (resume) {
-    if (const auto path = latest_checkpoint(checkpoint_dir())) {
-      const TrainState st = load_checkpoint(*path, student_, optimizer.get());
-      step = st.step;
-      order.restore(data::DataOrderState::from_json(st.values.at("data_order")));
-      log::info("{}: resumed from {} at step {}", stage_, *path, step);
-    } else {
-      log::info("{}: --resume: no checkpoint in {}, starting at step 0", stage_, checkpoint_dir());
-    }
+  if (const auto st = resume ? resume_latest(checkpoint_dir(), student_, optimizer.get(), stage_) : std::nullopt) {
+    step = st->step;
+    order.restore(data::DataOrderState::from_json(st->values.at("data_order")));
   }
   auto save = [&](int64_t at) {
     TrainState st;
-    st.step = at;
     st.values["data_order"] = order.state().to_json();
-    st.values["stage"] = stage_;
-    const auto path = save_checkpoint(checkpoint_dir(), at, student_, optimizer.get(), st, cfg_.checkpoint);
-    log::info("{}: checkpoint {}", stage_, path);
+    save_stage_checkpoint(checkpoint_dir(), at, student_, optimizer.get(), st, cfg_.checkpoint, stage_);
   };
 
   // The teacher's output head on the student's device, once (the teacher is frozen).

@@ -120,31 +120,22 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   order_cfg.batch_size = 1;
   data::DataOrder order(static_cast<int64_t>(records.size()), order_cfg, seed);
   int64_t step = 0;
-  if (resume) {
-    if (const auto path = latest_checkpoint(checkpoint_dir())) {
-      const TrainState st = load_checkpoint(*path, model_, optimizer.get());
-      step = st.step;
-      order.restore(data::DataOrderState::from_json(st.values.at("data_order")));
-      if (cfg_.loss.beta > 0) {
-        model::LoadOptions lo;
-        lo.dtype = model_->embed_tokens.scalar_type();
-        lo.device = device;
-        auto saved = model::load_hf_checkpoint(ref_dir, lo);
-        ref = frozen_copy(saved);
-      }
-      log::info("{}: resumed from {} at step {}", stage_, *path, step);
-    } else {
-      log::info("{}: --resume: no checkpoint in {}, starting at step 0", stage_, checkpoint_dir());
+  if (const auto st = resume ? resume_latest(checkpoint_dir(), model_, optimizer.get(), stage_) : std::nullopt) {
+    step = st->step;
+    order.restore(data::DataOrderState::from_json(st->values.at("data_order")));
+    if (cfg_.loss.beta > 0) {
+      model::LoadOptions lo;
+      lo.dtype = model_->embed_tokens.scalar_type();
+      lo.device = device;
+      auto saved = model::load_hf_checkpoint(ref_dir, lo);
+      ref = frozen_copy(saved);
     }
   }
   if (cfg_.loss.beta > 0 && !ref) set_reference();
   auto save = [&](int64_t at) {
     TrainState st;
-    st.step = at;
     st.values["data_order"] = order.state().to_json();
-    st.values["stage"] = stage_;
-    const auto path = save_checkpoint(checkpoint_dir(), at, model_, optimizer.get(), st, cfg_.checkpoint);
-    log::info("{}: checkpoint {}", stage_, path);
+    save_stage_checkpoint(checkpoint_dir(), at, model_, optimizer.get(), st, cfg_.checkpoint, stage_);
   };
 
   std::ofstream completions_log(run_.path("completions.jsonl"), std::ios::app);

@@ -147,27 +147,18 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
   std::optional<int64_t> pending;  // packing: an example that did not fit the last batch
 
   int64_t step = 0;
-  if (resume) {
-    if (const auto path = latest_checkpoint(checkpoint_dir())) {
-      const TrainState st = load_checkpoint(*path, model_, optimizer.get());
-      step = st.step;
-      order.restore(data::DataOrderState::from_json(st.values.at("data_order")));
-      if (const auto it = st.values.find("pending"); it != st.values.end() && !it->second.empty()) {
-        pending = std::stoll(it->second);
-      }
-      log::info("{}: resumed from {} at step {}", stage_, *path, step);
-    } else {
-      log::info("{}: --resume: no checkpoint in {}, starting at step 0", stage_, checkpoint_dir());
+  if (const auto st = resume ? resume_latest(checkpoint_dir(), model_, optimizer.get(), stage_) : std::nullopt) {
+    step = st->step;
+    order.restore(data::DataOrderState::from_json(st->values.at("data_order")));
+    if (const auto it = st->values.find("pending"); it != st->values.end() && !it->second.empty()) {
+      pending = std::stoll(it->second);
     }
   }
   auto save = [&](int64_t at) {
     TrainState st;
-    st.step = at;
     st.values["data_order"] = order.state().to_json();
     st.values["pending"] = pending ? std::to_string(*pending) : "";
-    st.values["stage"] = stage_;
-    const auto path = save_checkpoint(checkpoint_dir(), at, model_, optimizer.get(), st, cfg_.checkpoint);
-    log::info("{}: checkpoint {}", stage_, path);
+    save_stage_checkpoint(checkpoint_dir(), at, model_, optimizer.get(), st, cfg_.checkpoint, stage_);
   };
 
   // The examples of the next micro-batch.

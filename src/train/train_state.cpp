@@ -22,6 +22,7 @@
 #include <stdexcept>
 
 #include "grpo/core/files.h"
+#include "grpo/core/log.h"
 #include "grpo/model/checkpoint.h"
 #include "grpo/version.h"
 
@@ -395,6 +396,28 @@ TrainState load_checkpoint(const std::string& path, model::CausalLM& model, torc
   }
   apply_rng_state(rng);
   return state;
+}
+
+std::optional<TrainState> resume_latest(const std::string& dir, model::CausalLM& model,
+                                        torch::optim::Optimizer* optimizer, const std::string& stage) {
+  const auto path = latest_checkpoint(dir);
+  if (!path) {
+    log::info("{}: --resume: no checkpoint in {}, starting at step 0", stage, dir);
+    return std::nullopt;
+  }
+  TrainState st = load_checkpoint(*path, model, optimizer);
+  log::info("{}: resumed from {} at step {}", stage, *path, st.step);
+  return st;
+}
+
+std::string save_stage_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
+                                  torch::optim::Optimizer* optimizer, TrainState state, const CheckpointConfig& cfg,
+                                  const std::string& stage) {
+  state.step = step;
+  state.values["stage"] = stage;
+  const auto path = save_checkpoint(dir, step, model, optimizer, state, cfg);
+  log::info("{}: checkpoint {}", stage, path);
+  return path;
 }
 
 }  // namespace grpo::train

@@ -67,6 +67,16 @@ std::optional<std::string> latest_checkpoint(const std::string& dir);
 // must be an AdamW with the same parameter groups as the saved one.
 TrainState load_checkpoint(const std::string& path, model::CausalLM& model, torch::optim::Optimizer* optimizer);
 
+// What the trainers do with these at a stage's start and at its checkpoints:
+//   resume_latest: restores the latest checkpoint of `dir` (load_checkpoint) and returns its state,
+//     logging "<stage>: resumed from PATH at step N"; nullopt (logged too) when there is none.
+//   save_stage_checkpoint: save_checkpoint with values["stage"] = stage, logged; returns the path.
+std::optional<TrainState> resume_latest(const std::string& dir, model::CausalLM& model,
+                                        torch::optim::Optimizer* optimizer, const std::string& stage);
+std::string save_stage_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
+                                  torch::optim::Optimizer* optimizer, TrainState state, const CheckpointConfig& cfg,
+                                  const std::string& stage);
+
 // torch's RNG state (the CPU default generator, and every CUDA device's default generator when
 // CUDA is available) as bytes (a torch archive), and back. restore_rng_state restores the CUDA
 // generators the state has and this process has (by index); it throws std::runtime_error when
