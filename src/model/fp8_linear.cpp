@@ -156,19 +156,24 @@ bool fp8_selects_linear(const std::string& name, const Fp8Config& cfg) {
 }
 
 int64_t fp8_enable(torch::nn::Module& model, const Fp8Config& cfg) {
-  if (!cfg.enabled) return 0;
   int64_t linears = 0, moes = 0;
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     if (auto* linear = dynamic_cast<LinearImpl*>(item.value().get())) {
       if (fp8_selects_linear(item.key(), cfg)) {
         linear->fp8 = cfg;
         ++linears;
+      } else {
+        linear->fp8.reset();
       }
-    } else if (dynamic_cast<MoeImpl*>(item.value().get()) != nullptr && cfg.experts) {
+    } else if (dynamic_cast<MoeImpl*>(item.value().get()) != nullptr) {
       auto& registry = expert_registry();
       const std::lock_guard<std::mutex> lock(registry.mutex);
-      registry.entries[item.value().get()] = {item.value(), cfg};
-      ++moes;
+      if (cfg.enabled && cfg.experts) {
+        registry.entries[item.value().get()] = {item.value(), cfg};
+        ++moes;
+      } else {
+        registry.entries.erase(item.value().get());
+      }
     }
   }
   log::debug("fp8: {} Linear layers and the experts of {} MoE layers in FP8 (ue8m0 {})", linears, moes, cfg.ue8m0);

@@ -236,6 +236,40 @@ TEST(Fp8Linear, TinyDeepseekModelLossCloseToFloat32) {
                            at::linear(xs, moe->experts_up[0])));
 }
 
+TEST(Fp8Linear, EnableSwitchesAModelBothWays) {
+  // fp8_enable sets the mode of every layer: a float32 model switched on computes what a model
+  // built with FP8 computes, and switched off again what it computed before, bit for bit.
+  auto cfg = test::tiny_dsv3();
+  cfg.hidden_size = 96;
+  cfg.initializer_range = 0.05;
+  torch::manual_seed(5);
+  CausalLM model(cfg);
+  auto fp8_cfg = cfg;
+  fp8_cfg.fp8 = reference_config();
+  torch::manual_seed(5);
+  CausalLM built_fp8(fp8_cfg);
+  const auto ids = torch::randint(1, cfg.vocab_size, {2, 12});
+  torch::NoGradGuard no_grad;
+  const auto fp32_logits = model->forward(ids).logits;
+  const auto fp8_logits = built_fp8->forward(ids).logits;
+  ASSERT_FALSE(torch::equal(fp32_logits, fp8_logits));
+  int64_t moes = 0;
+  for (const auto& item : model->named_modules()) moes += dynamic_cast<MoeImpl*>(item.value().get()) != nullptr;
+  ASSERT_EQ(moes, 3);  // layers 1, 2 and the MTP block
+  EXPECT_EQ(fp8_enable(*model, fp8_cfg.fp8), 4 * 5 + 4 * 3 + moes);
+  EXPECT_TRUE(torch::equal(model->forward(ids).logits, fp8_logits));
+  EXPECT_EQ(fp8_enable(*model, Fp8Config{}), 0);
+  EXPECT_TRUE(torch::equal(model->forward(ids).logits, fp32_logits));
+  fp8_enable(*built_fp8, Fp8Config{});
+  EXPECT_TRUE(torch::equal(built_fp8->forward(ids).logits, fp32_logits));
+  auto no_experts = fp8_cfg.fp8;
+  no_experts.experts = false;
+  EXPECT_EQ(fp8_enable(*model, no_experts), 4 * 5 + 4 * 3);
+  const auto xs = torch::randn({4, 96});
+  auto* moe = model->layers[1]->as<DecoderLayerImpl>()->moe.get();
+  EXPECT_TRUE(torch::equal(expert_linear(*moe, xs, moe->experts_up[0]), at::linear(xs, moe->experts_up[0])));
+}
+
 TEST(Fp8Linear, Fp8CheckpointWeightsStayInFp8) {
   // A DeepSeek-style FP8 checkpoint written here: attention projections stored as e4m3 codes plus
   // `weight_scale_inv` [ceil(out/128), ceil(in/128)] built with our quantiser (ue8m0 scales, so the

@@ -13,7 +13,8 @@
 // (the reference: dequantise + float32 matmul; on sm90 cuBLASLt's blockwise FP8 GEMM).
 //
 // Which Linear layers run in FP8 is decided from outside the model code: fp8_enable walks a model's
-// modules by name once at construction (grpo/model/causal_lm.cpp) and switches the selected ones.
+// modules by name at construction (grpo/model/causal_lm.cpp) and switches the selected ones; calling it
+// again with another config switches the model over (bench/fp8_parity.cpp evaluates both ways).
 #pragma once
 
 #include <torch/nn/module.h>
@@ -45,9 +46,12 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const kernels::Fp8Tensor& weigh
 // -> cfg.dense_mlp; anything else (MTP eh_proj) stays high precision. False when !cfg.enabled.
 bool fp8_selects_linear(const std::string& module_name, const Fp8Config& cfg);
 
-// Switches the selected Linear modules of `model` (by name, as above) and, with cfg.experts, the
-// routed experts of its MoE modules to FP8. Returns the number of Linear modules switched plus MoE
-// modules marked. Safe to call from a constructor (the model itself need not be owned yet).
+// Sets the FP8 mode of every Linear and MoE module of `model` from cfg: the selected Linear modules
+// (by name, as above) and, with cfg.experts, the routed experts of its MoE modules run in FP8, all
+// others in their own dtype (so cfg.enabled = false switches a model back to high precision, e.g.
+// to evaluate FP8-trained weights in float32; an FP8 checkpoint weight is then replaced by its
+// dequantised master copy). Returns the number of Linear modules switched on plus MoE modules
+// marked. Safe to call from a constructor (the model itself need not be owned yet).
 int64_t fp8_enable(torch::nn::Module& model, const Fp8Config& cfg);
 
 // One routed expert's projection inside MoeImpl::forward: x [n, in] . w [out, in]^T, in FP8 when

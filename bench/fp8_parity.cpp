@@ -1,0 +1,285 @@
+// FP8 training parity (docs/fp8.md): the same SFT run in float32 and with the model's FP8 Linear
+// layers (DeepSeek-V3's recipe), seed by seed, and what the difference is made of.
+//
+// For every seed in `parity.seeds` it trains, with the same data order and initial weights:
+//   fp32   model.config.fp8.enabled = false
+//   fp8    model.config.fp8 as configured, enabled
+//   noise  (parity.noise_arm) float32 with initializer_range * (1 + parity.init_perturbation): how
+//          far two float32 trajectories drift apart from a tiny change, the yardstick for the gap
+// and reports the final training loss of each (the mean of the last `parity.last_steps` logged
+// total losses, CE + MTP) and the held-out CE of the final weights on `heldout_data`, each model
+// evaluated with the float32 forward and with the FP8 forward (fp8_enable switches a model both
+// ways). The four held-out numbers split the FP8 gap: FP8 weights in a float32 forward against
+// float32 weights is what FP8 *training* cost; the float32 weights through the FP8 forward is the
+// quantised forward's own error at equal weights.
+//
+//   grpo_fp8_parity --config configs/fp8_parity.yaml [--set key=value]...
+//
+// Writes <output_dir>/seed<S>/<arm>/ (a run folder: log, metrics, final model, result.json) and
+// <output_dir>/parity.md + parity.json. An arm whose result.json was written with the same
+// settings is reused, not retrained: seeds can run in separate processes (--set parity.seeds=[2])
+// and a last call with every seed only collects. Run with OMP_NUM_THREADS=1 for bit-reproducible
+// trajectories (the float32 reduction order depends on the thread count).
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "grpo/config/config.h"
+#include "grpo/core/cli.h"
+#include "grpo/core/files.h"
+#include "grpo/core/format.h"
+#include "grpo/core/log.h"
+#include "grpo/core/progress.h"
+#include "grpo/core/run.h"
+#include "grpo/data/prompt.h"
+#include "grpo/model/fp8_linear.h"
+#include "grpo/train/job.h"
+#include "grpo/train/sft_trainer.h"
+
+namespace {
+
+using namespace grpo;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct ParityConfig {
+  std::vector<int64_t> seeds = {1, 2, 3};  // one float32 / FP8 (/ noise) triple per seed
+  int64_t last_steps = 50;                  // final training loss = mean of the last this many steps
+  bool noise_arm = true;                    // also train the float32 noise yardstick
+  double init_perturbation = 0.005;         // the noise arm's relative change of initializer_range
+  double goal = 0.0025;                     // the target: |mean FP8 / float32 - 1| of the final loss
+
+  template <class V>
+  void visit(V& v) {
+    using config::Check;
+    v("seeds", seeds, "one float32 / FP8 (/ noise) set of runs per seed");
+    v("last_steps", last_steps, "final training loss = mean of the last this many step losses", Check().ge(1));
+    v("noise_arm", noise_arm, "also train float32 with a perturbed init (the trajectory-noise yardstick)");
+    v("init_perturbation", init_perturbation, "noise arm: relative change of initializer_range", Check().gt(0));
+    v("goal", goal, "target relative gap of the final training loss", Check().gt(0));
+  }
+  std::string validate() const { return seeds.empty() ? "parity.seeds: expected at least one seed" : ""; }
+};
+
+struct ParityJob {
+  RunConfig run;
+  train::TokenizerSection tokenizer;
+  train::ModelSection model;
+  data::PromptConfig prompt;
+  train::DataSection data, heldout_data;
+  train::SftConfig sft;
+  ParityConfig parity;
+
+  template <class V>
+  void visit(V& v) {
+    v("run", run, "output_dir holds seed<S>/<arm> and parity.md; run.seed is replaced by each parity seed");
+    v("tokenizer", tokenizer, "the tokenizer");
+    v("model", model, "a new model from config (config.fp8 configures the FP8 arm)");
+    v("prompt", prompt, "prompt template");
+    v("data", data, "training records with worked solutions");
+    v("heldout_data", heldout_data, "held-out records with worked solutions (held-out CE)");
+    v("sft", sft, "the SFT run every arm makes");
+    v("parity", parity, "seeds, arms and the goal");
+  }
+};
+
+// Held-out CE per completion token of `model` on `examples`, batches of `batch_size`, no MTP.
+double heldout_ce(model::CausalLM& model, const std::vector<data::TokenizedExample>& examples, int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  const auto device = model->embed_tokens.device();
+  double sum = 0;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < examples.size(); i += static_cast<size_t>(batch_size)) {
+    std::vector<const data::TokenizedExample*> batch;
+    for (size_t j = i; j < std::min(examples.size(), i + static_cast<size_t>(batch_size)); ++j) batch.push_back(&examples[j]);
+    const auto b = train::pad_batch(batch);
+    const auto out = model->forward(b.input_ids.to(device), b.position_ids.to(device), b.attention_mask.to(device));
+    sum += train::sft_token_loss_sum(out.logits, b).item<double>();
+    tokens += b.completion_tokens;
+  }
+  return sum / static_cast<double>(std::max<int64_t>(tokens, 1));
+}
+
+// The logged total loss of every step of the run folder's metrics.jsonl (the last line per step).
+std::vector<double> step_losses(const std::string& metrics_path, int64_t steps) {
+  std::vector<double> losses(static_cast<size_t>(steps), std::nan(""));
+  std::istringstream in(read_file(metrics_path));
+  std::string line;
+  int64_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.empty()) continue;
+    json row;
+    try {
+      row = json::parse(line);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(metrics_path + ":" + std::to_string(line_no) + ": not JSON: " + e.what());
+    }
+    if (!row.contains("loss") || !row.contains("step")) continue;
+    const int64_t step = row["step"].get<int64_t>();
+    if (step >= 1 && step <= steps) losses[static_cast<size_t>(step - 1)] = row["loss"].get<double>();
+  }
+  for (size_t i = 0; i < losses.size(); ++i) {
+    if (std::isnan(losses[i])) {
+      throw std::runtime_error(metrics_path + ": no loss logged for step " + std::to_string(i + 1));
+    }
+  }
+  return losses;
+}
+
+double tail_mean(const std::vector<double>& v, int64_t n) {
+  n = std::min<int64_t>(n, static_cast<int64_t>(v.size()));
+  double s = 0;
+  for (int64_t i = static_cast<int64_t>(v.size()) - n; i < static_cast<int64_t>(v.size()); ++i) s += v[static_cast<size_t>(i)];
+  return s / static_cast<double>(n);
+}
+
+// One arm of one seed: trains (or reuses an earlier result with the same settings), then evaluates
+// the final weights with both forwards. Returns {final_loss, heldout_fp32, heldout_fp8, losses, seconds}.
+json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const data::Tokenizer& tokenizer,
+             const std::vector<data::TokenizedExample>& heldout) {
+  ParityJob arm_job = job;
+  arm_job.run.seed = seed;
+  arm_job.run.output_dir = (fs::path(job.run.output_dir) / ("seed" + std::to_string(seed)) / arm).string();
+  auto& mc = *arm_job.model.config;
+  mc.fp8.enabled = arm == "fp8";
+  if (arm == "noise") mc.initializer_range *= 1 + job.parity.init_perturbation;
+  ParityJob settings = arm_job;  // what the result depends on: everything but the other seeds and the goal
+  settings.parity.seeds = {seed};
+  settings.parity.goal = 0;
+  const std::string settings_yaml = config::to_yaml(settings);
+  const std::string result_path = (fs::path(arm_job.run.output_dir) / "result.json").string();
+  if (fs::exists(result_path)) {
+    const json old = json::parse(read_file(result_path));
+    if (old.value("settings", "") == settings_yaml) {
+      log::info("seed {} {}: reusing {}", seed, arm, result_path);
+      return old;
+    }
+  }
+  fs::remove_all(arm_job.run.output_dir);  // a stale or unfinished arm of this bench: start it over
+
+  json result;
+  {
+    Run run(arm_job.run, settings_yaml);
+    torch::manual_seed(seed);
+    auto model = train::make_model(arm_job.model, tokenizer, arm_job.prompt.eos_token);
+    const auto records = train::load_records(arm_job.data);
+    train::SftTrainer trainer(model, tokenizer, arm_job.prompt, arm_job.sft, run, "sft");
+    const auto trained = trainer.train(records);
+    const auto losses = step_losses(run.path("metrics.jsonl"), arm_job.sft.steps);
+    model::Fp8Config on = job.model.config->fp8;
+    on.enabled = true;
+    model::fp8_enable(*model, model::Fp8Config{});
+    const double ce_fp32 = heldout_ce(model, heldout, arm_job.sft.batch_size);
+    model::fp8_enable(*model, on);
+    const double ce_fp8 = heldout_ce(model, heldout, arm_job.sft.batch_size);
+    result = {{"seed", seed},
+              {"arm", arm},
+              {"final_loss", tail_mean(losses, job.parity.last_steps)},
+              {"heldout_fp32_forward", ce_fp32},
+              {"heldout_fp8_forward", ce_fp8},
+              {"losses", losses},
+              {"seconds", trained.seconds},
+              {"settings", settings_yaml}};
+    log::info("seed {} {}: final loss {:.5f}, held-out CE {:.5f} (float32 forward) {:.5f} (FP8 forward), {:.0f} s",
+              seed, arm, result["final_loss"].get<double>(), ce_fp32, ce_fp8, trained.seconds);
+  }
+  write_file_atomic(result_path, result.dump(1));
+  return result;
+}
+
+std::string pct(double a, double b) { return format("{:.2f}%", 100.0 * (a / b - 1)); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const auto args = cli::parse_job_args(argc, argv);
+    if (args.help || !args.config_path) {
+      std::cout << cli::job_usage("grpo_fp8_parity", "FP8 vs float32 training parity (docs/fp8.md); --config is required.");
+      return args.help ? 0 : 2;
+    }
+    const auto job = config::load<ParityJob>(*args.config_path, args.overrides);
+    if (args.print_config) {
+      std::cout << config::to_yaml(job);
+      return 0;
+    }
+    if (!job.model.init.empty() || !job.model.config) {
+      throw std::invalid_argument("model: expected a new model from model.config (init must be empty)");
+    }
+    const auto tokenizer = train::make_tokenizer(job.tokenizer);
+    const auto heldout_records = train::load_records(job.heldout_data);
+    const auto heldout = data::tokenize_examples(*tokenizer, job.prompt, heldout_records, job.sft.max_length).examples;
+    if (heldout.empty()) throw std::invalid_argument("heldout_data: no examples left after tokenization");
+
+    std::vector<std::string> arms = {"fp32", "fp8"};
+    if (job.parity.noise_arm) arms.push_back("noise");
+    json all = json::array();
+    std::ostringstream md;
+    md << "| seed | float32 | FP8 | FP8 vs float32 |" << (job.parity.noise_arm ? " noise | noise vs float32 |" : "")
+       << " held-out: float32 | FP8 | FP8 weights, float32 forward | float32 weights, FP8 forward |\n|---|---|---|---|"
+       << (job.parity.noise_arm ? "---|---|" : "") << "---|---|---|---|\n";
+    double gap_sum = 0, noise_sum = 0, noise_abs = 0, h_gap = 0, h_train = 0, h_forward = 0;
+    std::vector<double> gaps;
+    for (const int64_t seed : job.parity.seeds) {
+      std::map<std::string, json> r;
+      for (const auto& arm : arms) r[arm] = run_arm(job, seed, arm, *tokenizer, heldout);
+      for (auto& [name, v] : r) {
+        json row = v;
+        row.erase("settings");
+        all.push_back(row);
+      }
+      const double f32 = r["fp32"]["final_loss"], f8 = r["fp8"]["final_loss"];
+      const double h32 = r["fp32"]["heldout_fp32_forward"], h8 = r["fp8"]["heldout_fp8_forward"];
+      const double h8w32f = r["fp8"]["heldout_fp32_forward"], h32w8f = r["fp32"]["heldout_fp8_forward"];
+      gaps.push_back(f8 / f32 - 1);
+      gap_sum += f8 / f32 - 1;
+      h_gap += h8 / h32 - 1;
+      h_train += h8w32f / h32 - 1;
+      h_forward += h32w8f / h32 - 1;
+      md << "| " << seed << " | " << format("{:.5f}", f32) << " | " << format("{:.5f}", f8) << " | " << pct(f8, f32)
+         << " |";
+      if (job.parity.noise_arm) {
+        const double fn = r["noise"]["final_loss"];
+        noise_sum += fn / f32 - 1;
+        noise_abs += std::abs(fn / f32 - 1);
+        md << " " << format("{:.5f}", fn) << " | " << pct(fn, f32) << " |";
+      }
+      md << " " << format("{:.5f}", h32) << " | " << format("{:.5f}", h8) << " (" << pct(h8, h32) << ") | "
+         << format("{:.5f}", h8w32f) << " (" << pct(h8w32f, h32) << ") | " << format("{:.5f}", h32w8f) << " ("
+         << pct(h32w8f, h32) << ") |\n";
+    }
+    const double n = static_cast<double>(job.parity.seeds.size());
+    const double mean_gap = gap_sum / n;
+    double var = 0;
+    for (const double g : gaps) var += (g - mean_gap) * (g - mean_gap);
+    const double sem = gaps.size() > 1 ? std::sqrt(var / (n - 1) / n) : 0.0;
+    md << "\nmean over " << job.parity.seeds.size() << " seeds: final training loss FP8 vs float32 "
+       << format("{:.2f}% (standard error {:.2f}%)", 100 * mean_gap, 100 * sem);
+    if (job.parity.noise_arm) {
+      md << format(", noise arm vs float32 {:.2f}% (mean |.| {:.2f}%)", 100 * noise_sum / n, 100 * noise_abs / n);
+    }
+    md << format("; held-out CE: FP8 {:.2f}%, of which training (FP8 weights, float32 forward) {:.2f}% and the "
+                 "FP8 forward at float32 weights {:.2f}%",
+                 100 * h_gap / n, 100 * h_train / n, 100 * h_forward / n)
+       << "\ngoal |mean gap| <= " << format("{:.2f}%", 100 * job.parity.goal) << ": "
+       << (std::abs(mean_gap) <= job.parity.goal ? "met" : "NOT met") << "\n";
+    fs::create_directories(job.run.output_dir);
+    write_file_atomic((fs::path(job.run.output_dir) / "parity.json").string(),
+                      json{{"runs", all}, {"mean_gap", mean_gap}, {"standard_error", sem}}.dump(1));
+    write_file_atomic((fs::path(job.run.output_dir) / "parity.md").string(), md.str());
+    std::cout << md.str();
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "grpo_fp8_parity: error: " << e.what() << "\n";
+    return 1;
+  }
+}
