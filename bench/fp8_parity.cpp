@@ -15,10 +15,10 @@
 //
 //   grpo_fp8_parity --config configs/fp8_parity.yaml [--set key=value]...
 //
-// Writes <output_dir>/seed<S>/<arm>/ (a run folder: log, metrics, final model, result.json) and
-// <output_dir>/parity.md + parity.json. An arm whose result.json was written with the same
-// settings is reused, not retrained: seeds can run in separate processes (--set parity.seeds=[2])
-// and a last call with every seed only collects. Run with OMP_NUM_THREADS=1 for bit-reproducible
+// Writes <output_dir>/seed<S>/<arm>/ (a run folder: log, metrics, final checkpoint, result.json)
+// and <output_dir>/parity.md + parity.json. An arm whose result.json was written with the same
+// settings is reused, not retrained (its final checkpoint is evaluated again): seeds can run in
+// separate processes (--set parity.seeds=[2]) and a last call with every seed only collects. Run with OMP_NUM_THREADS=1 for bit-reproducible
 // trajectories (the float32 reduction order depends on the thread count).
 #include <torch/torch.h>
 
@@ -55,6 +55,7 @@ struct ParityConfig {
   bool noise_arm = true;                    // also train the float32 noise yardstick
   double init_perturbation = 0.005;         // the noise arm's relative change of initializer_range
   double goal = 0.0025;                     // the target: |mean FP8 / float32 - 1| of the final loss
+  std::string fp8_arm = "fp8";              // the FP8 arm's folder under seed<S>/ (name FP8 variants apart)
 
   template <class V>
   void visit(V& v) {
@@ -64,8 +65,16 @@ struct ParityConfig {
     v("noise_arm", noise_arm, "also train float32 with a perturbed init (the trajectory-noise yardstick)");
     v("init_perturbation", init_perturbation, "noise arm: relative change of initializer_range", Check().gt(0));
     v("goal", goal, "target relative gap of the final training loss", Check().gt(0));
+    v("fp8_arm", fp8_arm, "folder of the FP8 arm under seed<S>/; FP8 variants under other names share the float32 arms",
+      Check().nonempty());
   }
-  std::string validate() const { return seeds.empty() ? "parity.seeds: expected at least one seed" : ""; }
+  std::string validate() const {
+    if (seeds.empty()) return "parity.seeds: expected at least one seed";
+    if (fp8_arm == "fp32" || fp8_arm == "noise" || fp8_arm.find('/') != std::string::npos) {
+      return "parity.fp8_arm: expected a folder name other than fp32 and noise, got '" + fp8_arm + "'";
+    }
+    return "";
+  }
 };
 
 struct ParityJob {
@@ -142,32 +151,65 @@ double tail_mean(const std::vector<double>& v, int64_t n) {
   return s / static_cast<double>(n);
 }
 
-// One arm of one seed: trains (or reuses an earlier result with the same settings), then evaluates
-// the final weights with both forwards. Returns {final_loss, heldout_fp32, heldout_fp8, losses, seconds}.
+// Held-out CE of `model` (the float32 weights of an arm) through the float32 forward, the FP8
+// forward, and the FP8 forward with one layer kind at a time in FP8 (where the forward's error is).
+json evaluate(model::CausalLM& model, const model::Fp8Config& fp8, const std::vector<data::TokenizedExample>& heldout,
+              int64_t batch_size) {
+  auto ce_with = [&](model::Fp8Config cfg) {
+    model::fp8_enable(*model, cfg);
+    const double ce = heldout_ce(model, heldout, batch_size);
+    model::fp8_enable(*model, model::Fp8Config{});
+    return ce;
+  };
+  model::Fp8Config on = fp8;
+  on.enabled = true;
+  json out = {{"heldout_fp32_forward", ce_with(model::Fp8Config{})}, {"heldout_fp8_forward", ce_with(on)}};
+  for (const char* kind : {"attention", "dense_mlp", "shared_experts", "experts"}) {
+    model::Fp8Config only = on;
+    only.attention = only.dense_mlp = only.shared_experts = only.experts = false;
+    const std::string k = kind;
+    (k == "attention" ? only.attention : k == "dense_mlp" ? only.dense_mlp : k == "shared_experts" ? only.shared_experts
+                                                                                                    : only.experts) = true;
+    out["heldout_fp8_" + k + "_only"] = ce_with(only);
+  }
+  return out;
+}
+
+// One arm of one seed: trains (or reuses an earlier run with the same settings: its result.json
+// and final checkpoint), then evaluates the final weights with every forward (always recomputed).
+// Returns {seed, losses, seconds, final_loss (of the last parity.last_steps), heldout_*}.
+// `arm` is fp32, fp8 or noise; the FP8 arm's folder is parity.fp8_arm.
 json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const data::Tokenizer& tokenizer,
              const std::vector<data::TokenizedExample>& heldout) {
   ParityJob arm_job = job;
   arm_job.run.seed = seed;
-  arm_job.run.output_dir = (fs::path(job.run.output_dir) / ("seed" + std::to_string(seed)) / arm).string();
+  arm_job.run.output_dir = (fs::path(job.run.output_dir) / ("seed" + std::to_string(seed)) /
+                            (arm == "fp8" ? job.parity.fp8_arm : arm)).string();
   auto& mc = *arm_job.model.config;
   mc.fp8.enabled = arm == "fp8";
   if (arm == "noise") mc.initializer_range *= 1 + job.parity.init_perturbation;
-  ParityJob settings = arm_job;  // what the result depends on: everything but the other seeds and the goal
+  // What the training depends on: not the parity section (but the noise arm's perturbation) and,
+  // for the float32 arms, not the FP8 settings (so FP8 variants share their float32 arms).
+  ParityJob settings = arm_job;
+  settings.parity = ParityConfig{};
   settings.parity.seeds = {seed};
-  settings.parity.goal = 0;
+  if (arm == "noise") settings.parity.init_perturbation = job.parity.init_perturbation;
+  if (arm != "fp8") settings.model.config->fp8 = model::Fp8Config{};
   const std::string settings_yaml = config::to_yaml(settings);
-  const std::string result_path = (fs::path(arm_job.run.output_dir) / "result.json").string();
-  if (fs::exists(result_path)) {
+  const fs::path dir = arm_job.run.output_dir;
+  const std::string result_path = (dir / "result.json").string();
+  const std::string final_checkpoint = (dir / "checkpoints" / "sft" / ("step_" + std::to_string(job.sft.steps))).string();
+
+  json result;
+  if (fs::exists(result_path) && fs::exists(final_checkpoint)) {
     const json old = json::parse(read_file(result_path));
     if (old.value("settings", "") == settings_yaml) {
       log::info("seed {} {}: reusing {}", seed, arm, result_path);
-      return old;
+      result = old;
     }
   }
-  fs::remove_all(arm_job.run.output_dir);  // a stale or unfinished arm of this bench: start it over
-
-  json result;
-  {
+  if (result.is_null()) {
+    fs::remove_all(dir);  // a stale or unfinished arm of this bench: start it over
     Run run(arm_job.run, settings_yaml);
     torch::manual_seed(seed);
     auto model = train::make_model(arm_job.model, tokenizer, arm_job.prompt.eos_token);
@@ -175,24 +217,21 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
     train::SftTrainer trainer(model, tokenizer, arm_job.prompt, arm_job.sft, run, "sft");
     const auto trained = trainer.train(records);
     const auto losses = step_losses(run.path("metrics.jsonl"), arm_job.sft.steps);
-    model::Fp8Config on = job.model.config->fp8;
-    on.enabled = true;
-    model::fp8_enable(*model, model::Fp8Config{});
-    const double ce_fp32 = heldout_ce(model, heldout, arm_job.sft.batch_size);
-    model::fp8_enable(*model, on);
-    const double ce_fp8 = heldout_ce(model, heldout, arm_job.sft.batch_size);
-    result = {{"seed", seed},
-              {"arm", arm},
-              {"final_loss", tail_mean(losses, job.parity.last_steps)},
-              {"heldout_fp32_forward", ce_fp32},
-              {"heldout_fp8_forward", ce_fp8},
-              {"losses", losses},
-              {"seconds", trained.seconds},
-              {"settings", settings_yaml}};
-    log::info("seed {} {}: final loss {:.5f}, held-out CE {:.5f} (float32 forward) {:.5f} (FP8 forward), {:.0f} s",
-              seed, arm, result["final_loss"].get<double>(), ce_fp32, ce_fp8, trained.seconds);
+    result = {{"seed", seed}, {"losses", losses}, {"seconds", trained.seconds}, {"settings", settings_yaml}};
+    write_file_atomic(result_path, result.dump(1));
   }
-  write_file_atomic(result_path, result.dump(1));
+  // The final weights into a float32 model (FP8 is switched per evaluation).
+  train::ModelSection plain = arm_job.model;
+  plain.config->fp8.enabled = false;
+  torch::manual_seed(seed);
+  auto model = train::make_model(plain, tokenizer, arm_job.prompt.eos_token);
+  train::load_checkpoint(final_checkpoint, model, nullptr);
+  result["final_loss"] = tail_mean(result["losses"].get<std::vector<double>>(), job.parity.last_steps);
+  const json evaluation = evaluate(model, job.model.config->fp8, heldout, job.sft.batch_size);
+  for (const auto& [key, value] : evaluation.items()) result[key] = value;
+  log::info("seed {} {}: final loss {:.5f}, held-out CE {:.5f} (float32 forward) {:.5f} (FP8 forward)", seed, arm,
+            result["final_loss"].get<double>(), result["heldout_fp32_forward"].get<double>(),
+            result["heldout_fp8_forward"].get<double>());
   return result;
 }
 
@@ -235,6 +274,7 @@ int main(int argc, char** argv) {
       for (auto& [name, v] : r) {
         json row = v;
         row.erase("settings");
+        row["arm"] = name == "fp8" ? job.parity.fp8_arm : name;
         all.push_back(row);
       }
       const double f32 = r["fp32"]["final_loss"], f8 = r["fp8"]["final_loss"];
@@ -256,6 +296,18 @@ int main(int argc, char** argv) {
       md << " " << format("{:.5f}", h32) << " | " << format("{:.5f}", h8) << " (" << pct(h8, h32) << ") | "
          << format("{:.5f}", h8w32f) << " (" << pct(h8w32f, h32) << ") | " << format("{:.5f}", h32w8f) << " ("
          << pct(h32w8f, h32) << ") |\n";
+    }
+    md << "\nThe FP8 forward's error at the float32 run's final weights, one layer kind at a time in FP8 (held-out CE "
+          "vs the float32 forward):\n\n| seed | all | attention | dense_mlp | shared_experts | experts |\n"
+          "|---|---|---|---|---|---|\n";
+    for (const auto& row : all) {
+      if (row["arm"] != "fp32") continue;
+      const double base = row["heldout_fp32_forward"];
+      md << "| " << row["seed"].get<int64_t>() << " | " << pct(row["heldout_fp8_forward"].get<double>(), base);
+      for (const char* kind : {"attention", "dense_mlp", "shared_experts", "experts"}) {
+        md << " | " << pct(row[std::string("heldout_fp8_") + kind + "_only"].get<double>(), base);
+      }
+      md << " |\n";
     }
     const double n = static_cast<double>(job.parity.seeds.size());
     const double mean_gap = gap_sum / n;

@@ -3,7 +3,7 @@
 #   1. unpacks the Debian packages carried in .gpu/debs (scripts/gpu_prepare.sh made them) into
 #      /tmp/grpo-deps (never into /),
 #   2. builds grpo with its CUDA kernels (GRPO_WITH_CUDA=ON) against the host's python3 torch,
-#   3. runs the whole test suite (GPU tests included) and the benchmarks,
+#   3. runs the whole test suite (GPU tests included), the benchmarks and the FP8 parity bench,
 #   4. prints a short table last and copies the logs into $OUT (when set).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +33,10 @@ t2=$(date +%s)
 tests_rc=$?
 t3=$(date +%s)
 "$BUILD/bench/grpo_bench" --benchmark_min_time=0.2 >"$OUT/bench.txt" 2>&1
+# FP8 training parity on the GPU: cuBLASLt's blockwise FP8 GEMMs against the bf16-autocast run
+# (docs/fp8.md "Parity"); three seeds of the width-256 model, a few minutes.
+timeout 420 "$BUILD/bench/grpo_fp8_parity" --config "$ROOT/configs/fp8_parity.yaml" --set model.device=cuda \
+  --set model.config.fp8.backend=cuda --set run.output_dir="$OUT/fp8_parity" >"$OUT/fp8_parity.txt" 2>&1
 t4=$(date +%s)
 
 echo
@@ -40,6 +44,9 @@ grep -E "tests passed|tests failed|Skipped|Failed" "$OUT/ctest.log" | tail -15
 echo
 echo "benchmarks (bench/grpo_bench):"
 grep -E "^BM_" "$OUT/bench.txt"
+echo
+echo "FP8 parity on the GPU (bench/fp8_parity.cpp):"
+grep -vE "^\[" "$OUT/fp8_parity.txt" | tail -20
 echo
 echo "| step | seconds |"
 echo "| --- | --- |"
