@@ -18,7 +18,9 @@
 // Writes <output_dir>/seed<S>/<arm>/ (a run folder: log, metrics, final checkpoint, result.json)
 // and <output_dir>/parity.md + parity.json. An arm whose result.json was written with the same
 // settings is reused, not retrained (its final checkpoint is evaluated again): seeds can run in
-// separate processes (--set parity.seeds=[2]) and a last call with every seed only collects. Run with OMP_NUM_THREADS=1 for bit-reproducible
+// separate processes (--set parity.seeds=[2]) and a last call with every seed only collects. A
+// finished arm with other settings is an error naming the first differing setting (nothing is
+// deleted); an unfinished one (no result.json) is started over. Run with OMP_NUM_THREADS=1 for bit-reproducible
 // trajectories (the float32 reduction order depends on the thread count).
 #include <torch/torch.h>
 
@@ -151,6 +153,20 @@ double tail_mean(const std::vector<double>& v, int64_t n) {
   return s / static_cast<double>(n);
 }
 
+// The first line in which two settings YAMLs differ, as "line 'a' was, now 'b'".
+std::string first_difference(const std::string& was, const std::string& now) {
+  std::istringstream a(was), b(now);
+  std::string la, lb;
+  for (int64_t line = 1;; ++line) {
+    const bool more_a = static_cast<bool>(std::getline(a, la)), more_b = static_cast<bool>(std::getline(b, lb));
+    if (!more_a && !more_b) return "no difference";
+    if (!more_a || !more_b || la != lb) {
+      auto trim = [](std::string x) { return x.substr(std::min(x.size(), x.find_first_not_of(' '))); };
+      return "settings line " + std::to_string(line) + ": was '" + trim(la) + "', now '" + trim(lb) + "'";
+    }
+  }
+}
+
 // Held-out CE of `model` (the float32 weights of an arm) through the float32 forward, the FP8
 // forward, and the FP8 forward with one layer kind at a time in FP8 (where the forward's error is).
 json evaluate(model::CausalLM& model, const model::Fp8Config& fp8, const std::vector<data::TokenizedExample>& heldout,
@@ -201,15 +217,19 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
   const std::string final_checkpoint = (dir / "checkpoints" / "sft" / ("step_" + std::to_string(job.sft.steps))).string();
 
   json result;
-  if (fs::exists(result_path) && fs::exists(final_checkpoint)) {
+  if (fs::exists(result_path)) {
     const json old = json::parse(read_file(result_path));
-    if (old.value("settings", "") == settings_yaml) {
-      log::info("seed {} {}: reusing {}", seed, arm, result_path);
-      result = old;
+    const std::string old_settings = old.value("settings", "");
+    if (old_settings != settings_yaml) {
+      throw std::runtime_error(dir.string() + ": finished with other settings (" +
+                               first_difference(old_settings, settings_yaml) +
+                               "); choose another run.output_dir or parity.fp8_arm, or remove that folder");
     }
-  }
-  if (result.is_null()) {
-    fs::remove_all(dir);  // a stale or unfinished arm of this bench: start it over
+    if (!fs::exists(final_checkpoint)) throw std::runtime_error(final_checkpoint + ": missing (result.json is there)");
+    log::info("seed {} {}: reusing {}", seed, arm, result_path);
+    result = old;
+  } else {
+    fs::remove_all(dir);  // an unfinished arm (no result.json): start it over
     Run run(arm_job.run, settings_yaml);
     torch::manual_seed(seed);
     auto model = train::make_model(arm_job.model, tokenizer, arm_job.prompt.eos_token);
