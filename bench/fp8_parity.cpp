@@ -204,9 +204,12 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
   auto& mc = *arm_job.model.config;
   mc.fp8.enabled = arm == "fp8";
   if (arm == "noise") mc.initializer_range *= 1 + job.parity.init_perturbation;
-  // What the training depends on: not the parity section (but the noise arm's perturbation) and,
+  // What the training depends on: the seed but not the rest of the run section, not the parity
+  // section (but the noise arm's perturbation) and,
   // for the float32 arms, not the FP8 settings (so FP8 variants share their float32 arms).
   ParityJob settings = arm_job;
+  settings.run = RunConfig{};  // not where the folder is, nor the logging
+  settings.run.seed = seed;
   settings.parity = ParityConfig{};
   settings.parity.seeds = {seed};
   if (arm == "noise") settings.parity.init_perturbation = job.parity.init_perturbation;
@@ -230,7 +233,7 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
     result = old;
   } else {
     fs::remove_all(dir);  // an unfinished arm (no result.json): start it over
-    Run run(arm_job.run, settings_yaml);
+    Run run(arm_job.run, config::to_yaml(arm_job));
     torch::manual_seed(seed);
     auto model = train::make_model(arm_job.model, tokenizer, arm_job.prompt.eos_token);
     const auto records = train::load_records(arm_job.data);
