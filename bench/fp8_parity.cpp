@@ -22,6 +22,9 @@
 // finished arm with other settings is an error naming the first differing setting (nothing is
 // deleted); an unfinished one (no result.json) is started over. Run with OMP_NUM_THREADS=1 for bit-reproducible
 // trajectories (the float32 reduction order depends on the thread count).
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -153,6 +156,24 @@ double tail_mean(const std::vector<double>& v, int64_t n) {
   return s / static_cast<double>(n);
 }
 
+// An exclusive lock on a file for as long as it lives (flock): two processes never work on one arm.
+class ArmLock {
+ public:
+  explicit ArmLock(const std::string& path) : fd_(::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644)) {
+    if (fd_ < 0) throw std::runtime_error(path + ": cannot open the lock file");
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd_);
+      throw std::runtime_error(path + ": this arm is in use by another grpo_fp8_parity process");
+    }
+  }
+  ~ArmLock() { ::close(fd_); }
+  ArmLock(const ArmLock&) = delete;
+  ArmLock& operator=(const ArmLock&) = delete;
+
+ private:
+  int fd_;
+};
+
 // The first line in which two settings YAMLs differ, as "line 'a' was, now 'b'".
 std::string first_difference(const std::string& was, const std::string& now) {
   std::istringstream a(was), b(now);
@@ -216,6 +237,8 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
   if (arm != "fp8") settings.model.config->fp8 = model::Fp8Config{};
   const std::string settings_yaml = config::to_yaml(settings);
   const fs::path dir = arm_job.run.output_dir;
+  fs::create_directories(dir.parent_path());
+  const ArmLock lock(dir.string() + ".lock");
   const std::string result_path = (dir / "result.json").string();
   const std::string final_checkpoint = (dir / "checkpoints" / "sft" / ("step_" + std::to_string(job.sft.steps))).string();
 
