@@ -189,7 +189,8 @@ std::string first_difference(const std::string& was, const std::string& now) {
 }
 
 // Held-out CE of `model` (the float32 weights of an arm) through the float32 forward, the FP8
-// forward, and the FP8 forward with one layer kind at a time in FP8 (where the forward's error is).
+// forward, and the FP8 forward with one layer kind, then one attention projection, at a time in FP8
+// (where the forward's error is).
 json evaluate(model::CausalLM& model, const model::Fp8Config& fp8, const std::vector<data::TokenizedExample>& heldout,
               int64_t batch_size) {
   auto ce_with = [&](model::Fp8Config cfg) {
@@ -209,6 +210,24 @@ json evaluate(model::CausalLM& model, const model::Fp8Config& fp8, const std::ve
                                                                                                     : only.experts) = true;
     out["heldout_fp8_" + k + "_only"] = ce_with(only);
   }
+  // Each attention projection alone in FP8 (the same projection of every layer and the MTP block).
+  std::vector<std::pair<std::string, model::LinearImpl*>> attention;
+  for (const auto& item : model->named_modules("", /*include_self=*/false)) {
+    if (auto* linear = dynamic_cast<model::LinearImpl*>(item.value().get());
+        linear != nullptr && item.key().find("self_attn.") != std::string::npos) {
+      attention.emplace_back(item.key().substr(item.key().rfind('.') + 1), linear);
+    }
+  }
+  json projections = json::object();
+  for (const auto& [name, unused] : attention) {
+    if (projections.contains(name)) continue;
+    for (auto& [other, linear] : attention) {
+      if (other == name) linear->fp8 = on;
+    }
+    projections[name] = heldout_ce(model, heldout, batch_size);
+    model::fp8_enable(*model, model::Fp8Config{});
+  }
+  out["heldout_fp8_attention_projection_only"] = projections;
   return out;
 }
 
@@ -354,6 +373,22 @@ int main(int argc, char** argv) {
         md << " | " << pct(row[std::string("heldout_fp8_") + kind + "_only"].get<double>(), base);
       }
       md << " |\n";
+    }
+    md << "\nThe same, one attention projection at a time (in every layer):\n\n| seed |";
+    std::string rule = "|---|";
+    for (const auto& row : all) {
+      if (row["arm"] != "fp32") continue;
+      const auto& proj = row["heldout_fp8_attention_projection_only"];
+      if (rule == "|---|") {
+        for (const auto& [name, unused] : proj.items()) {
+          md << " " << name << " |";
+          rule += "---|";
+        }
+        md << "\n" << rule << "\n";
+      }
+      md << "| " << row["seed"].get<int64_t>() << " |";
+      for (const auto& [name, ce] : proj.items()) md << " " << pct(ce.get<double>(), row["heldout_fp32_forward"].get<double>()) << " |";
+      md << "\n";
     }
     const double n = static_cast<double>(job.parity.seeds.size());
     const double mean_gap = gap_sum / n;
