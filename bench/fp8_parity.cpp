@@ -263,8 +263,13 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
 
   json result;
   if (fs::exists(result_path)) {
-    const json old = json::parse(read_file(result_path));
-    const std::string old_settings = old.value("settings", "");
+    json old;
+    try {
+      old = json::parse(read_file(result_path));
+    } catch (const json::exception& e) {
+      throw std::runtime_error(result_path + ": not a result of this bench (" + e.what() + "); remove the arm's folder");
+    }
+    const std::string old_settings = old.is_object() ? old.value("settings", "") : "";
     if (old_settings != settings_yaml) {
       throw std::runtime_error(dir.string() + ": finished with other settings (" +
                                first_difference(old_settings, settings_yaml) +
