@@ -20,8 +20,9 @@
 // settings is reused, not retrained (its final checkpoint is evaluated again): seeds can run in
 // separate processes (--set parity.seeds=[2]) and a last call with every seed only collects. A
 // finished arm with other settings is an error naming the first differing setting (nothing is
-// deleted); an unfinished one (no result.json) is started over. Run with OMP_NUM_THREADS=1 for bit-reproducible
-// trajectories (the float32 reduction order depends on the thread count).
+// deleted); an unfinished one (no result.json) is started over; an arm is flock-ed while a process
+// works on it. Run with OMP_NUM_THREADS=1 for bit-reproducible trajectories (the float32 reduction
+// order depends on the thread count). On CUDA the trainer's bf16 autocast makes "float32" bf16.
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
