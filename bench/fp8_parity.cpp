@@ -42,12 +42,14 @@
 #include "grpo/core/files.h"
 #include "grpo/core/format.h"
 #include "grpo/core/log.h"
+#include "grpo/core/metrics.h"
 #include "grpo/core/progress.h"
 #include "grpo/core/run.h"
 #include "grpo/data/prompt.h"
 #include "grpo/model/fp8_linear.h"
 #include "grpo/train/job.h"
 #include "grpo/train/sft_trainer.h"
+#include "grpo/train/stage_ledger.h"
 
 namespace {
 
@@ -126,21 +128,11 @@ double heldout_ce(model::CausalLM& model, const std::vector<data::TokenizedExamp
 // The logged total loss of every step of the run folder's metrics.jsonl (the last line per step).
 std::vector<double> step_losses(const std::string& metrics_path, int64_t steps) {
   std::vector<double> losses(static_cast<size_t>(steps), std::nan(""));
-  std::istringstream in(read_file(metrics_path));
-  std::string line;
-  int64_t line_no = 0;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (line.empty()) continue;
-    json row;
-    try {
-      row = json::parse(line);
-    } catch (const std::exception& e) {
-      throw std::runtime_error(metrics_path + ":" + std::to_string(line_no) + ": not JSON: " + e.what());
+  for (const auto& row : read_metrics(metrics_path)) {
+    if (row.step >= 1 && row.step <= steps) {
+      const double loss = row.get("loss", std::nan(""));
+      if (!std::isnan(loss)) losses[static_cast<size_t>(row.step - 1)] = loss;
     }
-    if (!row.contains("loss") || !row.contains("step")) continue;
-    const int64_t step = row["step"].get<int64_t>();
-    if (step >= 1 && step <= steps) losses[static_cast<size_t>(step - 1)] = row["loss"].get<double>();
   }
   for (size_t i = 0; i < losses.size(); ++i) {
     if (std::isnan(losses[i])) {
@@ -174,20 +166,6 @@ class ArmLock {
  private:
   int fd_;
 };
-
-// The first line in which two settings YAMLs differ, as "line 'a' was, now 'b'".
-std::string first_difference(const std::string& was, const std::string& now) {
-  std::istringstream a(was), b(now);
-  std::string la, lb;
-  for (int64_t line = 1;; ++line) {
-    const bool more_a = static_cast<bool>(std::getline(a, la)), more_b = static_cast<bool>(std::getline(b, lb));
-    if (!more_a && !more_b) return "no difference";
-    if (!more_a || !more_b || la != lb) {
-      auto trim = [](std::string x) { return x.substr(std::min(x.size(), x.find_first_not_of(' '))); };
-      return "settings line " + std::to_string(line) + ": was '" + trim(la) + "', now '" + trim(lb) + "'";
-    }
-  }
-}
 
 // Held-out CE of `model` (the float32 weights of an arm) through the float32 forward, the FP8
 // forward, and the FP8 forward with one layer kind, then one attention projection, at a time in FP8
@@ -255,7 +233,7 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
   settings.parity.seeds = {seed};
   if (arm == "noise") settings.parity.init_perturbation = job.parity.init_perturbation;
   if (arm != "fp8") settings.model.config->fp8 = model::Fp8Config{};
-  const std::string settings_yaml = config::to_yaml(settings);
+  const std::string settings_text = train::StageLedger::section_text(settings);  // "key=value" lines
   const fs::path dir = arm_job.run.output_dir;
   fs::create_directories(dir.parent_path());
   const ArmLock lock(dir.string() + ".lock");
@@ -271,10 +249,10 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
       throw std::runtime_error(result_path + ": not a result of this bench (" + e.what() + "); remove the arm's folder");
     }
     const std::string old_settings = old.is_object() ? old.value("settings", "") : "";
-    if (old_settings != settings_yaml) {
-      throw std::runtime_error(dir.string() + ": finished with other settings (" +
-                               first_difference(old_settings, settings_yaml) +
-                               "); choose another run.output_dir or parity.fp8_arm, or remove that folder");
+    if (old_settings != settings_text) {
+      throw std::runtime_error(dir.string() + ": finished with other settings: " +
+                               train::StageLedger::first_difference(old_settings, settings_text) +
+                               "; choose another run.output_dir or parity.fp8_arm, or remove that folder");
     }
     if (!fs::exists(final_checkpoint)) throw std::runtime_error(final_checkpoint + ": missing (result.json is there)");
     log::info("seed {} {}: reusing {}", seed, arm, result_path);
@@ -288,7 +266,7 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
     train::SftTrainer trainer(model, tokenizer, arm_job.prompt, arm_job.sft, run, "sft");
     const auto trained = trainer.train(records);
     const auto losses = step_losses(run.path("metrics.jsonl"), arm_job.sft.steps);
-    result = {{"seed", seed}, {"losses", losses}, {"seconds", trained.seconds}, {"settings", settings_yaml}};
+    result = {{"seed", seed}, {"losses", losses}, {"seconds", trained.seconds}, {"settings", settings_text}};
     write_file_atomic(result_path, result.dump(1));
   }
   // The final weights into a float32 model (FP8 is switched per evaluation).

@@ -341,10 +341,6 @@ void describe_into(const Value& v, const std::string& path, std::vector<KeyDoc>&
   }
 }
 
-}  // namespace
-
-namespace {
-
 void leaves_into(const Value& v, const std::string& path, std::vector<std::pair<std::string, std::string>>& out) {
   const auto child = [&](const std::string& key) { return path.empty() ? key : path + "." + key; };
   switch (v.kind) {

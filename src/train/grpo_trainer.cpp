@@ -24,7 +24,6 @@ namespace grpo::train {
 
 namespace {
 
-
 // One prompt's group: its record, prompt and G completions with their scores.
 struct Group {
   int64_t record = 0;

@@ -170,8 +170,7 @@ Fingerprint make_fingerprint(const data::PromptConfig& prompt, const std::vector
                              const TraceProvenance& provenance) {
   Fingerprint fp;
   fp.emplace_back("teacher", provenance.teacher);
-  Fingerprint gen;
-  for (auto& leaf : config::leaf_values(config::Writer::to_value(cfg.generation), "generation")) gen.push_back(leaf);
+  Fingerprint gen = config::leaf_values(config::Writer::to_value(cfg.generation), "generation");
   for (auto& kv : gen) {
     // num_generations comes from samples_per_prompt; every request carries its own seed.
     if (kv.first == "generation.num_generations" || kv.first == "generation.seed") continue;

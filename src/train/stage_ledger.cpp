@@ -23,8 +23,13 @@ std::string utc_now() {
   return buf;
 }
 
-// The first line where two "key=value" texts differ, as "key (was 'a', now 'b')".
-std::string first_difference(const std::string& was, const std::string& now) {
+}  // namespace
+
+StageLedger::StageLedger(const Run& run) : dir_(run.path("stages")) {}
+
+std::string StageLedger::path(const std::string& stage) const { return dir_ + "/" + stage + ".json"; }
+
+std::string StageLedger::first_difference(const std::string& was, const std::string& now) {
   auto split = [](const std::string& s) {
     std::map<std::string, std::string> out;
     size_t at = 0;
@@ -49,12 +54,6 @@ std::string first_difference(const std::string& was, const std::string& now) {
   }
   return "?";
 }
-
-}  // namespace
-
-StageLedger::StageLedger(const Run& run) : dir_(run.path("stages")) {}
-
-std::string StageLedger::path(const std::string& stage) const { return dir_ + "/" + stage + ".json"; }
 
 std::string StageLedger::lines_of(const config::Value& tree) {
   std::map<std::string, std::string> sorted;

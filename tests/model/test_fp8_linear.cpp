@@ -34,6 +34,15 @@ Fp8Config reference_config(bool ue8m0 = false) {
   return c;
 }
 
+// The tiny deepseek_v3 at hidden 96 (< 128: every tile an edge tile) with a larger init, so FP8's
+// rounding is visible in the logits.
+ModelConfig tiny96() {
+  auto cfg = test::tiny_dsv3();
+  cfg.hidden_size = 96;
+  cfg.initializer_range = 0.05;
+  return cfg;
+}
+
 // Q then dequantise, the operand as the GEMM sees it.
 torch::Tensor dq_rows(const torch::Tensor& x, bool ue8m0 = false) { return fp8_dequantize(fp8_quantize_1x128(x, ue8m0)); }
 torch::Tensor dq_blocks(const torch::Tensor& w, bool ue8m0 = false) {
@@ -199,9 +208,7 @@ TEST(Fp8Linear, SelectsLayersByName) {
 TEST(Fp8Linear, TinyDeepseekModelLossCloseToFloat32) {
   // Same seed, same weights: FP8 on every selected layer and the experts changes the loss by well
   // under 1% and still trains every parameter. hidden 96 < 128: every tile is an edge tile.
-  auto cfg = test::tiny_dsv3();
-  cfg.hidden_size = 96;
-  cfg.initializer_range = 0.05;
+  auto cfg = tiny96();
   torch::manual_seed(5);
   CausalLM ref(cfg);
   cfg.fp8 = reference_config();
@@ -239,9 +246,7 @@ TEST(Fp8Linear, TinyDeepseekModelLossCloseToFloat32) {
 TEST(Fp8Linear, EnableSwitchesAModelBothWays) {
   // fp8_enable sets the mode of every layer: a float32 model switched on computes what a model
   // built with FP8 computes, and switched off again what it computed before, bit for bit.
-  auto cfg = test::tiny_dsv3();
-  cfg.hidden_size = 96;
-  cfg.initializer_range = 0.05;
+  auto cfg = tiny96();
   torch::manual_seed(5);
   CausalLM model(cfg);
   auto fp8_cfg = cfg;

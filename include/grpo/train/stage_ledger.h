@@ -66,6 +66,10 @@ class StageLedger {
   // <run>/stages/<stage>.json
   std::string path(const std::string& stage) const;
 
+  // The first key where two section_text()s differ, as "key (was 'a', now 'b')", "key (new)" or
+  // "key (gone)".
+  static std::string first_difference(const std::string& was, const std::string& now);
+
  private:
   static std::string lines_of(const config::Value& tree);
   std::string dir_;
