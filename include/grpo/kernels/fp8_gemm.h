@@ -14,6 +14,10 @@
 // padded to a multiple of 4 along K/128. It agrees with the reference up to accumulation order
 // (tested on a GPU over odd K/128). Shapes or devices it cannot take go to the reference: logged
 // once per reason with `automatic`, an error with `cuda`.
+//
+// Files: kernels/fp8_quant/fp8_gemm.cpp (beside the quantiser, whose launchers it uses; no CUDA
+// file of its own), tested in kernels/fp8_quant/test_fp8_quant.cpp and by the fp8_gemm row of
+// tests/kernels/test_kernel_ops.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -18,8 +18,9 @@
 //   data  [R, C] at::kFloat8_e4m3fn, contiguous
 //   scale [ceil(R / block_rows), ceil(C / block_cols)] float32, contiguous
 //
-// Files: kernels/fp8_quant.cu (CUDA kernel), src/kernels/fp8_quant.cpp (reference + dispatch),
-// tests/kernels/test_fp8_quant.cpp. The GEMM that consumes these is grpo/kernels/fp8_gemm.h.
+// Files, in kernels/fp8_quant/: fp8_quant.cu(h) (CUDA kernel), fp8_quant.cpp (reference + dispatch),
+// fp8_gemm.cpp (the GEMM, grpo/kernels/fp8_gemm.h, which consumes these), test_fp8_quant.cpp; and
+// the fp8_quant and fp8_gemm rows of tests/kernels/test_kernel_ops.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -7,6 +7,10 @@
 // argsort of the flat expert indices [M]: sorted position i holds pair order[i], of token
 // order[i] / K. offsets [E+1] int64 on the CPU: expert e owns sorted rows offsets[e]..offsets[e+1]
 // (offsets[0] = 0, offsets[E] = M, non-decreasing; empty experts allowed).
+//
+// Layout (docs/kernels.md), one folder kernels/moe_dispatch/: moe_dispatch.cu(h) (CUDA kernels,
+// launchers), moe_dispatch.cpp (references, dispatch, autograd functions), test_moe_dispatch.cpp;
+// and the moe_permute, moe_unpermute and grouped_linear rows of tests/kernels/test_kernel_ops.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>

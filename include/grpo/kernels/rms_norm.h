@@ -3,10 +3,12 @@
 //   y = weight * dtype(x)(n)                (n rounded to x's dtype, then multiplied by the weight)
 // Shapes: x [..., H], weight [H], y like x. Rows are the product of the leading dimensions (N).
 //
-// Layout (as every kernel; see docs/kernels.md):
-//   kernels/rms_norm.cu(h)          CUDA kernels and launchers (check tensors and the launch)
-//   src/kernels/rms_norm.cpp        the plain-ATen references, the dispatch, the autograd function
-//   tests/kernels/test_rms_norm.cpp references against formulas, kernels against references
+// Layout (as every kernel; see docs/kernels.md), one folder kernels/rms_norm/:
+//   rms_norm.cu(h)          CUDA kernels and launchers (check tensors and the launch)
+//   rms_norm.cpp            the plain-ATen references, the dispatch, the autograd function
+//   test_rms_norm.cpp       references against formulas and finite differences, the model's norm
+// and the rms_norm row of tests/kernels/test_kernel_ops.cpp (kernels against references, the
+// autograd function against ATen autograd).
 #pragma once
 
 #include <ATen/core/Tensor.h>

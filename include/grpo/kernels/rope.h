@@ -9,6 +9,10 @@
 // The backward of a rotation is the inverse (transposed) rotation of the gradient; the tables get
 // no gradient (they are functions of the positions). Kernels and the explicit backward compute in
 // float32 (float64 for double) and round once; the reference forwards are the model's ATen ops.
+//
+// Layout (docs/kernels.md), one folder kernels/rope/: rope.cu(h) (CUDA kernels, launchers),
+// rope.cpp (references, dispatch, autograd function), test_rope.cpp; and the rope row of
+// tests/kernels/test_kernel_ops.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>

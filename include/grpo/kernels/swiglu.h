@@ -5,6 +5,10 @@
 // Backward, with s = sigmoid(g):  grad_gate = grad_y * up * s * (1 + g * (1 - s)),
 //                                 grad_up   = grad_y * g * s.
 // Kernels and explicit references compute in float32 (float64 for double) and round once.
+//
+// Layout (docs/kernels.md), one folder kernels/swiglu/: swiglu.cu(h) (CUDA kernels, launchers),
+// swiglu.cpp (references, dispatch, autograd function), test_swiglu.cpp; and the swiglu row of
+// tests/kernels/test_kernel_ops.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>

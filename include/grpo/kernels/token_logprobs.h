@@ -15,12 +15,13 @@
 // which recomputes each chunk's logits and turns them into gradients for hidden and weight.
 // Peak extra memory is a few [N, Vc] float32 chunks plus the gradients themselves.
 //
-// Layout (see include/grpo/kernels/axpy.h for the pattern):
-//   src/kernels/token_logprobs.cpp     reference, chunked autograd function, dispatch
-//   kernels/token_logprobs.cu          fused per-chunk CUDA kernels (forward reduction, backward
-//                                      gradient of the logits) used by the chunked function
-//   tests/kernels/test_token_logprobs.cpp, bench/bench_token_logprobs.cpp,
-//   bench/token_logprobs_memory.cpp    peak-memory comparison of the two paths
+// Layout (see include/grpo/kernels/axpy.h for the pattern), one folder kernels/token_logprobs/:
+//   token_logprobs.cpp         reference, chunked autograd function, dispatch
+//   token_logprobs.cu(h)       fused per-chunk CUDA kernels (forward reduction, backward gradient
+//                              of the logits) used by the chunked function
+//   test_token_logprobs.cpp    and the token_logprobs rows of tests/kernels/test_kernel_ops.cpp
+//   bench/bench_token_logprobs.cpp, bench/token_logprobs_memory.cpp (peak-memory comparison of the
+//   two paths)
 //
 // How a trainer calls it (causal LM, next-token prediction). Run the model with the head off
 // (ForwardOptions{.return_hidden = true, .logits = false}) to get the final-norm hidden states

@@ -1,18 +1,16 @@
 // Fused RoPE, both layouts: the reference against hand-computed rotations, norm preservation, the
 // explicit backward as the inverse rotation and against float64 finite differences (through the
-// autograd function), the model's application with kernels: cuda on CPU, and the CUDA kernel
-// against the reference over shapes and dtypes when a GPU is present.
+// autograd function), the model's application with kernels: cuda on CPU. The CUDA kernels against
+// the reference over shapes and dtypes are the rope row of tests/kernels/test_kernel_ops.cpp.
 #include "grpo/kernels/rope.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
-#include <vector>
 
 #include "grpo/model/causal_lm.h"
 #include "grpo/model/rope.h"
-#include "grpo/version.h"
 #include "kernels/kernel_test_util.h"
 #include "model/model_test_util.h"
 
@@ -20,17 +18,7 @@ namespace grpo::kernels {
 namespace {
 
 using test::expect_close;
-
-// Tables as RotaryEmbedding builds them: angle[b, t, j] = position * freq[j], both halves equal.
-std::pair<torch::Tensor, torch::Tensor> tables(int64_t batch, int64_t seq, int64_t width,
-                                               torch::ScalarType dtype = torch::kDouble) {
-  const auto freq = 1.0 / torch::pow(100.0, torch::arange(0, width, 2, torch::kDouble) / width);  // [R/2]
-  const auto pos = torch::arange(seq, torch::kDouble).unsqueeze(0).expand({batch, seq}) +
-                   torch::arange(batch, torch::kDouble).unsqueeze(1) * 3;   // [B, T]
-  const auto angle = pos.unsqueeze(-1) * freq;                               // [B, T, R/2]
-  const auto emb = torch::cat({angle, angle}, -1);
-  return {emb.cos().to(dtype), emb.sin().to(dtype)};
-}
+using test::rope_tables;
 
 TEST(Rope, ReferenceMatchesHandComputedRotations) {
   const double a0 = 0.3, a1 = 1.1;
@@ -48,7 +36,7 @@ TEST(Rope, ReferenceMatchesHandComputedRotations) {
 
 TEST(Rope, RotationPreservesTheNormAndBackwardInvertsIt) {
   torch::manual_seed(1);
-  const auto [cos, sin] = tables(2, 5, 8);
+  const auto [cos, sin] = rope_tables(2, 5, 8);
   const auto x = torch::randn({2, 3, 5, 8}, torch::kDouble);
   for (auto layout : {RopeLayout::rotate_half, RopeLayout::interleaved}) {
     const auto y = rope_forward(x, cos, sin, layout);
@@ -61,7 +49,7 @@ TEST(Rope, RotationPreservesTheNormAndBackwardInvertsIt) {
 TEST(Rope, ExplicitBackwardMatchesFiniteDifferences) {
   torch::manual_seed(2);
   // Scaled tables (YaRN's attention_scaling) and a batch-1 table broadcast over B.
-  auto [cos, sin] = tables(1, 3, 6);
+  auto [cos, sin] = rope_tables(1, 3, 6);
   cos = cos * 1.3;
   sin = sin * 1.3;
   for (auto layout : {RopeLayout::rotate_half, RopeLayout::interleaved}) {
@@ -82,7 +70,7 @@ TEST(Rope, ExplicitBackwardMatchesFiniteDifferences) {
 }
 
 TEST(Rope, RejectsBadShapes) {
-  const auto [cos, sin] = tables(1, 3, 6);
+  const auto [cos, sin] = rope_tables(1, 3, 6);
   EXPECT_THROW(rope_reference(torch::ones({1, 2, 3, 5}, torch::kDouble), cos, sin, RopeLayout::rotate_half), c10::Error);
   EXPECT_THROW(rope_forward(torch::ones({1, 2, 4, 6}, torch::kDouble), cos, sin, RopeLayout::interleaved), c10::Error);
   EXPECT_THROW(rope_forward(torch::ones({2, 3, 6}, torch::kDouble), cos, sin, RopeLayout::interleaved), c10::Error);
@@ -90,7 +78,7 @@ TEST(Rope, RejectsBadShapes) {
 
 TEST(Rope, ModelApplicationRoutesThroughTheFusedOp) {
   torch::manual_seed(3);
-  const auto [cos, sin] = tables(2, 4, 8, torch::kFloat);
+  const auto [cos, sin] = rope_tables(2, 4, 8, torch::kFloat);
   const auto x = torch::randn({2, 3, 4, 8});
   const auto xr = x.clone().requires_grad_(), xf = x.clone().requires_grad_();
   const auto yr = model::apply_rope_interleaved(xr, cos, sin, model::KernelBackend::reference);
@@ -121,43 +109,6 @@ TEST(Rope, Qwen2ModelWithFusedKernelsMatchesReference) {
   lr.pow(2).mean().backward();
   lf.pow(2).mean().backward();
   test::expect_same_grads(*fused, *reference, 1e-5, 1e-4);
-}
-
-TEST(RopeCuda, MatchesReferenceOverShapesAndDtypes) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  if (!GRPO_WITH_CUDA_KERNELS) GTEST_SKIP() << "built without CUDA kernels";
-  torch::manual_seed(0);
-  // [B, H, T, R], table batch (B or 1).
-  const std::vector<std::pair<std::vector<int64_t>, bool>> cases = {
-      {{1, 1, 1, 2}, false}, {{2, 3, 5, 64}, false}, {{3, 16, 7, 128}, true}, {{1, 1, 33, 4}, false},
-      {{2, 5, 0, 8}, false}, {{4, 128, 17, 64}, false}};
-  for (auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
-    // The reference forward rounds x*c and rot(x)*s before adding: with |x| up to about 5 that is
-    // up to 1.5 units in the last place of 4..8 in absolute error, whatever the (cancelled) result.
-    const double tol = dtype == torch::kFloat ? 1e-5 : (dtype == torch::kHalf ? 3e-3 : 3e-2);
-    const double atol = dtype == torch::kFloat ? 1e-5 : (dtype == torch::kHalf ? 1e-2 : 8e-2);
-    for (const auto& [shape, table_batch_one] : cases) {
-      for (auto layout : {RopeLayout::rotate_half, RopeLayout::interleaved}) {
-        const auto [cos, sin] = tables(table_batch_one ? 1 : shape[0], shape[2], shape[3], dtype);
-        const auto x = torch::randn(shape, torch::TensorOptions().dtype(dtype).device(torch::kCUDA));
-        const auto c = cos.cuda(), s = sin.cuda();
-        const std::string what = std::string(c10::toString(dtype)) + " " + c10::str(x.sizes()) +
-                                 (layout == RopeLayout::interleaved ? " interleaved" : " rotate_half");
-        expect_close(rope_forward(x, c, s, layout), rope_reference(x, c, s, layout), atol, tol, "forward " + what);
-        expect_close(rope_backward(x, c, s, layout), rope_backward_reference(x, c, s, layout), tol, tol,
-                     "backward " + what);
-      }
-    }
-  }
-  // A non-contiguous slice, as MLA's q_rope ([B, T, H, Dn + Dr] viewed as [B, H, T, Dr]).
-  const auto [cos, sin] = tables(2, 9, 16, torch::kFloat);
-  const auto q = torch::randn({2, 9, 4, 24}, torch::kCUDA).transpose(1, 2).narrow(-1, 8, 16).requires_grad_();
-  const auto c = cos.cuda(), s = sin.cuda();
-  expect_close(rope(q, c, s, RopeLayout::interleaved), rope_reference(q, c, s, RopeLayout::interleaved), 1e-5,
-               1e-5, "non-contiguous");
-  const auto g = torch::randn({2, 4, 9, 16}, torch::kCUDA);
-  (rope(q, c, s, RopeLayout::interleaved) * g).sum().backward();
-  expect_close(q.grad(), rope_backward_reference(g, c, s, RopeLayout::interleaved), 1e-5, 1e-5, "autograd");
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// Internal to src/kernels: whether a fused op runs its CUDA kernel. Shared by the fused ops'
-// dispatch (rms_norm, rope, swiglu, moe_dispatch).
+// Internal to kernels/: whether a fused op runs its CUDA kernel. Shared by the fused ops' dispatch
+// (kernels/<op>/<op>.cpp of rms_norm, rope, swiglu, moe_dispatch), found through the library's
+// private include directory kernels/.
 #pragma once
 
 #include <ATen/core/Tensor.h>

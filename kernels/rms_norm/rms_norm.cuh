@@ -1,4 +1,5 @@
-// Launchers of kernels/rms_norm.cu; see include/grpo/kernels/rms_norm.h for what they compute.
+// Launchers of kernels/rms_norm/rms_norm.cu; see include/grpo/kernels/rms_norm.h for what they
+// compute.
 #pragma once
 
 #include <ATen/core/Tensor.h>

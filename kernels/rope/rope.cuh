@@ -1,4 +1,4 @@
-// Launcher of kernels/rope.cu; see include/grpo/kernels/rope.h for what it computes.
+// Launcher of kernels/rope/rope.cu; see include/grpo/kernels/rope.h for what it computes.
 #pragma once
 
 #include <ATen/core/Tensor.h>

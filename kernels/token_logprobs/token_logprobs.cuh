@@ -1,5 +1,5 @@
-// Launchers of kernels/token_logprobs.cu; see include/grpo/kernels/token_logprobs.h for what the
-// whole function computes. These work on one vocabulary chunk at a time: the caller computes
+// Launchers of kernels/token_logprobs/token_logprobs.cu; see include/grpo/kernels/token_logprobs.h
+// for what the whole function computes. These work on one vocabulary chunk at a time: the caller computes
 // logits = hidden @ weight[start : start + Vc]^T with cuBLAS and hands the chunk over.
 #pragma once
 

@@ -1,4 +1,5 @@
-// Launcher of kernels/fp8_quant.cu; see include/grpo/kernels/fp8_quant.h for what it computes.
+// Launcher of kernels/fp8_quant/fp8_quant.cu; see include/grpo/kernels/fp8_quant.h for what it
+// computes.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,5 @@
-// Launchers of kernels/swiglu.cu; see include/grpo/kernels/swiglu.h for what they compute.
+// Launchers of kernels/swiglu/swiglu.cu; see include/grpo/kernels/swiglu.h for what they
+// compute.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,4 @@
-// Launcher of kernels/axpy.cu; see include/grpo/kernels/axpy.h for what it computes.
+// Launcher of kernels/axpy/axpy.cu; see include/grpo/kernels/axpy.h for what it computes.
 #pragma once
 
 #include <ATen/core/Tensor.h>

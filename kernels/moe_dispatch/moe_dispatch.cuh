@@ -1,5 +1,5 @@
-// Launchers of kernels/moe_dispatch.cu; see include/grpo/kernels/moe_dispatch.h for what they
-// compute and for the vocabulary (N, K, M, E, order, offsets).
+// Launchers of kernels/moe_dispatch/moe_dispatch.cu; see include/grpo/kernels/moe_dispatch.h for
+// what they compute and for the vocabulary (N, K, M, E, order, offsets).
 #pragma once
 
 #include <ATen/core/Tensor.h>

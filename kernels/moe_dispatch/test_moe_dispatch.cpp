@@ -1,15 +1,14 @@
 // MoE dispatch: permute/unpermute and the grouped expert GEMM against hand-computed values (with
 // empty experts and zero tokens), their explicit backwards (through the autograd functions) against
 // float64 finite differences, the MoE layer and a DeepSeek-V3 model with kernels: cuda on CPU
-// against the reference loop, and the CUDA kernels against the references over routings, shapes and
-// dtypes when a GPU is present.
+// against the reference loop, and on a GPU the MoE layer with kernels against the reference loop.
+// The CUDA kernels against the references over routings, shapes and dtypes are the moe_permute,
+// moe_unpermute and grouped_linear rows of tests/kernels/test_kernel_ops.cpp.
 #include "grpo/kernels/moe_dispatch.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <cmath>
-#include <functional>
 #include <vector>
 
 #include "grpo/model/causal_lm.h"
@@ -22,28 +21,8 @@ namespace grpo::kernels {
 namespace {
 
 using test::expect_close;
-
-// Stable argsort of the flat expert indices, and offsets [E+1] (CPU) of the sorted rows.
-std::pair<torch::Tensor, torch::Tensor> sort_pairs(const torch::Tensor& expert_index, int64_t experts) {
-  const auto flat = expert_index.reshape({-1});
-  const auto order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
-  const auto counts = torch::bincount(flat.cpu(), {}, experts);
-  return {order, torch::cat({torch::zeros({1}, torch::kLong), counts.cumsum(0)})};
-}
-
-// Central differences of f (a scalar function of one tensor) at x, element by element.
-torch::Tensor finite_differences(const std::function<double(const torch::Tensor&)>& f, const torch::Tensor& x) {
-  torch::NoGradGuard no_grad;
-  const double h = 1e-6;
-  auto out = torch::zeros_like(x);
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    auto xp = x.clone(), xm = x.clone();
-    xp.view({-1})[i] += h;
-    xm.view({-1})[i] -= h;
-    out.view({-1})[i] = (f(xp) - f(xm)) / (2 * h);
-  }
-  return out;
-}
+using test::finite_differences;
+using test::sort_pairs;
 
 // N = 3 tokens, K = 2: experts [[1, 0], [2, 1], [0, 2]] -> flat [1, 0, 2, 1, 0, 2]; sorted by
 // expert: pairs 1, 4 (expert 0), 0, 3 (expert 1), 2, 5 (expert 2).
@@ -192,61 +171,6 @@ TEST(MoeDispatch, DeepSeekModelWithFusedKernelsMatchesReference) {
     const auto& p = item.value();
     if (!p.grad().defined()) continue;  // MTP modules get no gradient from the main logits
     expect_close(fused_params[name].grad(), p.grad(), 1e-5, 1e-4, name);
-  }
-}
-
-TEST(MoeDispatchCuda, MatchesReferenceOverRoutingsShapesAndDtypes) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  if (!GRPO_WITH_CUDA_KERNELS) GTEST_SKIP() << "built without CUDA kernels";
-  torch::manual_seed(0);
-  struct Case {
-    int64_t tokens, top_k, experts, active, dim, width;  // active: experts that receive tokens
-  };
-  const std::vector<Case> cases = {{0, 2, 4, 4, 16, 8},   {1, 1, 1, 1, 1, 1},     {7, 2, 9, 3, 17, 5},
-                                   {33, 3, 8, 8, 64, 32}, {130, 8, 16, 11, 96, 40}, {5, 2, 6, 2, 129, 70}};
-  for (auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
-    const double tol = dtype == torch::kFloat ? 1e-5 : (dtype == torch::kHalf ? 2e-3 : 2e-2);
-    for (const auto& c : cases) {
-      const auto opts = torch::TensorOptions().dtype(dtype).device(torch::kCUDA);
-      // Each token picks top_k distinct experts among the first `active` ones; the rest stay empty.
-      auto index = torch::empty({c.tokens, c.top_k}, torch::kLong);
-      for (int64_t n = 0; n < c.tokens; ++n) index[n] = torch::randperm(c.active, torch::kLong).narrow(0, 0, c.top_k);
-      const auto [order_cpu, offsets] = sort_pairs(index, c.experts);
-      const auto order = order_cpu.cuda();
-      const int64_t pairs = c.tokens * c.top_k;
-      const std::string what = std::string(c10::toString(dtype)) + " N=" + std::to_string(c.tokens) +
-                               " K=" + std::to_string(c.top_k) + " E=" + std::to_string(c.experts) +
-                               " D=" + std::to_string(c.dim) + " F=" + std::to_string(c.width);
-      const auto x = torch::randn({c.tokens, c.dim}, opts);
-      const auto gxs = torch::randn({pairs, c.dim}, opts);
-      EXPECT_TRUE(torch::equal(moe_permute_forward(x, order, c.top_k), moe_permute_reference(x, order, c.top_k)))
-          << what;
-      expect_close(moe_permute_backward(gxs, order, c.top_k, c.tokens),
-                   moe_permute_backward_reference(gxs, order, c.top_k, c.tokens), tol, tol, "permute backward " + what);
-
-      const auto ys = torch::randn({pairs, c.dim}, opts);
-      const auto weight = torch::rand({c.tokens, c.top_k}, opts.dtype(torch::kFloat));
-      const auto gy = torch::randn({c.tokens, c.dim}, opts);
-      // The reference adds K rounded products with (atomic, unordered) index_add_ in the dtype; the
-      // kernel sums in float32 and rounds once: compare with the exact sum instead.
-      expect_close(moe_unpermute_forward(ys, weight, order, c.top_k),
-                   moe_unpermute_reference(ys.to(torch::kDouble), weight.to(torch::kDouble), order, c.top_k), tol,
-                   tol, "unpermute " + what);
-      const auto [gys, gw] = moe_unpermute_backward(gy, ys, weight, order, c.top_k);
-      const auto [rys, rw] = moe_unpermute_backward_reference(gy, ys, weight, order, c.top_k);
-      expect_close(gys, rys, tol, tol, "unpermute grad_ys " + what);
-      expect_close(gw, rw, 1e-4 * std::sqrt(c.dim), 1e-4, "unpermute grad_weight " + what);
-
-      const auto w = torch::randn({c.experts, c.width, c.dim}, opts) / std::sqrt(static_cast<double>(c.dim));
-      const auto gout = torch::randn({pairs, c.width}, opts);
-      const double gemm_tol = tol * std::sqrt(static_cast<double>(std::max(c.dim, pairs)));
-      expect_close(grouped_linear_forward(ys, w, offsets), grouped_linear_reference(ys, w, offsets), gemm_tol, tol,
-                   "grouped forward " + what);
-      const auto [gx_k, gw_k] = grouped_linear_backward(gout, ys, w, offsets);
-      const auto [gx_r, gw_r] = grouped_linear_backward_reference(gout, ys, w, offsets);
-      expect_close(gx_k, gx_r, gemm_tol, tol, "grouped grad_xs " + what);
-      expect_close(gw_k, gw_r, gemm_tol, tol, "grouped grad_weight " + what);
-    }
   }
 }
 

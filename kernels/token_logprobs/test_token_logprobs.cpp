@@ -1,7 +1,8 @@
 // token_logprobs: the chunked autograd path against hand-computed values, against the plain
 // log_softmax().gather() reference (forward and both gradients) over a table of shapes, chunk
-// sizes, temperatures and dtypes, against float64 finite differences, and its input checks. On a
-// GPU, the fused-kernel path against the reference and against the ATen chunked path.
+// sizes, temperatures and dtypes, against float64 finite differences, and its input checks. The
+// fused-kernel path against the reference and against the ATen chunked path on a GPU are the
+// token_logprobs rows of tests/kernels/test_kernel_ops.cpp.
 #include "grpo/kernels/token_logprobs.h"
 
 #include <cmath>
@@ -11,7 +12,6 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "grpo/version.h"
 #include "kernels/kernel_test_util.h"
 
 namespace grpo::kernels {
@@ -272,43 +272,9 @@ TEST(TokenLogprobs, RejectsBadInputsNamingTheFunction) {
   EXPECT_NO_THROW(token_logprobs_reference(hidden, weight, targets, {.chunk_size = 0}));
 }
 
-TEST(TokenLogprobsCuda, KernelMatchesReferenceOverShapesAndDtypes) {
+// Out-of-range targets are caught on the GPU too.
+TEST(TokenLogprobsCuda, RejectsOutOfRangeTargets) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  torch::manual_seed(5);
-  const std::vector<Case> cases = {
-      {5, 8, 37, 10, 1.0},   {6, 4, 13, 1, 0.7},      {4, 16, 29, 100, 1.0},
-      {1, 8, 50, 16, 0.7},   {7, 8, 1, 4, 1.0},       {33, 24, 300, 64, 0.7},
-      {257, 64, 1000, 300, 1.0},  // more columns than threads per block in a chunk
-      {130, 128, 5003, 4096, 0.7},
-  };
-  for (auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
-    for (const auto& c : cases) {
-      SCOPED_TRACE(describe(c, dtype));
-      const auto opts = torch::TensorOptions().device(torch::kCUDA);
-      const auto hidden = (torch::randn({c.rows, c.width}, opts) * 2.0 / std::sqrt(c.width / 8.0)).to(dtype);
-      const auto weight = torch::randn({c.vocab, c.width}, opts).to(dtype);
-      auto targets = torch::randint(c.vocab, {c.rows}, opts.dtype(torch::kLong));
-      targets[0] = c.vocab - 1;
-      const auto row_weights = torch::randn({c.rows}, opts);
-      TokenLogprobsOptions options{.temperature = c.temperature, .chunk_size = c.chunk,
-                                   .with_entropy = true};
-      const auto kernel = run_path(token_logprobs, hidden, weight, targets, row_weights, options);
-      const auto want = run_path(token_logprobs_reference, hidden, weight, targets, row_weights, options);
-      options.use_cuda_kernels = false;
-      const auto aten = run_path(token_logprobs, hidden, weight, targets, row_weights, options);
-      // cuBLAS may use TF32 or reorder sums; allow float32 GEMM-level differences.
-      const double rtol = dtype == torch::kFloat ? 1e-4 : 1e-2;
-      const double atol = dtype == torch::kFloat ? 1e-4 : 1e-2;
-      for (const auto* other : {&want, &aten}) {
-        const std::string name = other == &want ? " vs reference" : " vs ATen chunked";
-        expect_close(kernel.logprobs, other->logprobs, 1e-4, 1e-4, "logprobs" + name);
-        expect_close(kernel.entropy, other->entropy, 1e-4, 1e-4, "entropy" + name);
-        expect_close(kernel.hidden, other->hidden, rtol, atol, "grad hidden" + name);
-        expect_close(kernel.weight, other->weight, rtol, atol, "grad weight" + name);
-      }
-    }
-  }
-  // Out-of-range targets are caught on the GPU too.
   const auto h = torch::randn({2, 4}, torch::kCUDA);
   const auto w = torch::randn({3, 4}, torch::kCUDA);
   EXPECT_THROW(token_logprobs(h, w, torch::tensor({0, 3}, torch::kLong).cuda()), c10::Error);
