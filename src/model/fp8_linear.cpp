@@ -3,9 +3,6 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
-#include <memory>
-#include <mutex>
-#include <unordered_map>
 
 #include "grpo/core/log.h"
 #include "grpo/model/layers.h"
@@ -108,17 +105,6 @@ torch::Tensor apply(const torch::Tensor& x, const torch::Tensor& weight, const F
   return y.view(out_shape);
 }
 
-// MoE modules whose routed experts fp8_enable switched, with the config. The weak pointer tells a
-// live module from a dead one whose address was reused.
-struct ExpertRegistry {
-  std::mutex mutex;
-  std::unordered_map<const torch::nn::Module*, std::pair<std::weak_ptr<torch::nn::Module>, Fp8Config>> entries;
-};
-ExpertRegistry& expert_registry() {
-  static ExpertRegistry registry;
-  return registry;
-}
-
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
@@ -165,14 +151,12 @@ int64_t fp8_enable(torch::nn::Module& model, const Fp8Config& cfg) {
       } else {
         linear->fp8.reset();
       }
-    } else if (dynamic_cast<MoeImpl*>(item.value().get()) != nullptr) {
-      auto& registry = expert_registry();
-      const std::lock_guard<std::mutex> lock(registry.mutex);
+    } else if (auto* moe = dynamic_cast<MoeImpl*>(item.value().get())) {
       if (cfg.enabled && cfg.experts) {
-        registry.entries[item.value().get()] = {item.value(), cfg};
+        moe->fp8 = cfg;
         ++moes;
       } else {
-        registry.entries.erase(item.value().get());
+        moe->fp8.reset();
       }
     }
   }
@@ -180,21 +164,8 @@ int64_t fp8_enable(torch::nn::Module& model, const Fp8Config& cfg) {
   return linears + moes;
 }
 
-torch::Tensor expert_linear(const torch::nn::Module& moe, const torch::Tensor& x, const torch::Tensor& w) {
-  std::optional<Fp8Config> cfg;
-  {
-    auto& registry = expert_registry();
-    const std::lock_guard<std::mutex> lock(registry.mutex);
-    const auto it = registry.entries.find(&moe);
-    if (it != registry.entries.end()) {
-      if (it->second.first.expired()) {
-        registry.entries.erase(it);
-      } else {
-        cfg = it->second.second;
-      }
-    }
-  }
-  return cfg ? fp8_linear(x, w, torch::Tensor(), *cfg) : at::linear(x, w);
+torch::Tensor expert_linear(const torch::Tensor& x, const torch::Tensor& w, const std::optional<Fp8Config>& fp8) {
+  return fp8 ? fp8_linear(x, w, torch::Tensor(), *fp8) : at::linear(x, w);
 }
 
 }  // namespace grpo::model

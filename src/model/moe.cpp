@@ -19,8 +19,7 @@ MoeImpl::MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
       norm_topk_(cfg.norm_topk_prob),
       scaling_(cfg.routed_scaling_factor),
       alpha_(cfg.seq_aux_loss_alpha),
-      kernel_backend_(cfg.kernels),
-      fp8_experts_(cfg.fp8.enabled && cfg.fp8.experts) {
+      kernel_backend_(cfg.kernels) {
   const int64_t d = cfg.hidden_size, f = cfg.moe_intermediate_size;
   const double std = cfg.initializer_range;
   gate_weight = register_parameter("gate_weight", torch::empty({experts_, d}, options));
@@ -85,8 +84,8 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
     for (int64_t e = 0; e < experts_; ++e) {
       if (count[e] == 0) continue;
       const auto xs = gathered.narrow(0, offset, count[e]);
-      const auto h = torch::silu(expert_linear(*this, xs, experts_gate[e])) * expert_linear(*this, xs, experts_up[e]);
-      outputs.push_back(expert_linear(*this, h, experts_down[e]));
+      const auto h = torch::silu(expert_linear(xs, experts_gate[e], fp8)) * expert_linear(xs, experts_up[e], fp8);
+      outputs.push_back(expert_linear(h, experts_down[e], fp8));
       offset += count[e];
     }
     const auto expert_out = torch::cat(outputs, 0) * pair_weight.unsqueeze(1).to(x.scalar_type());
@@ -123,7 +122,7 @@ torch::Tensor MoeImpl::routed_fused(const torch::Tensor& x_flat, const torch::Te
   const auto offsets = torch::cat({torch::zeros({1}, counts.options()), counts.cumsum(0)});  // [E+1] CPU
   const auto xs = grpo::kernels::moe_permute(x_flat, order, top_k_);  // [N*K, D] expert-sorted
   torch::Tensor ys;                                                   // [N*K, D]
-  if (!fp8_experts_) {
+  if (!fp8) {
     const auto gate = grpo::kernels::grouped_linear(xs, experts_gate, offsets);  // [N*K, F]
     const auto up = grpo::kernels::grouped_linear(xs, experts_up, offsets);
     ys = grpo::kernels::grouped_linear(grpo::kernels::swiglu(gate, up), experts_down, offsets);
@@ -134,9 +133,9 @@ torch::Tensor MoeImpl::routed_fused(const torch::Tensor& x_flat, const torch::Te
     for (int64_t e = 0; e < experts_; ++e) {
       if (o[e + 1] == o[e]) continue;
       const auto rows = xs.narrow(0, o[e], o[e + 1] - o[e]);
-      const auto h = grpo::kernels::swiglu(expert_linear(*this, rows, experts_gate[e]),
-                                           expert_linear(*this, rows, experts_up[e]));
-      outputs.push_back(expert_linear(*this, h, experts_down[e]));
+      const auto h = grpo::kernels::swiglu(expert_linear(rows, experts_gate[e], fp8),
+                                           expert_linear(rows, experts_up[e], fp8));
+      outputs.push_back(expert_linear(h, experts_down[e], fp8));
     }
     ys = torch::cat(outputs, 0);
   }

@@ -238,9 +238,9 @@ TEST(Fp8Linear, TinyDeepseekModelLossCloseToFloat32) {
   EXPECT_GT(moe->experts_gate.grad().abs().sum().item<double>(), 0.0);
   // The experts really run in FP8: with the same input the expert projection differs from at::linear.
   const auto xs = torch::randn({4, 96});
-  EXPECT_FALSE(torch::equal(expert_linear(*moe, xs, moe->experts_up[0]), at::linear(xs, moe->experts_up[0])));
-  EXPECT_TRUE(torch::equal(expert_linear(*ref->layers[1]->as<DecoderLayerImpl>()->moe, xs, moe->experts_up[0]),
-                           at::linear(xs, moe->experts_up[0])));
+  ASSERT_TRUE(moe->fp8.has_value());
+  EXPECT_FALSE(torch::equal(expert_linear(xs, moe->experts_up[0], moe->fp8), at::linear(xs, moe->experts_up[0])));
+  EXPECT_FALSE(ref->layers[1]->as<DecoderLayerImpl>()->moe->fp8.has_value());
 }
 
 TEST(Fp8Linear, EnableSwitchesAModelBothWays) {
@@ -272,7 +272,45 @@ TEST(Fp8Linear, EnableSwitchesAModelBothWays) {
   EXPECT_EQ(fp8_enable(*model, no_experts), 4 * 5 + 4 * 3);
   const auto xs = torch::randn({4, 96});
   auto* moe = model->layers[1]->as<DecoderLayerImpl>()->moe.get();
-  EXPECT_TRUE(torch::equal(expert_linear(*moe, xs, moe->experts_up[0]), at::linear(xs, moe->experts_up[0])));
+  EXPECT_FALSE(moe->fp8.has_value());
+  EXPECT_TRUE(torch::equal(expert_linear(xs, moe->experts_up[0], moe->fp8), at::linear(xs, moe->experts_up[0])));
+}
+
+// The experts' FP8 mode has one owner, MoeImpl::fp8: fp8_enable on a model built without FP8 puts
+// the routed experts in FP8 on both expert paths, the per-expert loop (kernels: reference) and the
+// fused dispatch (kernels: cuda; its ops run their references on the CPU), and each path then
+// computes exactly what the same model built with FP8 computes; switched off, what it did before.
+TEST(Fp8Linear, EnableAfterConstructionSwitchesBothExpertPaths) {
+  for (const auto kernels : {KernelBackend::reference, KernelBackend::cuda}) {
+    SCOPED_TRACE(std::string(config::enum_name(kernels)));
+    auto cfg = tiny96();
+    cfg.kernels = kernels;
+    Fp8Config experts_only = reference_config();
+    experts_only.attention = experts_only.dense_mlp = experts_only.shared_experts = false;  // experts alone
+    torch::manual_seed(6);
+    CausalLM late(cfg);
+    auto fp8_cfg = cfg;
+    fp8_cfg.fp8 = experts_only;
+    torch::manual_seed(6);
+    CausalLM built(fp8_cfg);
+    auto* late_moe = late->layers[1]->as<DecoderLayerImpl>()->moe.get();
+    auto* built_moe = built->layers[1]->as<DecoderLayerImpl>()->moe.get();
+    ASSERT_TRUE(built_moe->fp8.has_value());
+    ASSERT_FALSE(late_moe->fp8.has_value());
+    torch::NoGradGuard no_grad;
+    const auto x = torch::randn({2, 9, 96});
+    const auto high = late_moe->forward(x);
+    ASSERT_TRUE(torch::equal(high, late_moe->forward(x)));
+    EXPECT_EQ(fp8_enable(*late, experts_only), 3);  // the experts of layers 1, 2 and the MTP block
+    ASSERT_TRUE(late_moe->fp8.has_value());
+    const auto low = late_moe->forward(x);
+    EXPECT_FALSE(torch::equal(low, high)) << "fp8_enable did not reach this expert path";
+    EXPECT_TRUE(torch::equal(low, built_moe->forward(x)));
+    // The error is FP8's: small against the output, not a different computation.
+    EXPECT_LT((low - high).abs().max().item<double>(), 0.1 * high.abs().max().item<double>());
+    fp8_enable(*late, Fp8Config{});
+    EXPECT_TRUE(torch::equal(late_moe->forward(x), high));
+  }
 }
 
 TEST(Fp8Linear, Fp8CheckpointWeightsStayInFp8) {

@@ -20,6 +20,7 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
+#include <optional>
 #include <string>
 
 #include "grpo/kernels/fp8_gemm.h"
@@ -47,15 +48,16 @@ torch::Tensor fp8_linear(const torch::Tensor& x, const kernels::Fp8Tensor& weigh
 bool fp8_selects_linear(const std::string& module_name, const Fp8Config& cfg);
 
 // Sets the FP8 mode of every Linear and MoE module of `model` from cfg: the selected Linear modules
-// (by name, as above) and, with cfg.experts, the routed experts of its MoE modules run in FP8, all
+// (LinearImpl::fp8, by name, as above) and, with cfg.experts, the routed experts of its MoE modules
+// (MoeImpl::fp8) run in FP8, all
 // others in their own dtype (so cfg.enabled = false switches a model back to high precision, e.g.
 // to evaluate FP8-trained weights in float32; an FP8 checkpoint weight is then replaced by its
 // dequantised master copy). Returns the number of Linear modules switched on plus MoE modules
 // marked. Safe to call from a constructor (the model itself need not be owned yet).
 int64_t fp8_enable(torch::nn::Module& model, const Fp8Config& cfg);
 
-// One routed expert's projection inside MoeImpl::forward: x [n, in] . w [out, in]^T, in FP8 when
-// fp8_enable marked `moe`, else at::linear.
-torch::Tensor expert_linear(const torch::nn::Module& moe, const torch::Tensor& x, const torch::Tensor& w);
+// One routed expert's projection inside MoeImpl::forward: x [n, in] . w [out, in]^T, through
+// fp8_linear with `fp8` (the MoE module's MoeImpl::fp8) when set, else at::linear.
+torch::Tensor expert_linear(const torch::Tensor& x, const torch::Tensor& w, const std::optional<Fp8Config>& fp8);
 
 }  // namespace grpo::model

@@ -15,6 +15,8 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <optional>
+
 #include "grpo/model/layers.h"
 #include "grpo/model/model_config.h"
 
@@ -52,6 +54,10 @@ class MoeImpl : public torch::nn::Module {
   torch::Tensor experts_up;             // [E, F, D]
   torch::Tensor experts_down;           // [E, D, F]
   Mlp shared_experts{nullptr};          // [n_shared * F]; null when there are none
+  // FP8 mode of the routed experts (grpo/model/fp8_linear.h; set by fp8_enable, the one owner of the
+  // choice, like LinearImpl::fp8): both expert paths, the per-expert loop and the fused dispatch,
+  // run their GEMMs through fp8_linear with this config; unset = the experts' own dtype.
+  std::optional<Fp8Config> fp8;
 
  private:
   int64_t experts_, top_k_, groups_, topk_groups_;
@@ -65,7 +71,6 @@ class MoeImpl : public torch::nn::Module {
   torch::Tensor load_;
   torch::Tensor balance_loss_;
   KernelBackend kernel_backend_;  // ModelConfig::kernels: fused dispatch or the reference loop
-  bool fp8_experts_;              // cfg.fp8 selects the routed experts: keep their FP8 GEMMs
 };
 TORCH_MODULE(Moe);
 
