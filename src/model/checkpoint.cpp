@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "grpo/core/files.h"
+#include "grpo/core/log.h"
 #include "grpo/io/safetensors.h"
 #include "grpo/model/fp8_checkpoint.h"
 
@@ -58,6 +59,46 @@ bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
 }
 
+// "model.layers.{num_hidden_layers + k - 1}." for every MTP depth k the config asks for.
+std::vector<std::string> mtp_prefixes(const ModelConfig& cfg) {
+  std::vector<std::string> out;
+  for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) {
+    out.push_back("model.layers." + std::to_string(cfg.num_hidden_layers + k) + ".");
+  }
+  return out;
+}
+
+bool under_any(const std::string& name, const std::vector<std::string>& prefixes) {
+  for (const auto& p : prefixes) {
+    if (name.rfind(p, 0) == 0) return true;
+  }
+  return false;
+}
+
+// True when `prefixes` (the MTP depths of a config) is not empty and the checkpoint holds no tensor
+// under any of them: the checkpoint has no MTP at all, as HF transformers saves DeepSeek-V3. A
+// checkpoint with some MTP tensors is not "without MTP"; its missing ones are reported as such.
+bool lacks_mtp(const io::SafetensorsCheckpoint& ckpt, const std::vector<std::string>& prefixes) {
+  if (prefixes.empty()) return false;
+  for (const auto& name : ckpt.names()) {
+    if (under_any(name, prefixes)) return false;
+  }
+  return true;
+}
+
+std::string mtp_modules_text(int64_t n) { return std::to_string(n) + (n == 1 ? " MTP module" : " MTP modules"); }
+
+// "has no MTP weights (config.json asks for 1 MTP module, as HF transformers writes DeepSeek-V3
+// checkpoints)"; for a model that was not built from DIR/config.json (load_hf_weights),
+// "has no MTP weights (the model has 1 MTP module)".
+std::string no_mtp_text(int64_t n, bool from_config_json) {
+  return std::string("has no MTP weights (") +
+         (from_config_json ? "config.json asks for " + mtp_modules_text(n) +
+                                 ", as HF transformers writes DeepSeek-V3 checkpoints"
+                           : "the model has " + mtp_modules_text(n)) +
+         ")";
+}
+
 }  // namespace
 
 std::vector<NamedTensor> hf_state_dict(CausalLM& model) {
@@ -94,13 +135,23 @@ torch::Tensor dequantize_block_fp8(const torch::Tensor& weight, const torch::Ten
   return weight.to(torch::kFloat) * scale.narrow(0, 0, rows).narrow(1, 0, cols);
 }
 
-void load_hf_weights(CausalLM& model, const std::string& dir, bool allow_unexpected) {
-  const io::SafetensorsCheckpoint ckpt(dir);
+namespace {
+
+// load_hf_weights on an open checkpoint. `from_config_json`: the model was just built from
+// DIR/config.json (load_hf_checkpoint), which only changes the wording of messages.
+void load_weights(CausalLM& model, const io::SafetensorsCheckpoint& ckpt, const std::string& dir, bool allow_unexpected,
+                  MissingMtp missing_mtp, bool from_config_json) {
+  const auto& cfg = model->config();
+  const auto prefixes = mtp_prefixes(cfg);
+  const bool no_mtp = lacks_mtp(ckpt, prefixes);
+  // init: the MTP modules are not looked for and keep the values they have.
+  const bool keep_mtp = no_mtp && missing_mtp == MissingMtp::init;
   const auto targets = hf_state_dict(model);
   std::set<std::string> used;
   std::vector<std::string> missing, shape_errors, dtype_errors, unexpected;
   std::vector<std::pair<const NamedTensor*, const io::TensorInfo*>> plan;
   for (const auto& t : targets) {
+    if (keep_mtp && under_any(t.name, prefixes)) continue;
     if (!ckpt.contains(t.name)) {
       if (!t.copy_only) missing.push_back(t.name);
       continue;
@@ -144,6 +195,20 @@ void load_hf_weights(CausalLM& model, const std::string& dir, bool allow_unexpec
     add(dtype_errors, " with unusable dtypes");
     add(unexpected, " unexpected");
     msg.pop_back();
+    if (no_mtp && !keep_mtp) {
+      // Only when the checkpoint has no MTP at all: a partial MTP is a broken checkpoint, no option helps.
+      msg += "; it " + no_mtp_text(cfg.num_nextn_predict_layers, from_config_json);
+      if (from_config_json) {
+        msg += ": load option missing_mtp: drop loads it without MTP, init keeps freshly initialised MTP modules";
+      } else if (missing_mtp == MissingMtp::drop) {
+        msg += " and load_hf_weights cannot drop the MTP modules of an existing model: build the model with "
+               "num_nextn_predict_layers 0, or load it with load_hf_checkpoint (load option missing_mtp: drop), "
+               "or pass missing_mtp init to keep the model's MTP modules as they are";
+      } else {
+        msg += ": missing_mtp init keeps the model's MTP modules as they are; or build the model with "
+               "num_nextn_predict_layers 0";
+      }
+    }
     throw std::runtime_error(msg);
   }
   // Read everything first, then copy: a read error leaves the model untouched.
@@ -160,12 +225,40 @@ void load_hf_weights(CausalLM& model, const std::string& dir, bool allow_unexpec
     dst.copy_(values[i].to(dst.scalar_type()));
   }
   attach_fp8_checkpoint_weights(model, ckpt);  // FP8 path: keep FP8 weights as they were released
+  if (keep_mtp) {
+    const int64_t n = cfg.num_nextn_predict_layers;
+    if (from_config_json) {
+      log::info("checkpoint '{}' {}: kept {} freshly initialised (load option missing_mtp: init; drop loads it "
+                "without MTP)",
+                dir, no_mtp_text(n, true), mtp_modules_text(n));
+    } else {
+      log::info("checkpoint '{}' {}: left the model's MTP modules as they were (missing_mtp: init)", dir,
+                no_mtp_text(n, false));
+    }
+  }
+}
+
+}  // namespace
+
+void load_hf_weights(CausalLM& model, const std::string& dir, bool allow_unexpected, MissingMtp missing_mtp) {
+  const io::SafetensorsCheckpoint ckpt(dir);
+  load_weights(model, ckpt, dir, allow_unexpected, missing_mtp, /*from_config_json=*/false);
 }
 
 CausalLM load_hf_checkpoint(const std::string& dir, const LoadOptions& options) {
-  const ModelConfig cfg = load_hf_config(dir);
+  ModelConfig cfg = load_hf_config(dir);
+  const io::SafetensorsCheckpoint ckpt(dir);
+  // drop: a checkpoint without any MTP tensor gives a model without MTP modules.
+  const int64_t asked_mtp = cfg.num_nextn_predict_layers;
+  const bool drop_mtp = options.missing_mtp == MissingMtp::drop && lacks_mtp(ckpt, mtp_prefixes(cfg));
+  if (drop_mtp) cfg.num_nextn_predict_layers = 0;
   CausalLM model(cfg, torch::TensorOptions().dtype(options.dtype));
-  load_hf_weights(model, dir, options.allow_unexpected);
+  load_weights(model, ckpt, dir, options.allow_unexpected, options.missing_mtp, /*from_config_json=*/true);
+  if (drop_mtp) {
+    log::info("checkpoint '{}' {}: loaded without MTP (load option missing_mtp: init keeps freshly initialised "
+              "MTP modules)",
+              dir, no_mtp_text(asked_mtp, true));
+  }
   model->to(options.device);
   {
     // The router bias stays float32 whatever the parameters' dtype.

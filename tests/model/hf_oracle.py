@@ -104,6 +104,13 @@ def _dsv3(**over):
     return ("deepseek_v3", d)
 
 
+def _dsv3_default_mtp(**over):
+    """Like _dsv3, but num_nextn_predict_layers is left to DeepseekV3Config's default (1)."""
+    kind, d = _dsv3(**over)
+    del d["num_nextn_predict_layers"]
+    return (kind, d)
+
+
 FIXTURES = {
     "dsv3_qlora_groups": _dsv3(
         q_lora_rank=12,
@@ -194,6 +201,21 @@ FIXTURES = {
         n_shared_experts=1,
         rope_interleave=True,
     ),
+    # What transformers writes for every DeepSeek-V3 model it saves: config.json keeps the class
+    # default num_nextn_predict_layers 1, but DeepseekV3ForCausalLM has no MTP module, so
+    # model.safetensors holds no model.layers.{num_hidden_layers}.* tensor (generate asserts both).
+    # The C++ side loads it without MTP by default (LoadOptions::missing_mtp).
+    "dsv3_hf_default_mtp": _dsv3_default_mtp(
+        q_lora_rank=12,
+        n_group=2,
+        topk_group=1,
+        first_k_dense_replace=1,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        n_shared_experts=1,
+        rope_interleave=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
     "qwen2_gqa_bias": (
         "qwen2",
         dict(
@@ -226,6 +248,7 @@ FIXTURES = {
 
 LEGACY = {"dsv3_legacy_rope_keys"}
 GRAD = {"dsv3_grad"}
+DEFAULT_MTP = {"dsv3_hf_default_mtp"}  # num_nextn_predict_layers left at DeepseekV3Config's default
 
 MOE_KINDS = {"deepseek_v3"}
 
@@ -391,6 +414,37 @@ def routing_bias_effect(model, inputs):
     }
 
 
+def check_hf_drops_mtp(name, cfg, d, saved_names):
+    """The fixture must be what HF writes for DeepSeek-V3: MTP asked for in config.json, none saved.
+
+    MTP depth k would be stored as model.layers.{num_hidden_layers + k - 1}.*; HF's model has only the
+    num_hidden_layers decoder layers, so save_pretrained writes none of them.
+    """
+    L = cfg.num_hidden_layers
+    depth = cfg.num_nextn_predict_layers
+    if depth != 1:
+        raise RuntimeError(f"{name}: DeepseekV3Config's default num_nextn_predict_layers is {depth}, expected 1")
+    cfg_json = json.load(open(os.path.join(d, "config.json")))
+    if cfg_json.get("num_nextn_predict_layers") != 1:
+        raise RuntimeError(f"{name}: config.json has num_nextn_predict_layers={cfg_json.get('num_nextn_predict_layers')!r}")
+    mtp_prefixes = tuple(f"model.layers.{L + k}." for k in range(depth))
+    mtp_saved = sorted(n for n in saved_names if n.startswith(mtp_prefixes))
+    if mtp_saved:
+        raise RuntimeError(f"{name}: save_pretrained wrote MTP tensors {mtp_saved[:5]}")
+    layer_ids = sorted({int(n.split(".")[2]) for n in saved_names if n.startswith("model.layers.")})
+    if layer_ids != list(range(L)):
+        raise RuntimeError(f"{name}: saved decoder layers {layer_ids}, expected 0..{L - 1}")
+    return {
+        "config_json_num_nextn_predict_layers": cfg_json["num_nextn_predict_layers"],
+        "mtp_prefixes": list(mtp_prefixes),
+        "mtp_tensors_saved": mtp_saved,
+        "saved_layer_indices": layer_ids,
+        "keys_to_ignore_on_load_unexpected": sorted(
+            str(k) for k in (getattr(DeepseekV3ForCausalLM, "_keys_to_ignore_on_load_unexpected", None) or [])
+        ),
+    }
+
+
 def fused_to_saved_grads(model, grads):
     """Convert in-memory parameter grads to the names/shapes save_pretrained writes.
 
@@ -457,6 +511,8 @@ def generate_one(name, outdir):
     bias_saved = sorted(n for n in saved_names if n.endswith("e_score_correction_bias"))
     if n_bias and len(bias_saved) != n_bias:
         raise RuntimeError(f"{name}: {n_bias} e_score_correction_bias buffers but {len(bias_saved)} saved")
+
+    mtp_check = check_hf_drops_mtp(name, cfg, d, saved_names) if name in DEFAULT_MTP else None
 
     if name in LEGACY:
         cfg_path = os.path.join(d, "config.json")
@@ -539,6 +595,8 @@ def generate_one(name, outdir):
     if bias_effect is not None:
         summary["routing_changed_by_bias"] = bias_effect
         summary["e_score_correction_bias_saved"] = bias_saved
+    if mtp_check is not None:
+        summary["hf_default_mtp"] = mtp_check
     if name in GRAD:
         summary["grads_tensors"] = sorted(saved_grads)
         summary["grads_all_zero"] = zero_grad_names
@@ -552,6 +610,11 @@ def generate_one(name, outdir):
             f" routing changed by bias {bias_effect['changed']}/{bias_effect['total']}"
             f" min gap expert={bias_effect['min_expert_choice_gap']:.1e}"
             f" group={bias_effect['min_group_choice_gap'] if bias_effect['min_group_choice_gap'] is None else format(bias_effect['min_group_choice_gap'], '.1e')}"
+        )
+    if mtp_check is not None:
+        msg += (
+            f" config.json num_nextn_predict_layers={mtp_check['config_json_num_nextn_predict_layers']}"
+            f" MTP tensors saved={len(mtp_check['mtp_tensors_saved'])}"
         )
     msg += f" rope_form={summary['config_rope_form']} ({time.time() - t0:.2f}s)"
     print(msg, flush=True)
