@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Greedy generation speed and peak memory: HF transformers vs `grpo generate`, side by side, on CPU.
+"""Greedy generation speed and peak memory: HF transformers vs grpo's rollout engine, side by side, on CPU.
 
 Runs, one after the other, each in its own process with the same thread count (torch threads and
 OMP_NUM_THREADS):
   hf:   tests/rollout/generate_oracle.py bench MODEL --batch B --prompt-len P --new-tokens N --repeats R --threads K
-  grpo: BUILD/grpo generate --model MODEL --bench-batch B --bench-prompt-len P --max-new-tokens N
-                            --bench-repeats R --threads K
+  grpo: BUILD/bench/grpo_bench_generate --model MODEL --batch B --prompt-len P --max-new-tokens N
+                                       --repeats R --threads K
 Each prints one JSON line ({"impl", "tokens_per_s", "peak_rss_mb", "seconds", ...}); both use the
 prompt ids ids[i][j] = (i*7 + j*13) % (vocab - 10) + 5, no padding, exactly N new tokens per row.
 Prints a table and a final JSON line with the ratios ours/hf.  Exit 1 if either side fails.
@@ -46,7 +46,8 @@ def run(label, cmd, env):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--build", default=os.path.join(ROOT, "build"), help="build folder holding the grpo binary")
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"),
+                    help="build folder holding bench/grpo_bench_generate")
     ap.add_argument("--model-dir", default=None, help="HF checkpoint (default: BUILD/rollout_oracle/dsv3, generated if missing)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=32)
@@ -67,9 +68,9 @@ def main():
                 sys.exit(f"[setup] generate_oracle.py generate failed (exit {rc})")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         sys.exit(f"[setup] no config.json in {model_dir}")
-    binary = os.path.join(args.build, "grpo")
+    binary = os.path.join(args.build, "bench", "grpo_bench_generate")
     if not os.access(binary, os.X_OK):
-        sys.exit(f"[setup] no executable {binary}; build it first (cmake --build {args.build} --target grpo)")
+        sys.exit(f"[setup] no executable {binary}; build it first (cmake --build {args.build} --target grpo_bench_generate)")
 
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(args.threads)
@@ -82,9 +83,8 @@ def main():
              + shape, env)
     if hf is None:
         return 1
-    ours = run("grpo", [binary, "generate", "--model", model_dir, "--bench-batch", str(args.batch),
-                        "--bench-prompt-len", str(args.prompt_len), "--max-new-tokens", str(args.new_tokens),
-                        "--bench-repeats", str(args.repeats)] + shape, env)
+    ours = run("grpo", [binary, "--model", model_dir, "--batch", str(args.batch), "--prompt-len", str(args.prompt_len),
+                        "--max-new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)] + shape, env)
     if ours is None:
         return 1
     for key in ("tokens_per_s", "peak_rss_mb"):

@@ -8,28 +8,34 @@
 //   grpo detokenize --tokenizer FILE [--json] [--skip-special-tokens]  JSON id arrays on stdin -> texts
 //               one item per line; with --json the texts are JSON strings, so they may hold newlines
 //   grpo generate --model DIR [--config FILE] [--tokenizer FILE] (--prompt TEXT | --prompt-ids 1,2,3)... [options]
-//               generates with the rollout engine and prints each completion; with --bench-batch it
-//               times greedy generation on synthetic prompts and prints one JSON line
+//               generates with the rollout engine and prints each completion (the benchmark mode is
+//               bench/bench_generate_engine.cpp, grpo_bench_generate)
 //   grpo reward --config FILE --input samples.jsonl [--tokenizer FILE] [--json] [--set key=value ...]
 //               scores each sample with the `rewards` section of FILE; prints per-function and total
 //               scores per sample and a summary
+//
+// Each command's flags are aliases of the keys of a typed options struct (InfoOptions, ...,
+// GenerateOptions); the command line is bound through the config system (tools/flag_options.h), so
+// types, bounds, required and unknown keys are checked there and reported in its one-line format
+// at the flag as typed ("--top-p 2: generation.sampling.top_p: must be in (0, 1], found 2"), and
+// `--set KEY=VALUE` reaches any key of the struct.
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include <chrono>
-#include <filesystem>
+#include <algorithm>
 #include <iostream>
-#include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "flag_options.h"
 #include "grpo/config/config.h"
 #include "grpo/core/files.h"
 #include "grpo/core/format.h"
 #include "grpo/rewards/reward_set.h"
 #include "grpo/rollout/engine.h"
 
-#include <sys/resource.h>
 #include "grpo/data/tokenizer.h"
 #include "grpo/io/safetensors.h"
 #include "grpo/model/checkpoint.h"
@@ -37,6 +43,10 @@
 #include "grpo/version.h"
 
 namespace {
+
+namespace config = grpo::config;
+using grpo::tools::Flag;
+using grpo::tools::FlagKind;
 
 const char* kUsage =
     "usage: grpo <command> [options]\n"
@@ -55,35 +65,32 @@ const char* kUsage =
     "         [--max-new-tokens N]\n"
     "         [--temperature T] [--top-k K] [--top-p P] [--min-p M] [--num-generations G] [--seed S]\n"
     "         [--stop TEXT]... [--ignore-eos] [--speculative-mtp] [--no-cache] [--dtype float32|bfloat16]\n"
-    "         [--device cpu|cuda] [--threads K] [--json]\n"
+    "         [--device cpu|cuda] [--threads K] [--json] [--set KEY=VALUE]...\n"
     "         generates completions with the rollout engine (--config: a YAML `generation` section, the flags\n"
-    "         override it); --json prints one object per completion with\n"
-    "         token_ids, logprobs, text and finish_reason. Benchmark: --bench-batch B --bench-prompt-len L\n"
-    "         [--bench-repeats R] times greedy generation of exactly --max-new-tokens tokens on synthetic\n"
-    "         prompts ids[i][j] = (i*7 + j*13) % (vocab - 10) + 5 and prints one JSON line\n"
+    "         override it; max_new_tokens is 128 unless set); --json prints one object per completion with\n"
+    "         token_ids, logprobs, text and finish_reason. Timing runs: grpo_bench_generate (bench/)\n"
     "  reward --config FILE --input SAMPLES.jsonl [--tokenizer FILE] [--json] [--set KEY=VALUE ...]\n"
     "         scores each sample with the functions of FILE's `rewards` section; SAMPLES.jsonl lines hold\n"
     "         completion (required), prompt, answer, completion_ids and any other column (test cases, ...);\n"
     "         --tokenizer fills completion_ids where a line has none; --json prints one JSON object per sample\n"
-    "  version\n";
+    "  version\n"
+    "\n"
+    "Every flag sets a key of the command's options (generate: --top-p P is generation.sampling.top_p=P,\n"
+    "--max-new-tokens N is generation.max_new_tokens=N, ...); --set KEY=VALUE sets any key (VALUE is YAML:\n"
+    "--set generation.eos_token_ids=[1,2]); info, logits, tokenize, detokenize take --set too. Flags also\n"
+    "take the form --flag=VALUE. Values are checked as in a YAML config (docs/config.md).\n";
 
-// --key value pairs after the command; every key must be in `allowed`.
-std::map<std::string, std::string> parse_options(int argc, char** argv, const std::vector<std::string>& allowed) {
-  std::map<std::string, std::string> out;
-  for (int i = 2; i < argc; ++i) {
-    std::string key = argv[i];
-    if (key.rfind("--", 0) != 0 || std::find(allowed.begin(), allowed.end(), key.substr(2)) == allowed.end()) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "--" : ", --") + a;
-      throw std::invalid_argument("unknown option '" + key + "' for '" + argv[1] + "' (expected " + list + ")");
-    }
-    if (i + 1 >= argc) throw std::invalid_argument(key + " needs a value");
-    out[key.substr(2)] = argv[++i];
+std::vector<std::string> command_args(int argc, char** argv) { return std::vector<std::string>(argv + 2, argv + argc); }
+
+// The options of a command from its flags; nullopt after printing the usage for --help.
+template <class T>
+std::optional<T> parse_command(int argc, char** argv, const std::vector<Flag>& flags) {
+  const auto parsed = grpo::tools::scan_flags(command_args(argc, argv), flags, argv[1]);
+  if (parsed.help) {
+    std::cout << kUsage;
+    return std::nullopt;
   }
-  for (const auto& a : allowed) {
-    if (!out.count(a)) throw std::invalid_argument(std::string(argv[1]) + " needs --" + a);
-  }
-  return out;
+  return grpo::tools::bind_flags<T>(parsed, flags);
 }
 
 torch::Tensor read_input_ids(const std::string& path) {
@@ -119,71 +126,123 @@ torch::Tensor read_input_ids(const std::string& path) {
   return torch::tensor(flat, torch::kLong).view({static_cast<int64_t>(rows.size()), static_cast<int64_t>(width)});
 }
 
+struct InfoOptions {
+  std::string model;
+
+  template <class V>
+  void visit(V& v) {
+    v("model", model, "a checkpoint folder, a config.json or a YAML preset", config::Check().required().nonempty());
+  }
+};
+
+const std::vector<Flag> kInfoFlags = {
+    {"--model", "model", FlagKind::text, "PATH"},
+    {"--set", "", FlagKind::set, "KEY=VALUE"},
+};
+
 int cmd_info(int argc, char** argv) {
-  const auto opts = parse_options(argc, argv, {"model"});
-  const auto cfg = grpo::model::load_model_config(opts.at("model"));
+  const auto opts = parse_command<InfoOptions>(argc, argv, kInfoFlags);
+  if (!opts) return 0;
+  const auto cfg = grpo::model::load_model_config(opts->model);
   std::cout << grpo::model::describe(cfg, grpo::model::model_stats(cfg));
   return 0;
 }
 
+struct LogitsOptions {
+  std::string model;
+  std::string input;
+  std::string output;
+
+  template <class V>
+  void visit(V& v) {
+    using config::Check;
+    v("model", model, "HF checkpoint folder", Check().required().nonempty());
+    v("input", input, "JSON file {\"input_ids\": [[...], ...]} (rows of equal length)", Check().required().nonempty());
+    v("output", output, "safetensors file to write `logits` [B, T, V] float32 to", Check().required().nonempty());
+  }
+};
+
+const std::vector<Flag> kLogitsFlags = {
+    {"--model", "model", FlagKind::text, "DIR"},
+    {"--input", "input", FlagKind::text, "IDS.json"},
+    {"--output", "output", FlagKind::text, "OUT.safetensors"},
+    {"--set", "", FlagKind::set, "KEY=VALUE"},
+};
+
 int cmd_logits(int argc, char** argv) {
-  const auto opts = parse_options(argc, argv, {"model", "input", "output"});
-  const auto ids = read_input_ids(opts.at("input"));
-  auto model = grpo::model::load_hf_checkpoint(opts.at("model"));
+  const auto opts = parse_command<LogitsOptions>(argc, argv, kLogitsFlags);
+  if (!opts) return 0;
+  const auto ids = read_input_ids(opts->input);
+  auto model = grpo::model::load_hf_checkpoint(opts->model);
   model->eval();
   const int64_t vocab = model->config().vocab_size;
   const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
   if (lo < 0 || hi >= vocab) {
-    throw std::runtime_error(opts.at("input") + ": token ids must be in [0, " + std::to_string(vocab) + "), found " +
+    throw std::runtime_error(opts->input + ": token ids must be in [0, " + std::to_string(vocab) + "), found " +
                              std::to_string(lo < 0 ? lo : hi));
   }
   torch::NoGradGuard no_grad;
   const auto logits = model(ids).logits.to(torch::kFloat).contiguous();
-  grpo::io::save_safetensors(opts.at("output"), {{"logits", logits}});
-  std::cout << "wrote logits " << logits.sizes() << " to " << opts.at("output") << "\n";
+  grpo::io::save_safetensors(opts->output, {{"logits", logits}});
+  std::cout << "wrote logits " << logits.sizes() << " to " << opts->output << "\n";
   return 0;
 }
 
-// Options of tokenize/detokenize: --tokenizer FILE, --json, and one more flag (`flag`).
-struct TokenizerOptions {
+struct TokenizeOptions {
   std::string tokenizer;
   bool json = false;
-  bool flag = false;
+  bool add_special_tokens = false;
+
+  template <class V>
+  void visit(V& v) {
+    v("tokenizer", tokenizer, "a tokenizer.json or its folder", config::Check().required().nonempty());
+    v("json", json, "each stdin line is a JSON string (texts may hold newlines)");
+    v("add_special_tokens", add_special_tokens, "add the tokenizer's special tokens (BOS, ...)");
+  }
 };
 
-TokenizerOptions parse_tokenizer_options(int argc, char** argv, const std::string& flag) {
-  TokenizerOptions out;
-  for (int i = 2; i < argc; ++i) {
-    const std::string key = argv[i];
-    if (key == "--tokenizer" && i + 1 < argc) {
-      out.tokenizer = argv[++i];
-    } else if (key == "--json") {
-      out.json = true;
-    } else if (key == "--" + flag) {
-      out.flag = true;
-    } else {
-      throw std::invalid_argument("unknown option '" + key + "' for '" + argv[1] +
-                                  "' (expected --tokenizer FILE, --json, --" + flag + ")");
-    }
+const std::vector<Flag> kTokenizeFlags = {
+    {"--tokenizer", "tokenizer", FlagKind::text, "FILE"},
+    {"--json", "json", FlagKind::on},
+    {"--add-special-tokens", "add_special_tokens", FlagKind::on},
+    {"--set", "", FlagKind::set, "KEY=VALUE"},
+};
+
+struct DetokenizeOptions {
+  std::string tokenizer;
+  bool json = false;
+  bool skip_special_tokens = false;
+
+  template <class V>
+  void visit(V& v) {
+    v("tokenizer", tokenizer, "a tokenizer.json or its folder", config::Check().required().nonempty());
+    v("json", json, "print each text as a JSON string (texts may hold newlines)");
+    v("skip_special_tokens", skip_special_tokens, "drop special tokens from the texts");
   }
-  if (out.tokenizer.empty()) throw std::invalid_argument(std::string(argv[1]) + " needs --tokenizer FILE");
-  return out;
-}
+};
+
+const std::vector<Flag> kDetokenizeFlags = {
+    {"--tokenizer", "tokenizer", FlagKind::text, "FILE"},
+    {"--json", "json", FlagKind::on},
+    {"--skip-special-tokens", "skip_special_tokens", FlagKind::on},
+    {"--set", "", FlagKind::set, "KEY=VALUE"},
+};
 
 int cmd_tokenize(int argc, char** argv) {
-  const auto opts = parse_tokenizer_options(argc, argv, "add-special-tokens");
-  const auto tokenizer = grpo::data::load_tokenizer(opts.tokenizer);
+  const auto opts = parse_command<TokenizeOptions>(argc, argv, kTokenizeFlags);
+  if (!opts) return 0;
+  const auto tokenizer = grpo::data::load_tokenizer(opts->tokenizer);
   std::ios::sync_with_stdio(false);
   std::string line;
   for (size_t n = 1; std::getline(std::cin, line); ++n) {
     std::string text = line;
-    if (opts.json) {
+    if (opts->json) {
       nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
       if (!j.is_string()) throw std::runtime_error("stdin line " + std::to_string(n) + ": expected a JSON string");
       text = j.get<std::string>();
     }
     try {
-      std::cout << nlohmann::json(tokenizer->encode(text, opts.flag)).dump() << '\n';
+      std::cout << nlohmann::json(tokenizer->encode(text, opts->add_special_tokens)).dump() << '\n';
     } catch (const std::invalid_argument& e) {
       throw std::runtime_error("stdin line " + std::to_string(n) + ": " + e.what());
     }
@@ -192,8 +251,9 @@ int cmd_tokenize(int argc, char** argv) {
 }
 
 int cmd_detokenize(int argc, char** argv) {
-  const auto opts = parse_tokenizer_options(argc, argv, "skip-special-tokens");
-  const auto tokenizer = grpo::data::load_tokenizer(opts.tokenizer);
+  const auto opts = parse_command<DetokenizeOptions>(argc, argv, kDetokenizeFlags);
+  if (!opts) return 0;
+  const auto tokenizer = grpo::data::load_tokenizer(opts->tokenizer);
   std::ios::sync_with_stdio(false);
   std::string line;
   for (size_t n = 1; std::getline(std::cin, line); ++n) {
@@ -206,195 +266,134 @@ int cmd_detokenize(int argc, char** argv) {
     }
     std::string text;
     try {
-      text = tokenizer->decode(ids, opts.flag);
+      text = tokenizer->decode(ids, opts->skip_special_tokens);
     } catch (const std::out_of_range& e) {
       throw std::runtime_error("stdin line " + std::to_string(n) + ": " + e.what());
     }
-    std::cout << (opts.json ? nlohmann::json(text).dump() : text) << '\n';
+    std::cout << (opts->json ? nlohmann::json(text).dump() : text) << '\n';
   }
   return 0;
 }
 
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / 1024.0;
-}
-
-std::vector<int64_t> parse_id_list(const std::string& text) {
-  std::vector<int64_t> ids;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t end = text.find(',', start);
-    if (end == std::string::npos) end = text.size();
-    const std::string item = text.substr(start, end - start);
-    try {
-      size_t used = 0;
-      ids.push_back(std::stoll(item, &used));
-      if (used != item.size()) throw std::invalid_argument(item);
-    } catch (const std::exception&) {
-      throw std::invalid_argument("--prompt-ids: expected comma-separated integers, found '" + item + "'");
-    }
-    start = end + 1;
-  }
-  return ids;
-}
-
-int cmd_generate(int argc, char** argv) {
-  std::string model_dir, tokenizer_path, dtype = "float32", device = "cpu";
-  std::vector<std::string> prompts;
-  std::vector<std::vector<int64_t>> prompt_ids;
+// `grpo generate` generates 128 tokens per completion unless --config or a flag says otherwise
+// (the engine's own default is 256).
+grpo::rollout::GenerationConfig generate_defaults() {
   grpo::rollout::GenerationConfig gc;
   gc.max_new_tokens = 128;
-  bool as_json = false;
-  int64_t threads = 0, bench_batch = 0, bench_len = 0, bench_repeats = 3;
-  // --config FILE first: its `generation` section, then the flags on top.
-  for (int i = 2; i + 1 < argc; ++i) {
-    if (std::string(argv[i]) != "--config") continue;
-    const grpo::config::Value root = grpo::config::parse_yaml_file(argv[i + 1]);
-    const grpo::config::Value* section = root.find("generation");
-    if (section == nullptr) throw std::runtime_error(std::string(argv[i + 1]) + ": no `generation` section");
-    grpo::config::read_value(*section, gc, "generation", grpo::config::Check{});
+  return gc;
+}
+
+struct GenerateOptions {
+  std::string model;
+  std::string tokenizer;
+  std::vector<std::string> prompts;
+  std::vector<std::vector<int64_t>> prompt_ids;
+  grpo::rollout::GenerationConfig generation = generate_defaults();
+  std::string dtype = "float32";
+  std::string device = "cpu";
+  int64_t threads = 0;
+  bool json = false;
+
+  template <class V>
+  void visit(V& v) {
+    using config::Check;
+    v("model", model, "HF checkpoint folder", Check().required().nonempty());
+    v("tokenizer", tokenizer, "tokenizer.json or its folder: encodes prompts, decodes completions, stop strings");
+    v("prompts", prompts, "prompt texts (need a tokenizer)");
+    v("prompt_ids", prompt_ids, "prompts as token ids");
+    v("generation", generation, "the rollout engine's settings (docs/rollouts.md); max_new_tokens 128 unless set");
+    v("dtype", dtype, "dtype of the model's parameters", Check().one_of({"float32", "bfloat16"}));
+    v("device", device, "cpu, cuda, cuda:1, ...", Check().nonempty());
+    v("threads", threads, "torch intra-op threads; 0 = torch's default", Check().ge(0));
+    v("json", json, "print one JSON object per completion");
   }
-  for (int i = 2; i < argc; ++i) {
-    const std::string key = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(key + " needs a value");
-      return argv[++i];
-    };
-    if (key == "--config") {
-      value();
-      continue;
-    }
-    auto number = [&](auto& out) {
-      const std::string v = value();
-      try {
-        size_t used = 0;
-        if constexpr (std::is_floating_point_v<std::remove_reference_t<decltype(out)>>) {
-          out = std::stod(v, &used);
-        } else {
-          out = static_cast<std::remove_reference_t<decltype(out)>>(std::stoll(v, &used));
-        }
-        if (used != v.size()) throw std::invalid_argument(v);
-      } catch (const std::exception&) {
-        throw std::invalid_argument(key + ": expected a number, found '" + v + "'");
-      }
-    };
-    if (key == "--model") model_dir = value();
-    else if (key == "--tokenizer") tokenizer_path = value();
-    else if (key == "--prompt") prompts.push_back(value());
-    else if (key == "--prompt-ids") prompt_ids.push_back(parse_id_list(value()));
-    else if (key == "--max-new-tokens") number(gc.max_new_tokens);
-    else if (key == "--temperature") number(gc.sampling.temperature);
-    else if (key == "--top-k") number(gc.sampling.top_k);
-    else if (key == "--top-p") number(gc.sampling.top_p);
-    else if (key == "--min-p") number(gc.sampling.min_p);
-    else if (key == "--num-generations") number(gc.num_generations);
-    else if (key == "--seed") number(gc.seed);
-    else if (key == "--stop") gc.stop_strings.push_back(value());
-    else if (key == "--ignore-eos") gc.ignore_eos = true;
-    else if (key == "--speculative-mtp") gc.speculative_mtp = true;
-    else if (key == "--no-cache") gc.use_cache = false;
-    else if (key == "--dtype") dtype = value();
-    else if (key == "--device") device = value();
-    else if (key == "--threads") number(threads);
-    else if (key == "--json") as_json = true;
-    else if (key == "--bench-batch") number(bench_batch);
-    else if (key == "--bench-prompt-len") number(bench_len);
-    else if (key == "--bench-repeats") number(bench_repeats);
-    else throw std::invalid_argument("unknown option '" + key + "' for 'generate' (see grpo --help)");
+  std::string validate() const {
+    if (!prompts.empty() && tokenizer.empty()) return "--prompt needs --tokenizer FILE (or pass --prompt-ids)";
+    if (prompts.empty() && prompt_ids.empty()) return "generate needs at least one --prompt or --prompt-ids";
+    return "";
   }
-  if (model_dir.empty()) throw std::invalid_argument("generate needs --model DIR");
-  // The same checks a YAML config gets.
-  {
-    if (const std::string problem = gc.validate(); !problem.empty()) throw std::invalid_argument(problem);
-    if (gc.max_new_tokens < 1) throw std::invalid_argument("--max-new-tokens must be >= 1");
-    if (gc.num_generations < 1) throw std::invalid_argument("--num-generations must be >= 1");
-    if (gc.sampling.temperature < 0) throw std::invalid_argument("--temperature must be >= 0");
-    if (gc.sampling.top_p <= 0 || gc.sampling.top_p > 1) throw std::invalid_argument("--top-p must be in (0, 1]");
+};
+
+const std::vector<Flag> kGenerateFlags = {
+    {"--model", "model", FlagKind::text, "DIR"},
+    {"--config", "", FlagKind::custom, "FILE"},
+    {"--tokenizer", "tokenizer", FlagKind::text, "FILE"},
+    {"--prompt", "prompts", FlagKind::append_text, "TEXT"},
+    {"--prompt-ids", "prompt_ids", FlagKind::append_ids, "1,2,3"},
+    {"--max-new-tokens", "generation.max_new_tokens", FlagKind::value, "N"},
+    {"--temperature", "generation.sampling.temperature", FlagKind::value, "T"},
+    {"--top-k", "generation.sampling.top_k", FlagKind::value, "K"},
+    {"--top-p", "generation.sampling.top_p", FlagKind::value, "P"},
+    {"--min-p", "generation.sampling.min_p", FlagKind::value, "M"},
+    {"--num-generations", "generation.num_generations", FlagKind::value, "G"},
+    {"--seed", "generation.seed", FlagKind::value, "S"},
+    {"--stop", "generation.stop_strings", FlagKind::append_text, "TEXT"},
+    {"--ignore-eos", "generation.ignore_eos", FlagKind::on},
+    {"--speculative-mtp", "generation.speculative_mtp", FlagKind::on},
+    {"--no-cache", "generation.use_cache", FlagKind::off},
+    {"--dtype", "dtype", FlagKind::text, "float32|bfloat16"},
+    {"--device", "device", FlagKind::text, "cpu|cuda"},
+    {"--threads", "threads", FlagKind::value, "K"},
+    {"--json", "json", FlagKind::on},
+    {"--set", "", FlagKind::set, "KEY=VALUE"},
+};
+
+const std::vector<grpo::tools::RemovedFlag> kGenerateRemoved = {
+    {"--bench-batch", "the benchmark mode is the program grpo_bench_generate, built in bench/"},
+    {"--bench-prompt-len", "the benchmark mode is the program grpo_bench_generate, built in bench/"},
+    {"--bench-repeats", "the benchmark mode is the program grpo_bench_generate, built in bench/"},
+};
+
+int cmd_generate(int argc, char** argv) {
+  const auto parsed = grpo::tools::scan_flags(command_args(argc, argv), kGenerateFlags, "generate", kGenerateRemoved);
+  if (parsed.help) {
+    std::cout << kUsage;
+    return 0;
   }
-  if (threads > 0) {
-    torch::set_num_threads(static_cast<int>(threads));
+  config::Value root = grpo::tools::flag_tree(kGenerateFlags);
+  // --config FILE first: its `generation` section becomes the `generation` key, the flags go on top.
+  const auto config_uses = parsed.uses_of("--config");
+  if (config_uses.size() > 1) throw std::invalid_argument("--config given twice");
+  if (!config_uses.empty()) {
+    const std::string& path = config_uses.front()->value;
+    const config::Value file = config::parse_yaml_file(path);
+    const config::Value* section = file.find("generation");
+    if (section == nullptr) throw std::runtime_error(path + ": no `generation` section");
+    grpo::tools::node_at(root, "generation", grpo::tools::command_line_location()) = *section;
+    grpo::tools::ensure_flag_maps(root, kGenerateFlags);
+  }
+  grpo::tools::apply_flags(root, parsed);
+  const auto opts = grpo::tools::bind_tree<GenerateOptions>(root, kGenerateFlags);
+  const grpo::rollout::GenerationConfig& gc = opts.generation;
+
+  if (opts.threads > 0) {
+    torch::set_num_threads(static_cast<int>(opts.threads));
     torch::set_num_interop_threads(1);
   }
   grpo::model::LoadOptions lo;
-  if (dtype == "bfloat16") lo.dtype = torch::kBFloat16;
-  else if (dtype != "float32") throw std::invalid_argument("--dtype: expected float32 or bfloat16, found '" + dtype + "'");
-  lo.device = torch::Device(device);
-  const double rss0 = peak_rss_mb();
-  auto model = grpo::model::load_hf_checkpoint(model_dir, lo);
+  if (opts.dtype == "bfloat16") lo.dtype = torch::kBFloat16;
+  lo.device = torch::Device(opts.device);
+  auto model = grpo::model::load_hf_checkpoint(opts.model, lo);
   if (model->config().is_mla()) model->set_attention_impl(grpo::model::AttentionImpl::absorbed);
   std::unique_ptr<grpo::data::Tokenizer> tokenizer;
-  if (!tokenizer_path.empty()) tokenizer = grpo::data::load_tokenizer(tokenizer_path);
-
-  if (bench_batch > 0) {
-    if (bench_len < 1) throw std::invalid_argument("--bench-batch needs --bench-prompt-len >= 1");
-    const int64_t vocab = model->config().vocab_size;
-    std::vector<grpo::rollout::GenerationRequest> reqs;
-    for (int64_t i = 0; i < bench_batch; ++i) {
-      grpo::rollout::GenerationRequest r;
-      for (int64_t j = 0; j < bench_len; ++j) r.prompt_ids.push_back((i * 7 + j * 13) % (vocab - 10) + 5);
-      reqs.push_back(r);
-    }
-    gc.sampling.temperature = 0;
-    gc.ignore_eos = true;
-    const double rss_loaded = peak_rss_mb();
-    grpo::rollout::Engine engine(model, nullptr, gc);
-    engine.generate(reqs);  // warm-up
-    std::vector<double> times;
-    grpo::rollout::GenerationStats stats;
-    for (int64_t r = 0; r < bench_repeats; ++r) {
-      const double t0 = now_seconds();
-      engine.generate(reqs, &stats);
-      times.push_back(now_seconds() - t0);
-    }
-    std::sort(times.begin(), times.end());
-    const double median = times[times.size() / 2];
-    nlohmann::json j = {{"impl", "grpo"},
-                        {"model", std::filesystem::path(model_dir).filename().string()},
-                        {"batch", bench_batch},
-                        {"prompt_len", bench_len},
-                        {"new_tokens", gc.max_new_tokens},
-                        {"repeats", bench_repeats},
-                        {"seconds", median},
-                        {"seconds_all", times},
-                        {"tokens_per_s", static_cast<double>(bench_batch * gc.max_new_tokens) / median},
-                        {"peak_rss_mb", peak_rss_mb()},
-                        {"rss_before_mb", rss_loaded},
-                        {"rss_start_mb", rss0},
-                        {"torch_threads", torch::get_num_threads()},
-                        {"attn", model->config().is_mla() ? "mla-absorbed" : "gqa"},
-                        {"speculative_mtp", gc.speculative_mtp},
-                        {"drafted", stats.drafted},
-                        {"accepted", stats.accepted},
-                        {"dtype", dtype},
-                        {"device", device}};
-    std::cout << j.dump() << std::endl;
-    return 0;
-  }
+  if (!opts.tokenizer.empty()) tokenizer = grpo::data::load_tokenizer(opts.tokenizer);
 
   std::vector<grpo::rollout::GenerationRequest> reqs;
-  for (const auto& text : prompts) {
-    if (!tokenizer) throw std::invalid_argument("--prompt needs --tokenizer FILE (or pass --prompt-ids)");
+  for (const auto& text : opts.prompts) {
     grpo::rollout::GenerationRequest r;
     r.prompt_ids = tokenizer->encode(text, false);
     reqs.push_back(r);
   }
-  for (const auto& ids : prompt_ids) {
+  for (const auto& ids : opts.prompt_ids) {
     grpo::rollout::GenerationRequest r;
     r.prompt_ids = ids;
     reqs.push_back(r);
   }
-  if (reqs.empty()) throw std::invalid_argument("generate needs at least one --prompt or --prompt-ids");
   grpo::rollout::Engine engine(model, tokenizer.get(), gc);
   grpo::rollout::GenerationStats stats;
   const auto comps = engine.generate(reqs, &stats);
   for (const auto& c : comps) {
-    if (as_json) {
+    if (opts.json) {
       nlohmann::json j = {{"prompt_index", c.prompt_index},
                           {"sample_index", c.sample_index},
                           {"token_ids", c.token_ids},
@@ -456,41 +455,52 @@ grpo::rewards::Sample sample_from_json(const nlohmann::json& j, const std::strin
   return s;
 }
 
-int cmd_reward(int argc, char** argv) {
-  std::string config_path, input_path, tokenizer_path;
-  std::vector<std::string> overrides;
-  bool as_json = false;
-  for (int i = 2; i < argc; ++i) {
-    const std::string key = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(key + " needs a value");
-      return argv[++i];
-    };
-    if (key == "--config") {
-      config_path = value();
-    } else if (key == "--input") {
-      input_path = value();
-    } else if (key == "--tokenizer") {
-      tokenizer_path = value();
-    } else if (key == "--set") {
-      overrides.push_back(value());
-    } else if (key == "--json") {
-      as_json = true;
-    } else {
-      throw std::invalid_argument("unknown option '" + key +
-                                  "' for 'reward' (expected --config, --input, --tokenizer, --json, --set)");
-    }
+struct RewardOptions {
+  std::string config;
+  std::string input;
+  std::string tokenizer;
+  bool json = false;
+
+  template <class V>
+  void visit(V& v) {
+    using grpo::config::Check;
+    v("config", config, "YAML file with a `rewards` section (a whole training config works too)",
+      Check().required().nonempty());
+    v("input", input, "JSONL samples: completion (required), prompt, answer, completion_ids, ...",
+      Check().required().nonempty());
+    v("tokenizer", tokenizer, "tokenizer.json or its folder: fills completion_ids where a line has none");
+    v("json", json, "print one JSON object per sample");
   }
-  if (config_path.empty()) throw std::invalid_argument("reward needs --config FILE");
-  if (input_path.empty()) throw std::invalid_argument("reward needs --input SAMPLES.jsonl");
+};
+
+// --set applies to the tree of the --config file (its `rewards` section), not to these options.
+const std::vector<Flag> kRewardFlags = {
+    {"--config", "config", FlagKind::text, "FILE"},
+    {"--input", "input", FlagKind::text, "SAMPLES.jsonl"},
+    {"--tokenizer", "tokenizer", FlagKind::text, "FILE"},
+    {"--json", "json", FlagKind::on},
+    {"--set", "", FlagKind::custom, "KEY=VALUE"},
+};
+
+int cmd_reward(int argc, char** argv) {
+  const auto parsed = grpo::tools::scan_flags(command_args(argc, argv), kRewardFlags, "reward");
+  if (parsed.help) {
+    std::cout << kUsage;
+    return 0;
+  }
+  const auto opts = grpo::tools::bind_flags<RewardOptions>(parsed, kRewardFlags);
+  const std::string& config_path = opts.config;
+  const std::string& input_path = opts.input;
+  const std::string& tokenizer_path = opts.tokenizer;
+  const bool as_json = opts.json;
 
   // Only the `rewards` section is read, so a whole training config works too.
-  grpo::config::Value root = grpo::config::parse_yaml_file(config_path);
-  for (const auto& o : overrides) grpo::config::apply_override(root, o);
-  const grpo::config::Value* section = root.find("rewards");
+  config::Value root = config::parse_yaml_file(config_path);
+  for (const auto* use : parsed.uses_of("--set")) config::apply_override(root, use->value);
+  const config::Value* section = root.find("rewards");
   if (section == nullptr) throw std::runtime_error(config_path + ": no `rewards` section");
   grpo::rewards::RewardsConfig cfg;
-  grpo::config::read_value(*section, cfg, "rewards", grpo::config::Check{});
+  config::read_value(*section, cfg, "rewards", config::Check{});
 
   std::shared_ptr<grpo::data::Tokenizer> tokenizer;
   if (!tokenizer_path.empty()) tokenizer = grpo::data::load_tokenizer(tokenizer_path);

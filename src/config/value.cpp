@@ -195,7 +195,11 @@ std::string suggest(std::string_view key, const std::vector<std::string>& known)
 }
 
 void apply_override(Value& root, std::string_view assignment) {
-  const Location loc{"--set " + std::string(assignment), 0, 0};
+  apply_override(root, assignment, "--set " + std::string(assignment));
+}
+
+void apply_override(Value& root, std::string_view assignment, const std::string& source) {
+  const Location loc{source, 0, 0};
   const std::size_t eq = assignment.find('=');
   if (eq == std::string_view::npos || eq == 0) {
     fail(loc, "expected key=value, such as trainer.lr=3e-6");
@@ -262,9 +266,14 @@ std::string join_path(const std::string& parent, std::string_view key) {
   return parent.empty() ? std::string(key) : parent + "." + std::string(key);
 }
 
-void Reader::finish() const {
+void Reader::finish(const RemovedKey* removed, std::size_t removed_count) const {
   for (const auto& [key, value] : node_.entries) {
     if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
+    for (std::size_t i = 0; i < removed_count; ++i) {
+      if (key == removed[i].key) {
+        fail(value.key_loc, "unknown key '" + join_path(path_, key) + "' (removed: " + removed[i].hint + ")");
+      }
+    }
     const std::string hint = suggest(key, known_);
     fail(value.key_loc, "unknown key '" + join_path(path_, key) + "'" +
                             (hint.empty() ? "" : " (did you mean '" + join_path(path_, hint) + "'?)"));

@@ -106,8 +106,20 @@ std::string enum_names_text() {
 class Reader;
 class Writer;
 
+// A key a section no longer has, and what to write instead. A section lists them as
+//   static constexpr std::array<config::RemovedKey, 1> removed_keys{{{"temperature", "use ..."}}};
+// and a config that still sets one gets the unknown-key error with that hint:
+//   x.yaml:9:3: unknown key 'grpo.loss.temperature' (removed: use ...)
+struct RemovedKey {
+  const char* key;
+  const char* hint;
+};
+
 template <class T>
 concept Section = std::is_class_v<T> && requires(T& t, Reader& r) { t.visit(r); };
+
+template <class T>
+concept HasRemovedKeys = requires { T::removed_keys.size(); T::removed_keys[0].key; };
 
 template <class T>
 concept HasValidate = requires(const T& t) {
@@ -153,8 +165,8 @@ class Reader {
     return *this;
   }
 
-  // Reports keys in the mapping that no field claimed.
-  void finish() const;
+  // Reports keys in the mapping that no field claimed (a removed key with its hint).
+  void finish(const RemovedKey* removed = nullptr, std::size_t removed_count = 0) const;
 
  private:
   const Value& node_;
@@ -254,7 +266,11 @@ void read_value(const Value& v, T& out, const std::string& path, const Check& ch
     if (!v.is_map()) fail(v.loc, path + ": expected a mapping of keys, found " + v.describe());
     Reader r(v, path);
     out.visit(r);
-    r.finish();
+    if constexpr (HasRemovedKeys<T>) {
+      r.finish(T::removed_keys.data(), T::removed_keys.size());
+    } else {
+      r.finish();
+    }
     if constexpr (HasValidate<T>) {
       const std::string problem = out.validate();
       if (!problem.empty()) fail(v.loc, (path.empty() ? "" : path + ": ") + problem);

@@ -77,6 +77,10 @@ std::string emit_yaml(const Value& root);
 // "'text'") and placed at the dotted path, creating maps on the way; a numeric segment indexes a
 // list. Throws ConfigError naming the override when it is malformed or the path crosses a scalar.
 void apply_override(Value& root, std::string_view assignment);
+// The same with every location inside the override named `source` instead of "--set a.b=c": for a
+// program's own flag that stands for a key ("--top-p 2" for generation.sampling.top_p=2), so that
+// its errors name the flag as typed: "--top-p 2: generation.sampling.top_p: must be in (0, 1], found 2".
+void apply_override(Value& root, std::string_view assignment, const std::string& source);
 
 // The entry of `known` nearest to `key` by edit distance, or "" when none is close enough to be a
 // plausible typo.
