@@ -61,6 +61,43 @@ RewardSet::~RewardSet() = default;
 
 namespace {
 
+// Each function's mean (over present scores) and applied fraction, the total's mean and std, from the rows.
+void row_metrics(RewardScores& r) {
+  const size_t N = r.total.size();
+  for (size_t f = 0; f < r.labels.size(); ++f) {
+    double sum = 0;
+    int64_t present = 0;
+    for (const auto& s : r.scores[f]) {
+      if (!s) continue;
+      sum += *s;
+      ++present;
+    }
+    const std::string prefix = "rewards/" + r.labels[f] + "/";
+    if (present > 0) {
+      r.metrics[prefix + "mean"] = sum / static_cast<double>(present);
+    } else {
+      r.metrics.erase(prefix + "mean");
+    }
+    if (N > 0) r.metrics[prefix + "applied"] = static_cast<double>(present) / static_cast<double>(N);
+  }
+  if (N > 0) {
+    double mean = 0, var = 0;
+    for (double t : r.total) mean += t;
+    mean /= static_cast<double>(N);
+    for (double t : r.total) var += (t - mean) * (t - mean);
+    r.metrics["rewards/total/mean"] = mean;
+    r.metrics["rewards/total/std"] = std::sqrt(var / static_cast<double>(N));
+  }
+}
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+}  // namespace
+
+namespace {
+
 struct Chunk {
   size_t function = 0;
   size_t begin = 0, end = 0;
@@ -193,17 +230,10 @@ RewardScores RewardSet::score(const std::vector<Sample>& input) const {
 
   out.total.assign(N, 0.0);
   for (size_t f = 0; f < F; ++f) {
-    double sum = 0;
-    int64_t present = 0;
     for (size_t i = 0; i < N; ++i) {
-      if (!out.scores[f][i]) continue;
-      out.total[i] += out.weights[f] * *out.scores[f][i];
-      sum += *out.scores[f][i];
-      ++present;
+      if (out.scores[f][i]) out.total[i] += out.weights[f] * *out.scores[f][i];
     }
     const std::string prefix = "rewards/" + labels_[f] + "/";
-    if (present > 0) out.metrics[prefix + "mean"] = sum / static_cast<double>(present);
-    if (N > 0) out.metrics[prefix + "applied"] = static_cast<double>(present) / static_cast<double>(N);
     out.metrics[prefix + "seconds"] = acc[f].seconds;
     out.metrics[prefix + "errors"] = static_cast<double>(acc[f].errors);
     for (const auto& [name, sw] : acc[f].metrics) {
@@ -213,16 +243,41 @@ RewardScores RewardSet::score(const std::vector<Sample>& input) const {
       if (!out.reasons[f][i].empty()) log::debug("reward {}: sample {}: {}", labels_[f], i, out.reasons[f][i]);
     }
   }
-  if (N > 0) {
-    double mean = 0, var = 0;
-    for (double t : out.total) mean += t;
-    mean /= static_cast<double>(N);
-    for (double t : out.total) var += (t - mean) * (t - mean);
-    out.metrics["rewards/total/mean"] = mean;
-    out.metrics["rewards/total/std"] = std::sqrt(var / static_cast<double>(N));
-  }
+  row_metrics(out);
   out.metrics["rewards/seconds"] = seconds_since(wall0);
   return out;
+}
+
+
+void append_scores(RewardScores& into, RewardScores&& more) {
+  if (into.labels.empty() && into.total.empty()) {
+    into = std::move(more);
+    return;
+  }
+  if (into.labels != more.labels) {
+    throw std::invalid_argument("append_scores: the scores come from different reward sets");
+  }
+  const double n_into = static_cast<double>(into.total.size()), n_more = static_cast<double>(more.total.size());
+  for (const auto& [key, value] : more.metrics) {
+    auto it = into.metrics.find(key);
+    if (ends_with(key, "/seconds") || ends_with(key, "/errors")) {
+      into.metrics[key] = (it == into.metrics.end() ? 0.0 : it->second) + value;
+    } else if (it == into.metrics.end()) {
+      into.metrics[key] = value;  // a function metric only the second call reported
+    } else if (n_into + n_more > 0) {
+      it->second = (it->second * n_into + value * n_more) / (n_into + n_more);
+    }
+  }
+  for (size_t f = 0; f < into.labels.size(); ++f) {
+    auto& s = into.scores[f];
+    s.insert(s.end(), more.scores[f].begin(), more.scores[f].end());
+    auto& r = into.reasons[f];
+    r.insert(r.end(), std::make_move_iterator(more.reasons[f].begin()), std::make_move_iterator(more.reasons[f].end()));
+  }
+  into.total.insert(into.total.end(), more.total.begin(), more.total.end());
+  into.errors.insert(into.errors.end(), std::make_move_iterator(more.errors.begin()),
+                     std::make_move_iterator(more.errors.end()));
+  row_metrics(into);
 }
 
 }  // namespace grpo::rewards

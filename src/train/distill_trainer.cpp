@@ -14,6 +14,7 @@
 #include "grpo/core/random.h"
 #include "grpo/data/dataset.h"
 #include "grpo/kernels/token_logprobs.h"
+#include "grpo/train/scored_rollouts.h"
 #include "grpo/train/sft_trainer.h"
 
 namespace grpo::train {
@@ -31,8 +32,7 @@ std::string DistillConfig::validate() const {
 bool on_policy_step(uint64_t seed, int64_t step, double fraction) {
   if (fraction <= 0) return false;
   if (fraction >= 1) return true;
-  const uint64_t h = splitmix64(splitmix64(seed ^ 0x6469737469ULL) + static_cast<uint64_t>(step));
-  return static_cast<double>(h >> 11) * 0x1.0p-53 < fraction;
+  return unit_interval(derive_seed(seed, static_cast<uint64_t>(step))) < fraction;
 }
 
 DistillTrainer::DistillTrainer(model::CausalLM student, model::CausalLM teacher, const data::Tokenizer& tokenizer,
@@ -132,27 +132,23 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     if (on_policy) {
       const auto tg = std::chrono::steady_clock::now();
       student_->eval();
-      std::vector<rollout::GenerationRequest> reqs;
+      std::vector<RolloutRequest> requests;
       for (const int64_t k : batch_idx) {
-        const auto& rec = records[static_cast<size_t>(pool[static_cast<size_t>(k)])];
-        rollout::GenerationRequest r;
-        r.prompt_ids = tokenizer_.encode(data::format_prompt(prompt_, rec), prompt_.add_special_tokens);
-        r.seed = splitmix64(seed ^ splitmix64(static_cast<uint64_t>(step) * 1000003ULL) ^
-                            static_cast<uint64_t>(pool[static_cast<size_t>(k)]));
-        reqs.push_back(std::move(r));
+        const int64_t record = pool[static_cast<size_t>(k)];
+        requests.push_back({.record = record, .seed = derive_seed(seed, static_cast<uint64_t>(step), 0, record)});
       }
       rollout::Engine engine(student_, &tokenizer_, cfg_.generation);
-      const auto completions = engine.generate(reqs);
-      for (size_t i = 0; i < reqs.size(); ++i) {
+      const auto rollouts = sample_scored(engine_generator(engine), tokenizer_, prompt_, records, requests, nullptr);
+      for (const auto& g : rollouts.groups) {
         data::TokenizedExample e;
-        e.input_ids = reqs[i].prompt_ids;
+        e.input_ids = g.prompt_ids;
         e.completion_mask.assign(e.input_ids.size(), 0);
         e.prompt_tokens = static_cast<int64_t>(e.input_ids.size());
-        for (const int64_t t : completions[i].token_ids) {
+        for (const int64_t t : g.completions.front().token_ids) {
           e.input_ids.push_back(t);
           e.completion_mask.push_back(1);
         }
-        e.completion_tokens = static_cast<int64_t>(completions[i].token_ids.size());
+        e.completion_tokens = static_cast<int64_t>(g.completions.front().token_ids.size());
         e.full_length = static_cast<int64_t>(e.input_ids.size());
         sampled.push_back(std::move(e));
       }

@@ -5,7 +5,6 @@
 
 #include <limits>
 
-#include "grpo/kernels/token_logprobs.h"
 
 namespace grpo::train {
 
@@ -55,59 +54,6 @@ torch::Tensor compute_advantages(const torch::Tensor& rewards, int64_t group_siz
   TORCH_CHECK(false, "compute_advantages: unknown scaling");
 }
 
-torch::Tensor selective_logprobs(const torch::Tensor& logits, const torch::Tensor& ids) {
-  TORCH_CHECK(logits.dim() == 3 && ids.dim() == 2 && logits.size(0) == ids.size(0) && logits.size(1) == ids.size(1),
-              "selective_logprobs: expected logits [N, L, V] and ids [N, L], got ", logits.sizes(), " and ",
-              ids.sizes());
-  const auto dtype = logits.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-  std::vector<torch::Tensor> rows;
-  rows.reserve(logits.size(0));
-  // One row at a time: the float32 log_softmax of a row is the only [L, V] temporary.
-  for (int64_t i = 0; i < logits.size(0); ++i) {
-    const auto row = logits[i].to(dtype);
-    const auto picked = row.gather(-1, ids[i].unsqueeze(-1)).squeeze(-1);
-    rows.push_back(picked - row.logsumexp(-1));
-  }
-  return torch::stack(rows);
-}
-
-torch::Tensor completion_logprobs(model::CausalLM& model, const torch::Tensor& input_ids,
-                                  const torch::Tensor& attention_mask, const torch::Tensor& position_ids,
-                                  int64_t completion_length, double temperature, int64_t chunk_size) {
-  TORCH_CHECK(input_ids.dim() == 2 && completion_length > 0 && completion_length < input_ids.size(1),
-              "completion_logprobs: expected input_ids [N, P + L] with 0 < L = ", completion_length,
-              " < P + L, got ", input_ids.sizes());
-  TORCH_CHECK(temperature > 0, "completion_logprobs: temperature must be > 0, got ", temperature);
-  const int64_t total = input_ids.size(1);
-  const int64_t prompt = total - completion_length;
-  model::ForwardOptions options;
-  options.logits = false;
-  options.return_hidden = true;
-  const auto out = model->forward(input_ids, position_ids, attention_mask, nullptr, options);
-  // Hidden state at position i predicts token i + 1: positions P - 1 .. P + L - 2.
-  const auto hidden = out.hidden.slice(1, prompt - 1, total - 1);  // [N, L, D]
-  const auto completion_ids = input_ids.slice(1, prompt, total);
-  torch::Tensor logps;
-  if (chunk_size > 0) {  // the head's logits never exist whole: kernels/token_logprobs.h
-    kernels::TokenLogprobsOptions o;
-    o.temperature = temperature;
-    o.chunk_size = chunk_size;
-    const int64_t n = hidden.size(0), l = hidden.size(1);
-    logps = kernels::token_logprobs(hidden.reshape({n * l, hidden.size(2)}), model->lm_head,
-                                    completion_ids.reshape({-1}).to(hidden.device()), o)
-                .logprobs.view({n, l});
-  } else {
-    auto logits = model->head(hidden);
-    if (temperature != 1.0) logits = logits / temperature;
-    logps = selective_logprobs(logits, completion_ids);
-  }
-  if (attention_mask.defined()) {
-    const auto pad = attention_mask.slice(1, prompt, total).to(logps.device()) == 0;
-    logps = logps.masked_fill(pad, 0.0);
-  }
-  return logps;
-}
-
 GrpoLossOutput grpo_loss(const GrpoLossInputs& in, const GrpoLossConfig& cfg) {
   const auto& logps = in.logps;
   TORCH_CHECK(logps.defined() && logps.dim() == 2, "grpo_loss: expected logps [N, L]");
@@ -144,48 +90,48 @@ GrpoLossOutput grpo_loss(const GrpoLossInputs& in, const GrpoLossConfig& cfg) {
   }
 
   const auto masked_sum = (per_token_loss * mask).sum();
+  const double rows = in.rows_in_batch > 0 ? in.rows_in_batch : static_cast<double>(logps.size(0));
+  const auto tokens = in.tokens_in_batch > 0 ? torch::full({}, in.tokens_in_batch, mask.options()) : mask.sum();
   GrpoLossOutput out;
   switch (cfg.loss_type) {
     case LossType::grpo:
-      out.loss = ((per_token_loss * mask).sum(-1) / tokens_per_row.clamp_min(1.0)).mean();
+      out.loss = ((per_token_loss * mask).sum(-1) / tokens_per_row.clamp_min(1.0)).sum() / rows;
       break;
     case LossType::bnpo:
-      out.loss = masked_sum / mask.sum().clamp_min(1.0);
+    case LossType::dapo:
+      out.loss = masked_sum / tokens.clamp_min(1.0);
       break;
     case LossType::dr_grpo:
       TORCH_CHECK(cfg.max_completion_length > 0, "grpo_loss: dr_grpo needs max_completion_length > 0");
-      out.loss = masked_sum / static_cast<double>(logps.size(0) * cfg.max_completion_length);
+      out.loss = masked_sum / (rows * static_cast<double>(cfg.max_completion_length));
       break;
-    case LossType::dapo: {
-      const auto normaliser = in.num_items_in_batch > 0 ? torch::full({}, in.num_items_in_batch, mask.options())
-                                                        : mask.sum();
-      out.loss = masked_sum / normaliser.clamp_min(1.0);
-      break;
-    }
   }
 
-  // Metrics, as TRL logs them (single process).
+  // Metrics, as TRL logs them (single process), as 0-dim tensors of the mask's dtype: no device sync here.
   torch::NoGradGuard no_grad;
   const auto global_masked_mean = [&](const torch::Tensor& x) {
-    if (x.size(1) == 1) return x.sum().item<double>() / static_cast<double>(x.size(0));
-    return ((x * mask).sum() / mask.sum().clamp_min(1.0)).item<double>();
+    if (x.size(1) == 1) return x.sum() / static_cast<double>(x.size(0));
+    return (x * mask).sum() / mask.sum().clamp_min(1.0);
   };
-  // Per-sequence means over sequences with tokens (TRL's NaN rows are skipped by nanmin/nanmax).
+  // Per-sequence means (rows of a sequence-level ratio are one value each).
   const auto seq_means = [&](const torch::Tensor& x) {
     if (x.size(1) == 1) return x.squeeze(1);
-    const auto m = (x * mask).sum(-1) / tokens_per_row;
-    return m.masked_select(tokens_per_row > 0);
+    return (x * mask).sum(-1) / tokens_per_row.clamp_min(1.0);
   };
-  if (per_token_kl.defined()) out.kl = global_masked_mean(per_token_kl);
+  out.kl = per_token_kl.defined() ? global_masked_mean(per_token_kl) : torch::zeros({}, mask.options());
   const auto low = ((ratio < 1.0 - eps_low) & (advantages < 0)).to(mask.scalar_type());
   const auto high = ((ratio > 1.0 + eps_high) & (advantages > 0)).to(mask.scalar_type());
   const auto region = ((low + high) > 0).to(mask.scalar_type());
   out.clip_ratio_low_mean = global_masked_mean(low);
   out.clip_ratio_high_mean = global_masked_mean(high);
   out.clip_ratio_region_mean = global_masked_mean(region);
-  const auto low_seq = seq_means(low), high_seq = seq_means(high);
-  out.clip_ratio_low_min = low_seq.numel() > 0 ? low_seq.min().item<double>() : 0.0;
-  out.clip_ratio_high_max = high_seq.numel() > 0 ? high_seq.max().item<double>() : 0.0;
+  // The min / max skip sequences without tokens at token level (TRL's NaN rows, skipped by
+  // nanmin / nanmax); with no sequence left they are 0.
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto counted = low.size(1) == 1 ? torch::ones_like(tokens_per_row, torch::kBool) : tokens_per_row > 0;
+  const auto none = counted.any().logical_not();
+  out.clip_ratio_low_min = seq_means(low).masked_fill(counted.logical_not(), inf).min().masked_fill(none, 0.0);
+  out.clip_ratio_high_max = seq_means(high).masked_fill(counted.logical_not(), -inf).max().masked_fill(none, 0.0);
   out.ratio_mean = global_masked_mean(ratio);
   return out;
 }

@@ -22,7 +22,7 @@
 #include "grpo/core/log.h"
 #include "grpo/core/progress.h"
 #include "grpo/core/random.h"
-#include "grpo/train/evaluate.h"
+#include "grpo/train/scored_rollouts.h"
 
 namespace grpo::train {
 
@@ -385,20 +385,11 @@ std::optional<ParsedTrace> parse_trace(const std::string& completion, const data
   return std::nullopt;
 }
 
-uint64_t prompt_seed(uint64_t seed, int64_t index) {
-  return splitmix64(splitmix64(seed) ^ (static_cast<uint64_t>(index) * 0xD1B54A32D192ED03ULL + 0x2545F4914F6CDD1DULL));
-}
+uint64_t prompt_seed(uint64_t seed, int64_t index) { return derive_seed(seed, static_cast<uint64_t>(index)); }
 
 TraceSelection select_traces(const std::vector<std::string>& completions, const rewards::RewardScores& scores,
                              const data::PromptConfig& prompt, const RejectionSamplingConfig& cfg, int64_t offset) {
-  const auto it = std::find(scores.labels.begin(), scores.labels.end(), cfg.accuracy_reward);
-  if (it == scores.labels.end()) {
-    std::string known;
-    for (const auto& l : scores.labels) known += (known.empty() ? "" : ", ") + l;
-    throw std::invalid_argument("select_traces: accuracy_reward '" + cfg.accuracy_reward +
-                                "' is not one of the reward labels (" + known + ")");
-  }
-  const auto acc = static_cast<size_t>(it - scores.labels.begin());
+  const size_t acc = reward_index(scores.labels, cfg.accuracy_reward, "select_traces: accuracy_reward");
   const auto k = static_cast<int64_t>(completions.size());
   if (offset < 0 || offset + k > static_cast<int64_t>(scores.total.size()) ||
       offset + k > static_cast<int64_t>(scores.scores.at(acc).size())) {
@@ -474,13 +465,7 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
                                 ", " + std::to_string(cfg.max_per_prompt) + ", " + std::to_string(cfg.max_prompts));
   }
   if (cfg.output.empty()) throw std::invalid_argument("generate_traces: output (the JSONL path) is empty");
-  const auto& labels = rewards.labels();
-  if (std::find(labels.begin(), labels.end(), cfg.accuracy_reward) == labels.end()) {
-    std::string known;
-    for (const auto& l : labels) known += (known.empty() ? "" : ", ") + l;
-    throw std::invalid_argument("generate_traces: accuracy_reward '" + cfg.accuracy_reward +
-                                "' is not one of the reward functions (" + known + ")");
-  }
+  reward_index(rewards.labels(), cfg.accuracy_reward, "generate_traces: accuracy_reward");
   cfg.generation.num_generations = cfg.samples_per_prompt;
   const int64_t k = cfg.samples_per_prompt;
   const auto n = static_cast<int64_t>(prompts.size());
@@ -540,39 +525,25 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
     // Batches sit at multiples of B, so a resumed run batches prompts as an uninterrupted one.
     const int64_t begin = st.prompts_done;
     const int64_t end = std::min(target, (begin / B + 1) * B);
-    std::vector<std::string> prompt_texts;
-    std::vector<uint64_t> seeds;
-    std::vector<rollout::GenerationRequest> reqs;
-    for (int64_t i = begin; i < end; ++i) {
-      prompt_texts.push_back(data::format_prompt(prompt, prompts[static_cast<size_t>(i)]));
-      rollout::GenerationRequest r;
-      r.prompt_ids = tokenizer.encode(prompt_texts.back(), prompt.add_special_tokens);
-      r.seed = prompt_seed(cfg.seed, i);
-      seeds.push_back(*r.seed);
-      reqs.push_back(std::move(r));
-    }
-    const auto completions = generate(reqs);
+    std::vector<RolloutRequest> requests;
+    for (int64_t i = begin; i < end; ++i) requests.push_back({.record = i, .seed = prompt_seed(cfg.seed, i)});
+    const auto rollouts = sample_scored(
+        [&](const std::vector<rollout::GenerationRequest>& reqs, rollout::GenerationStats*) { return generate(reqs); },
+        tokenizer, prompt, prompts, requests, &rewards);
     const auto P = static_cast<size_t>(end - begin);
-    if (completions.size() != P * static_cast<size_t>(k)) {
-      throw std::runtime_error("generate_traces: the generator returned " + std::to_string(completions.size()) +
-                               " completions for " + std::to_string(P) + " prompts x " + std::to_string(k));
+    if (rollouts.group_size() != k) {
+      throw std::runtime_error("generate_traces: the generator returned " +
+                               std::to_string(P * static_cast<size_t>(rollouts.group_size())) + " completions for " +
+                               std::to_string(P) + " prompts x " + std::to_string(k));
     }
-    std::vector<rewards::Sample> samples;
-    samples.reserve(completions.size());
-    for (size_t p = 0; p < P; ++p) {
-      for (int64_t g = 0; g < k; ++g) {
-        samples.push_back(reward_sample(prompt_texts[p], completions[p * static_cast<size_t>(k) + static_cast<size_t>(g)],
-                                        prompts[static_cast<size_t>(begin) + p]));
-      }
-    }
-    const auto scores = rewards.score(samples);
+    const auto& scores = rollouts.scores;
 
     std::string lines;
     for (size_t p = 0; p < P; ++p) {
       const auto index = begin + static_cast<int64_t>(p);
       const auto& rec = prompts[static_cast<size_t>(index)];
       std::vector<std::string> texts;
-      for (int64_t g = 0; g < k; ++g) texts.push_back(completions[p * static_cast<size_t>(k) + static_cast<size_t>(g)].text);
+      for (const auto& c : rollouts.groups[p].completions) texts.push_back(c.text);
       const auto offset = static_cast<int64_t>(p) * k;
       const auto sel = select_traces(texts, scores, prompt, cfg, offset);
       st.counts.completions += k;
@@ -616,7 +587,7 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
         j["top_p"] = cfg.generation.sampling.top_p;
         j["top_k"] = cfg.generation.sampling.top_k;
         j["max_new_tokens"] = cfg.generation.max_new_tokens;
-        j["seed"] = seeds[p];
+        j["seed"] = rollouts.groups[p].seed;
         lines += j.dump(-1, ' ', false, json::error_handler_t::replace);
         lines += '\n';
       }

@@ -81,11 +81,11 @@ TEST(GrpoLoss, ClipsBelowAndAboveTheBandForBothSigns) {
   // A=-1: max(r, clip(r)) = 0.8 (0.5 clipped up), 1.1, 1.5.  Sum 0.6 over 6 tokens.
   EXPECT_NEAR(out.loss.item<double>(), 0.1, 1e-12);
   // Low clip: r < 0.8 with A < 0 (1 token); high clip: r > 1.2 with A > 0 (1 token).
-  EXPECT_NEAR(out.clip_ratio_low_mean, 1.0 / 6, 1e-12);
-  EXPECT_NEAR(out.clip_ratio_high_mean, 1.0 / 6, 1e-12);
-  EXPECT_NEAR(out.clip_ratio_region_mean, 2.0 / 6, 1e-12);
-  EXPECT_NEAR(out.clip_ratio_low_min, 0.0, 1e-12);       // per sequence {0, 1/3}
-  EXPECT_NEAR(out.clip_ratio_high_max, 1.0 / 3, 1e-12);  // per sequence {1/3, 0}
+  EXPECT_NEAR(out.clip_ratio_low_mean.item<double>(), 1.0 / 6, 1e-12);
+  EXPECT_NEAR(out.clip_ratio_high_mean.item<double>(), 1.0 / 6, 1e-12);
+  EXPECT_NEAR(out.clip_ratio_region_mean.item<double>(), 2.0 / 6, 1e-12);
+  EXPECT_NEAR(out.clip_ratio_low_min.item<double>(), 0.0, 1e-12);       // per sequence {0, 1/3}
+  EXPECT_NEAR(out.clip_ratio_high_max.item<double>(), 1.0 / 3, 1e-12);  // per sequence {1/3, 0}
   out.loss.backward();
   // d/dlogp of an unclipped term is -A*r/6; a clipped term is constant.
   expect_near(c.logps.grad(), t2({{-0.5 / 6, -1.1 / 6, 0}, {0, 1.1 / 6, 1.5 / 6}}));
@@ -101,7 +101,7 @@ TEST(GrpoLoss, ClipHigherWidensTheUpperBound) {
   cfg.epsilon_high = 0.28;
   const auto out = grpo_loss(c.inputs(), cfg);
   EXPECT_NEAR(out.loss.item<double>(), -0.625, 1e-12);
-  EXPECT_EQ(out.clip_ratio_high_mean, 0.0);
+  EXPECT_EQ(out.clip_ratio_high_mean.item<double>(), 0.0);
 }
 
 TEST(GrpoLoss, DeltaCapsTheUnclippedRatio) {
@@ -127,7 +127,7 @@ TEST(GrpoLoss, K3KlToTheReference) {
                           .completion_mask = torch::ones({1, 2}, kF64)};
   const auto out = grpo_loss(in, cfg);
   const double k0 = std::exp(-1.0), k1 = std::exp(1.0) - 2.0;
-  EXPECT_NEAR(out.kl, (k0 + k1) / 2, 1e-12);
+  EXPECT_NEAR(out.kl.item<double>(), (k0 + k1) / 2, 1e-12);
   EXPECT_NEAR(out.loss.item<double>(), 0.1 * (k0 + k1) / 2, 1e-12);
   out.loss.backward();
   // d k3 / d logp = 1 - e^(ref - logp).
@@ -144,7 +144,7 @@ TEST(GrpoLoss, K3KlToTheReference) {
   // Off policy (r = e^0.5 on token 0, old = logp - 0.5): the KL term is k3 * r.
   auto off = in;
   off.old_logps = t2({{-0.5, -1.0}});
-  EXPECT_NEAR(grpo_loss(off, cfg).kl, (k0 * std::exp(0.5) + k1) / 2, 1e-12);
+  EXPECT_NEAR(grpo_loss(off, cfg).kl.item<double>(), (k0 * std::exp(0.5) + k1) / 2, 1e-12);
   cfg.beta = 0.04;
   EXPECT_THROW(grpo_loss({.logps = logps, .advantages = t1({0}), .completion_mask = torch::ones({1, 2}, kF64)}, cfg),
                c10::Error);
@@ -154,8 +154,9 @@ TEST(GrpoLoss, K3KlToTheReference) {
 struct AggregationCase {
   torch::Tensor logps = t2({{-1, -2, -3}, {-1, 7, 9}}).requires_grad_(true);
   torch::Tensor mask = t2({{1, 1, 1}, {1, 0, 0}});
-  GrpoLossInputs inputs(double num_items = 0) const {
-    return {.logps = logps, .advantages = t1({1, -2}), .completion_mask = mask, .num_items_in_batch = num_items};
+  GrpoLossInputs inputs(double tokens = 0, double rows = 0) const {
+    return {.logps = logps, .advantages = t1({1, -2}), .completion_mask = mask, .rows_in_batch = rows,
+            .tokens_in_batch = tokens};
   }
 };
 
@@ -171,6 +172,51 @@ TEST(GrpoLoss, EachAggregation) {
   EXPECT_NEAR(grpo_loss(c.inputs(10), config(LossType::dapo)).loss.item<double>(), -0.1, 1e-12);
   // The TRL default is dapo.
   EXPECT_EQ(GrpoLossConfig{}.loss_type, LossType::dapo);
+}
+
+// The loss owns its whole normaliser: given the step's row and token counts, the losses and the
+// gradients of the micro-batches add up to those of the whole batch in one call, for every type.
+TEST(GrpoLoss, MicroBatchesGivenTheStepCountsAddUpToTheWholeBatch) {
+  torch::manual_seed(5);
+  const auto mask = t2({{1, 1, 1, 0}, {1, 0, 0, 0}, {1, 1, 0, 0}, {1, 1, 1, 1}, {0, 0, 0, 0}, {1, 1, 0, 0}});
+  const auto base = torch::randn({6, 4}, kF64) * 0.3 - 2;
+  const auto old = base + torch::randn({6, 4}, kF64) * 0.2;
+  const auto ref = base + torch::randn({6, 4}, kF64) * 0.1;
+  const auto adv = t1({1, -0.5, 2, -1.5, 0.3, 0.7});
+  const double rows = 6, tokens = mask.sum().item<double>();  // 12
+  for (auto type : {LossType::grpo, LossType::bnpo, LossType::dr_grpo, LossType::dapo}) {
+    for (auto level : {ImportanceSamplingLevel::token, ImportanceSamplingLevel::sequence}) {
+      SCOPED_TRACE(std::string(config::enum_name(type)) + " " + std::string(config::enum_name(level)));
+      auto cfg = config(type);
+      cfg.importance_sampling_level = level;
+      cfg.beta = 0.04;
+      cfg.max_completion_length = 4;
+      auto whole = base.clone().requires_grad_(true);
+      const auto one = grpo_loss({whole, old, ref, adv, mask}, cfg);
+      one.loss.backward();
+      auto parts = base.clone().requires_grad_(true);
+      double sum = 0;
+      for (int64_t b = 0; b < 6; b += 4) {  // micro-batches of 4 and 2 rows
+        const int64_t m = std::min<int64_t>(4, 6 - b);
+        const auto out = grpo_loss({parts.narrow(0, b, m), old.narrow(0, b, m), ref.narrow(0, b, m),
+                                    adv.narrow(0, b, m), mask.narrow(0, b, m), rows, tokens},
+                                   cfg);
+        out.loss.backward();
+        sum += out.loss.item<double>();
+      }
+      EXPECT_NEAR(sum, one.loss.item<double>(), 1e-12);
+      expect_near(parts.grad(), whole.grad(), 1e-12);
+    }
+  }
+  // Hand values on AggregationCase with counts of a larger step (R = 4 rows, T = 10 tokens):
+  // grpo (-1 + 2) / 4; bnpo and dapo -1 / 10; dr_grpo -1 / (4 x 5).
+  AggregationCase c;
+  EXPECT_NEAR(grpo_loss(c.inputs(10, 4), config(LossType::grpo)).loss.item<double>(), 0.25, 1e-12);
+  EXPECT_NEAR(grpo_loss(c.inputs(10, 4), config(LossType::bnpo)).loss.item<double>(), -0.1, 1e-12);
+  EXPECT_NEAR(grpo_loss(c.inputs(10, 4), config(LossType::dapo)).loss.item<double>(), -0.1, 1e-12);
+  auto dr = config(LossType::dr_grpo);
+  dr.max_completion_length = 5;
+  EXPECT_NEAR(grpo_loss(c.inputs(10, 4), dr).loss.item<double>(), -0.05, 1e-12);
 }
 
 TEST(GrpoLoss, GrpoGradientWeighsTokensByTheirSequenceLength) {
@@ -200,7 +246,7 @@ TEST(GrpoLoss, SequenceLevelRatioIsTheExpOfTheMeanLogRatio) {
   in2.logps = far;
   const auto out2 = grpo_loss(in2, cfg);
   EXPECT_NEAR(out2.loss.item<double>(), -1.2, 1e-12);
-  EXPECT_NEAR(out2.clip_ratio_high_mean, 1.0, 1e-12);
+  EXPECT_NEAR(out2.clip_ratio_high_mean.item<double>(), 1.0, 1e-12);
   out2.loss.backward();
   expect_near(far.grad(), torch::zeros({1, 3}, kF64));
 }
@@ -222,7 +268,7 @@ TEST(GrpoLoss, MaskedTokensHaveNoEffect) {
       const auto out_a = grpo_loss({a, old, ref, t1({1, -0.5, 2}), mask}, cfg);
       const auto out_b = grpo_loss({b, old + garbage, ref - garbage, t1({1, -0.5, 2}), mask}, cfg);
       EXPECT_NEAR(out_a.loss.item<double>(), out_b.loss.item<double>(), 1e-12);
-      EXPECT_NEAR(out_a.kl, out_b.kl, 1e-12);
+      EXPECT_NEAR(out_a.kl.item<double>(), out_b.kl.item<double>(), 1e-12);
       out_a.loss.backward();
       out_b.loss.backward();
       expect_near(a.grad(), b.grad().to(torch::kDouble), 1e-12);
@@ -277,7 +323,6 @@ TEST(GrpoLossConfig, DefaultsAreTrls) {
   EXPECT_TRUE(c.use_bias_correction_kl);
   EXPECT_EQ(c.scale_rewards, RewardScaling::group);
   EXPECT_EQ(c.max_completion_length, 512);
-  EXPECT_EQ(c.temperature, 1.0);
   EXPECT_EQ(c.validate(), "");
   GrpoLossConfig bad;
   bad.delta = 1.1;

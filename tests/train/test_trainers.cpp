@@ -171,11 +171,39 @@ TEST(GrpoTrainer, ConfigErrorsAreCaughtAtStart) {
   c.generation.num_generations = 1;
   EXPECT_NE(c.validate().find("num_generations must be >= 2"), std::string::npos);
   c = small_grpo(2);
-  c.loss.temperature = 0.7;
-  EXPECT_NE(c.validate().find("must equal generation.sampling.temperature"), std::string::npos);
+  c.generation.sampling.temperature = 0;  // greedy: no group to compare, and no log-probs to train on
+  EXPECT_NE(c.validate().find("sampling.temperature must be > 0"), std::string::npos);
   c = small_grpo(2);
   c.schedule.warmup_steps = 5;
   EXPECT_EQ(c.validate(), "schedule: warmup of 5 steps is longer than the run's 2 optimizer steps");
+}
+
+// Keys that were removed get the usual unknown-key error, naming the file, line and key, with what
+// replaced them.
+TEST(GrpoTrainer, RemovedKeysGetTheUnknownKeyErrorWithAHint) {
+  const auto message = [](auto parse) -> std::string {
+    try {
+      parse();
+    } catch (const config::ConfigError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  const auto grpo = message([] {
+    config::from_value<GrpoConfig>(config::parse_yaml_string("steps: 2\nloss:\n  temperature: 1.0\n", "g.yaml"));
+  });
+  EXPECT_NE(grpo.find("g.yaml:3:3: unknown key 'loss.temperature' (removed: the log-probs use the sampling "
+                      "temperature, generation.sampling.temperature)"),
+            std::string::npos)
+      << grpo;
+  for (const char* key : {"bias_update_gamma", "mtp_loss_weight"}) {
+    const auto model = message([&] {
+      config::from_value<model::ModelConfig>(config::parse_yaml_string(std::string(key) + ": 0.3\n", "m.yaml"));
+    });
+    EXPECT_NE(model.find("m.yaml:1:1: unknown key '" + std::string(key) + "' (removed: the trainers' "),
+              std::string::npos)
+        << model;
+  }
 }
 
 // GRPO moves the policy toward what is rewarded: the share of completion tokens that are the

@@ -74,7 +74,7 @@ TEST(TrlOracle, LossAndGradientsMatchTrlGrpoTrainer) {
     cfg.epsilon = c["epsilon"].get<double>();
     if (!c["epsilon_high"].is_null()) cfg.epsilon_high = c["epsilon_high"].get<double>();
     if (!c["delta"].is_null()) cfg.delta = c["delta"].get<double>();
-    cfg.temperature = c["temperature"].get<double>();
+    const double temperature = c["temperature"].get<double>();  // the sampling temperature
     cfg.use_bias_correction_kl = c["use_bias_correction_kl"].get<bool>();
     cfg.max_completion_length = c["max_completion_length"].get<int64_t>();
     const int num_iterations = c["num_iterations"].get<int>();
@@ -91,7 +91,7 @@ TEST(TrlOracle, LossAndGradientsMatchTrlGrpoTrainer) {
     // The policy the loss ran on: the initial weights, or after TRL's optimizer step (num_iterations 2).
     auto policy = num_iterations == 2 ? model::load_hf_checkpoint((dir / name / "policy").string())
                                       : model::load_hf_checkpoint((dir / "model").string());
-    const auto logps = completion_logprobs(policy, input_ids, attention_mask, {}, L, cfg.temperature);
+    const auto logps = completion_logprobs(policy, input_ids, attention_mask, {}, L, temperature);
     const double logps_err = max_abs_diff(logps, trl.load("logps"));
     EXPECT_LE(logps_err, 1e-5);
 
@@ -101,7 +101,7 @@ TEST(TrlOracle, LossAndGradientsMatchTrlGrpoTrainer) {
     torch::Tensor initial_logps;
     {
       torch::NoGradGuard no_grad;
-      initial_logps = completion_logprobs(initial, input_ids, attention_mask, {}, L, cfg.temperature);
+      initial_logps = completion_logprobs(initial, input_ids, attention_mask, {}, L, temperature);
     }
     if (trl.contains("old_logps")) {
       EXPECT_EQ(num_iterations, 2);
@@ -116,7 +116,8 @@ TEST(TrlOracle, LossAndGradientsMatchTrlGrpoTrainer) {
       side_err = std::max(side_err, max_abs_diff(initial_logps, trl.load("ref_logps")));
     }
     EXPECT_LE(side_err, 1e-5);
-    in.num_items_in_batch = trl.load("num_items_in_batch").item<double>();
+    // TRL's dapo normaliser: the completion tokens of the accumulated batch (the step's T).
+    in.tokens_in_batch = trl.load("num_items_in_batch").item<double>();
 
     const auto out = grpo_loss(in, cfg);
     const double trl_loss = trl.load("loss").item<double>();

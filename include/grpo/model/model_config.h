@@ -149,11 +149,9 @@ struct ModelConfig {
   bool norm_topk_prob = true;             // normalise the K weights to sum 1
   double routed_scaling_factor = 1.0;     // multiplies routed weights
   int64_t first_k_dense_replace = 0;      // layers below this use a dense MLP
-  double bias_update_gamma = 0.001;       // aux-loss-free balancing step
   double seq_aux_loss_alpha = 0.0;        // sequence-wise balance loss weight (0 = off)
   // Multi-token prediction (deepseek_v3)
   int64_t num_nextn_predict_layers = 0;   // D MTP modules
-  double mtp_loss_weight = 0.3;           // lambda
   // Implementation of the hot paths: auto | reference | cuda (see KernelBackend), e.g. `reference`
   // to rule the kernels out when a GPU run drifts from a CPU one.
   KernelBackend kernels = KernelBackend::automatic;
@@ -197,15 +195,17 @@ struct ModelConfig {
     v("norm_topk_prob", norm_topk_prob, "normalise top-k weights");
     v("routed_scaling_factor", routed_scaling_factor, "scale of routed weights", Check().gt(0));
     v("first_k_dense_replace", first_k_dense_replace, "leading dense layers", Check().ge(0));
-    v("bias_update_gamma", bias_update_gamma, "aux-loss-free bias step", Check().ge(0));
     v("seq_aux_loss_alpha", seq_aux_loss_alpha, "sequence-wise balance loss weight", Check().ge(0));
     v("num_nextn_predict_layers", num_nextn_predict_layers, "MTP modules D", Check().ge(0));
-    v("mtp_loss_weight", mtp_loss_weight, "MTP loss weight lambda", Check().ge(0));
     v("kernels", kernels, "hot-path implementation: auto | reference | cuda");
     v("fp8", fp8, "FP8 Linear layers (DeepSeek-V3 recipe)");
     v("bos_token_id", bos_token_id, "beginning-of-sequence id");
     v("eos_token_ids", eos_token_ids, "end-of-sequence ids");
   }
+  // Training settings that were model keys once; the trainers own them.
+  static constexpr std::array<config::RemovedKey, 2> removed_keys{
+      {{"bias_update_gamma", "the trainers' router_bias_gamma (sft, grpo) sets the aux-loss-free bias step"},
+       {"mtp_loss_weight", "the trainers' mtp_weight (sft, grpo) sets the MTP loss weight"}}};
 
   // "" when consistent, else the problem (heads divide, groups divide experts, ...).
   std::string validate() const;

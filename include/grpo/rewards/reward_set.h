@@ -125,6 +125,12 @@ class RewardSet {
   std::unique_ptr<ThreadPool> pool_;
 };
 
+// Appends the rows of `more` (scored by the same set) to `into`: scores, reasons, totals and errors
+// concatenated; the metrics become those of one call over all the rows: mean, applied and the
+// total's mean and std recomputed from the rows, seconds and errors added, each function's own
+// metrics averaged weighted by the two calls' sample counts. `into` may be empty (default-built).
+void append_scores(RewardScores& into, RewardScores&& more);
+
 // Resolves a plugin path as RewardSet does: absolute as is; relative, next to `config_path` when
 // that file exists there, else relative to the working directory.
 std::string resolve_plugin_path(const std::string& path, const std::string& config_path);

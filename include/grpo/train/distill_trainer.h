@@ -12,8 +12,9 @@
 //     any SFT data) as prompt + completion, exactly as the SFT trainer tokenizes them;
 //   - on-policy, with probability `on_policy_fraction` per step: `batch_size` prompts from the
 //     same records, one completion each sampled from the *student* (generation settings below),
-//     then scored token by token by the teacher. The draw is a hash of (seed, step): a resumed
-//     run makes the same choices.
+//     then scored token by token by the teacher. The draw is derive_seed(seed, step) as a uniform
+//     in [0, 1), and request seeds are derive_seed(seed, step, 0, record): a resumed run makes the
+//     same choices and samples the same completions.
 // Loss = mean over the step's completion tokens of the divergence (+ ce_weight x the student's
 // next-token cross-entropy on off-policy completion tokens, i.e. sequence-level distillation mixed
 // in). Position t's hidden state predicts token t + 1; only positions whose next token is a

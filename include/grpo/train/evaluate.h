@@ -58,13 +58,11 @@ struct EvalResult {
   std::vector<EvalSample> samples;
 };
 
-// Runs the model in eval mode and restores its training mode after. Throws std::invalid_argument
-// when `accuracy_reward` is not a label of `rewards`.
+// Runs the model in eval mode and restores its training mode after; the completions come from
+// sample_scored (grpo/train/scored_rollouts.h), request i with seed derive_seed(0, i). Throws
+// std::invalid_argument when `accuracy_reward` is not a label of `rewards`.
 EvalResult evaluate(model::CausalLM& model, const data::Tokenizer& tokenizer, const data::PromptConfig& prompt,
                     const std::vector<data::Record>& records, const rewards::RewardSet& rewards, const EvalConfig& cfg);
 
-// Reward samples (prompt text, completion text and ids, the record's answer and extra columns).
-rewards::Sample reward_sample(const std::string& prompt_text, const rollout::Completion& completion,
-                              const data::Record& record);
 
 }  // namespace grpo::train

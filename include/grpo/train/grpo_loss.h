@@ -3,7 +3,7 @@
 // tests/train/test_trl_parity.cpp checks loss and every gradient against it).
 //
 //   auto adv = compute_advantages(rewards, G, RewardScaling::group);                  // [N]
-//   auto logps = completion_logprobs(model, ids, mask, {}, L, cfg.temperature);       // [N, L], with grad
+//   auto logps = completion_logprobs(model, ids, mask, {}, L, temperature);            // [N, L], with grad
 //   auto out = grpo_loss({.logps = logps, .old_logps = old, .ref_logps = ref,
 //                         .advantages = adv, .completion_mask = cmask}, cfg);
 //   out.loss.backward();
@@ -18,14 +18,17 @@
 //            + beta * (exp(ref - logp) - (ref - logp) - 1) * r                      (k3 KL, if beta > 0)
 //   where the KL's factor r (the ratio before the delta cap, with its gradient) is TRL's
 //   use_bias_correction_kl (default on): it changes the KL's gradient even where r == 1.
-// aggregated by loss_type:
-//   grpo:    mean over sequences of (sum_t m*loss_t / max(sum_t m, 1))
-//   bnpo:    sum m*loss / max(sum m, 1)
-//   dr_grpo: sum m*loss / (N * max_completion_length)
-//   dapo:    sum m*loss / max(num_items_in_batch, 1)   (num_items_in_batch 0: this batch's sum m)
-// TRL further divides grpo/bnpo/dr_grpo by the gradient-accumulation steps and scales dapo's
-// normaliser by GA steps / steps_per_generation / processes; that scaling is the trainer's job
-// (pass num_items_in_batch accordingly), not this function's.
+// aggregated by loss_type, over the whole step batch of R rows and T completion tokens
+// (GrpoLossInputs::rows_in_batch / tokens_in_batch; 0 = this call's own N and sum m):
+//   grpo:    sum over sequences of (sum_t m*loss_t / max(sum_t m, 1)) / R
+//   bnpo:    sum m*loss / max(T, 1)
+//   dr_grpo: sum m*loss / (R * max_completion_length)
+//   dapo:    sum m*loss / max(T, 1)
+// So the loss of every micro-batch of a step, each given the step's R and T, adds up to the loss of
+// the step's batch in one call, and its gradient is the same: the function owns the whole
+// normaliser, the trainer only sums. With R and T left at 0, one call equals TRL's loss for one
+// gradient-accumulation step (TRL's dapo normaliser num_items_in_batch is T here; bnpo differs from
+// dapo in TRL only by how gradient accumulation is counted).
 #pragma once
 
 #include <torch/types.h>
@@ -38,6 +41,7 @@
 
 #include "grpo/config/config.h"
 #include "grpo/model/causal_lm.h"
+#include "grpo/train/policy_forward.h"
 
 namespace grpo::train {
 
@@ -77,7 +81,8 @@ struct GrpoLossConfig {
   bool use_bias_correction_kl = true;   // multiply the KL by the importance ratio (DeepSeek-V3.2; TRL default true)
   RewardScaling scale_rewards = RewardScaling::group;  // TRL default group
   int64_t max_completion_length = 512;  // tokens; dr_grpo's constant normaliser (TRL default 512)
-  double temperature = 1.0;             // logits are divided by it before log_softmax (TRL default 1.0)
+  // The log-probs' temperature is the sampling temperature (grpo.generation.sampling.temperature):
+  // the ratio compares log-probs of the distribution that sampled.
 
   double epsilon_low() const { return epsilon; }
   double epsilon_upper() const { return epsilon_high.value_or(epsilon); }
@@ -96,9 +101,10 @@ struct GrpoLossConfig {
       "multiply the per-token KL by the importance ratio (unbiased reverse-KL gradient off-policy)");
     v("scale_rewards", scale_rewards, "advantage denominator: group std | batch std | none (Dr. GRPO)");
     v("max_completion_length", max_completion_length, "tokens; dr_grpo's normaliser", Check().gt(0));
-    v("temperature", temperature, "logits / temperature before log_softmax (the sampling temperature)",
-      Check().gt(0));
   }
+  // Keys that were removed, with what replaced them (the unknown-key error shows the hint).
+  static constexpr std::array<config::RemovedKey, 1> removed_keys{
+      {{"temperature", "the log-probs use the sampling temperature, generation.sampling.temperature"}}};
   std::string validate() const;  // "" when fine
 };
 
@@ -107,43 +113,27 @@ struct GrpoLossConfig {
 // batch (batch), or not divided (none). A group of identical rewards gets 0. Same dtype as rewards.
 torch::Tensor compute_advantages(const torch::Tensor& rewards, int64_t group_size, RewardScaling scaling);
 
-// log_softmax(logits)[ids] row by row, without materialising a second [N, L, V] tensor:
-// logits [N, L, V], ids [N, L] -> [N, L] float32 (float64 for float64 logits).
-torch::Tensor selective_logprobs(const torch::Tensor& logits, const torch::Tensor& ids);
-
-// Log-probs of the completion tokens: input_ids [N, P + L] = prompt (left padded) then completion
-// (right padded), attention_mask [N, P + L] (0 at padding). Position i - 1 predicts token i; the
-// logits are divided by `temperature`. Returns [N, L] (float32), 0 where the completion is padding
-// (as TRL's fused head returns), with grad when the model has it.
-// position_ids undefined = 0 .. P+L-1 for every row, regardless of the left padding: that is what
-// TRL's forward gets (it passes no position_ids, and HF then uses arange(T)), although generation
-// numbered the tokens from the first real one. Pass cumsum(mask) - 1 to use the generation's.
-// chunk_size > 0: the log-probs come from the hidden states through kernels::token_logprobs, a
-// vocabulary chunk of that many rows at a time, so the [N, L, V] logits are never materialised
-// (forward or backward); 0: the head's logits, then selective_logprobs (TRL's way).
-torch::Tensor completion_logprobs(model::CausalLM& model, const torch::Tensor& input_ids,
-                                  const torch::Tensor& attention_mask, const torch::Tensor& position_ids,
-                                  int64_t completion_length, double temperature = 1.0,
-                                  int64_t chunk_size = 0);
-
 struct GrpoLossInputs {
   torch::Tensor logps{};            // [N, L] current policy, with grad
   torch::Tensor old_logps{};        // [N, L] policy that sampled; undefined = logps.detach() (ratio 1)
   torch::Tensor ref_logps{};        // [N, L] reference policy; needed when beta > 0
   torch::Tensor advantages{};       // [N] (or [N, L] per token)
   torch::Tensor completion_mask{};  // [N, L] 1 = a completion token that counts
-  double num_items_in_batch = 0;  // dapo: completion tokens of the accumulated batch (and ranks); 0 = this batch's
+  double rows_in_batch = 0;         // R: sequences of the step's batch (all micro-batches, ranks); 0 = N
+  double tokens_in_batch = 0;       // T: completion tokens of the step's batch; 0 = this call's sum of the mask
 };
 
+// The metrics are 0-dim tensors without grad (the logps' dtype), so that a trainer can add them up over
+// micro-batches and read them back once per step.
 struct GrpoLossOutput {
   torch::Tensor loss;                  // scalar, with grad
-  double kl = 0;                       // mean KL term per completion token (after the ratio factor; 0 when beta == 0), TRL's "kl"
-  double clip_ratio_low_mean = 0;      // fraction with ratio < 1 - epsilon and A < 0 ("clip_ratio/low_mean")
-  double clip_ratio_high_mean = 0;     // fraction with ratio > 1 + epsilon_high and A > 0 ("clip_ratio/high_mean")
-  double clip_ratio_region_mean = 0;   // either ("clip_ratio/region_mean")
-  double clip_ratio_low_min = 0;       // smallest per-sequence low fraction ("clip_ratio/low_min")
-  double clip_ratio_high_max = 0;      // largest per-sequence high fraction ("clip_ratio/high_max")
-  double ratio_mean = 0;               // mean importance ratio (after the delta cap) over completion tokens
+  torch::Tensor kl;                    // mean KL term per completion token (after the ratio factor; 0 when beta == 0), TRL's "kl"
+  torch::Tensor clip_ratio_low_mean;   // fraction with ratio < 1 - epsilon and A < 0 ("clip_ratio/low_mean")
+  torch::Tensor clip_ratio_high_mean;  // fraction with ratio > 1 + epsilon_high and A > 0 ("clip_ratio/high_mean")
+  torch::Tensor clip_ratio_region_mean;  // either ("clip_ratio/region_mean")
+  torch::Tensor clip_ratio_low_min;    // smallest per-sequence low fraction ("clip_ratio/low_min")
+  torch::Tensor clip_ratio_high_max;   // largest per-sequence high fraction ("clip_ratio/high_max")
+  torch::Tensor ratio_mean;            // mean importance ratio (after the delta cap) over completion tokens
 };
 // Fractions are over completion tokens at token level and over sequences at sequence level, as TRL.
 

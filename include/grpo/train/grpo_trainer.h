@@ -1,37 +1,51 @@
 // The GRPO trainer: each step samples G completions for each of `prompts_per_step` prompts with the
 // rollout engine, scores them with the RewardSet, turns the weighted rewards into group-normalised
 // advantages, and takes num_iterations optimizer steps on the clipped-ratio objective (with the k3
-// KL to a frozen reference when beta > 0). The loss is grpo_loss (grpo/train/grpo_loss.h), its
-// aggregation normalised over the whole step batch, so micro-batching gives the same gradient as
-// one big batch.
+// KL to a frozen reference when beta > 0). A step is five named phases, each a function of its own:
+//
+//   sample_step          scored rollouts (grpo/train/scored_rollouts.h), dynamic sampling    -> StepRollouts
+//   build_grpo_batch     the groups as padded tensors (grpo/train/grpo_batch.h)               -> GrpoBatch
+//   batch_logprobs       the reference policy's log-probs of the batch (beta > 0)             -> [N, L]
+//   GrpoTrainer::optimise  num_iterations x (micro-batches of completion_forward + grpo_loss
+//                        + MTP + balance loss, backward; clip; AdamW; router bias)           -> GrpoStepStats
+//   GrpoTrainer::log_step  metrics.jsonl (the loss's and every reward function's), completions.jsonl
 //
 //   GrpoTrainer trainer(model, *tokenizer, prompt_cfg, cfg.grpo, reward_set, run);
 //   trainer.train(rl_records, eval_fn, resume);
 //
+// The gradient of a step: grpo_loss normalises over the whole step batch (it gets the step's row and
+// token counts), so micro-batching gives the same gradient as one big batch; the MTP loss
+// (mtp_weight > 0) and the MoE balance loss (seq_aux_loss_alpha > 0) come from the same forward and
+// are added weighted by each micro-batch's share of the rows, as in SFT.
 // Old policy: with num_iterations 1 the ratio is computed against the current log-probs detached
 // (exactly 1, as TRL); with more, against the log-probs the engine recorded while sampling (equal to
-// a teacher-forced forward to 1e-5). Positions count real tokens from the first prompt token, as in
-// generation. Dynamic sampling (DAPO) drops groups whose rewards are all equal and samples new
-// prompts for up to max_refill_rounds rounds.
+// a teacher-forced forward to 1e-5). The log-probs use the sampling temperature. Positions count
+// real tokens from the first prompt token, as in generation. Dynamic sampling (DAPO) drops groups
+// whose rewards are all equal and samples new prompts for up to max_refill_rounds rounds.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
 #include "grpo/config/config.h"
 #include "grpo/core/metrics.h"
 #include "grpo/core/run.h"
+#include "grpo/data/dataset.h"
 #include "grpo/data/prompt.h"
 #include "grpo/data/record.h"
 #include "grpo/data/tokenizer.h"
 #include "grpo/model/causal_lm.h"
 #include "grpo/rewards/reward_set.h"
 #include "grpo/rollout/engine.h"
+#include "grpo/train/grpo_batch.h"
 #include "grpo/train/grpo_loss.h"
 #include "grpo/train/optimizer.h"
 #include "grpo/train/schedule.h"
+#include "grpo/train/scored_rollouts.h"
 #include "grpo/train/train_state.h"
 
 namespace grpo::train {
@@ -53,7 +67,7 @@ struct GrpoConfig {
   bool bf16_autocast = true;              // CUDA: bf16 autocast for the training forward
   bool activation_checkpointing = false;  // recompute each decoder block in backward (less memory)
   int64_t eval_every = 0;                 // steps between evaluations (0 = only at the end)
-  std::string accuracy_reward = "math_accuracy";  // reward label logged as "accuracy" (absent: not logged)
+  std::string accuracy_reward = "math_accuracy";  // reward label logged as "accuracy" ("" = none)
   int64_t log_completions = 2;            // completions per step written to the log and completions.jsonl
   int64_t seed_offset = 1;                // added to run.seed for this stage's data order and sampling
   OptimizerConfig optim;                  // AdamW (R1: lr 3e-6)
@@ -81,7 +95,7 @@ struct GrpoConfig {
     v("bf16_autocast", bf16_autocast, "bf16 autocast on CUDA");
     v("activation_checkpointing", activation_checkpointing, "recompute each decoder block in backward");
     v("eval_every", eval_every, "steps between evaluations; 0 = only at the end", Check().ge(0));
-    v("accuracy_reward", accuracy_reward, "reward label logged as accuracy");
+    v("accuracy_reward", accuracy_reward, "reward label logged as accuracy; \"\" = none (must be a reward label)");
     v("log_completions", log_completions, "completions per step written to the log and completions.jsonl",
       Check().ge(0));
     v("seed_offset", seed_offset, "added to run.seed for this stage", Check().ge(0));
@@ -98,6 +112,37 @@ struct GrpoResult {
   double seconds = 0;
 };
 
+// Phase 1's result: the groups that train, and everything sampled for the metrics.
+struct StepRollouts {
+  std::vector<RolloutGroup> groups;  // [prompts_per_step] the groups of the training batch
+  rewards::RewardScores scores;      // every completion sampled in the step (dropped groups included)
+  int64_t generated_groups = 0;      // groups sampled (> prompts_per_step with dynamic sampling)
+  int64_t zero_std_groups = 0;       // of those, groups whose rewards were all equal
+  int64_t generated_tokens = 0;
+  double generation_seconds = 0, reward_seconds = 0;
+};
+
+// Phase 1: prompts_per_step groups of G completions, the records drawn from `order`, request seeds
+// derive_seed(seed, step, round, record). With dynamic sampling, groups whose totals are all equal
+// are dropped and refilled from new prompts for up to max_refill_rounds further rounds (the last
+// round keeps them).
+StepRollouts sample_step(const Generator& generate, const data::Tokenizer& tokenizer, const data::PromptConfig& prompt,
+                         const std::vector<data::Record>& records, data::DataOrder& order, const GrpoConfig& cfg,
+                         const rewards::RewardSet& rewards, uint64_t seed, int64_t step);
+
+// Phase 3: log-probs of the batch's completions under `model` (no grad), micro_batch rows at a time
+// on the model's device, returned on the CPU: [N, L].
+torch::Tensor batch_logprobs(model::CausalLM& model, const GrpoBatch& batch, int64_t micro_batch, double temperature,
+                             int64_t chunk_size, bool autocast);
+
+// Phase 4's result: the step's optimisation metrics, as 0-dim tensors until log_step reads them.
+struct GrpoStepStats {
+  torch::Tensor loss, kl, clip_low, clip_high, clip_region;  // means over the iterations
+  torch::Tensor mtp_loss, balance_loss;                      // means over the iterations (0 when off)
+  torch::Tensor sampler_diff_sum, sampler_diff_max;          // |trainer - sampler| log-probs before any update
+  double grad_norm = 0, lr = 0, seconds = 0;                 // of the last iteration; wall time of the phase
+};
+
 class GrpoTrainer {
  public:
   using EvalFn = std::function<std::vector<Metric>(int64_t step)>;
@@ -108,9 +153,18 @@ class GrpoTrainer {
   // Trains on prompts drawn from `records` (their answers and extra columns go to the rewards).
   GrpoResult train(const std::vector<data::Record>& records, const EvalFn& eval = {}, bool resume = false);
 
+  // Phase 4: num_iterations optimizer steps on the batch (optimizer steps step * num_iterations ...).
+  GrpoStepStats optimise(const GrpoBatch& batch, torch::optim::Optimizer& optimizer, int64_t step);
+
   std::string checkpoint_dir() const;
 
  private:
+  // Phase 5: one metrics.jsonl row and the sample completions of a finished step (1-based);
+  // returns the batch's mean reward.
+  double log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch, const GrpoStepStats& stats,
+                std::vector<Metric> eval_metrics, double step_seconds, const std::vector<data::Record>& records,
+                std::ostream& completions_log);
+
   model::CausalLM model_;
   const data::Tokenizer& tokenizer_;
   data::PromptConfig prompt_;
@@ -118,6 +172,7 @@ class GrpoTrainer {
   const rewards::RewardSet& rewards_;
   Run& run_;
   std::string stage_;
+  std::optional<size_t> accuracy_index_;  // the accuracy reward among the reward labels
 };
 
 // A deep copy of `model` (same config, device and dtype; parameters and buffers copied), frozen

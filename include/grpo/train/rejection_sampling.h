@@ -182,7 +182,7 @@ TraceSelection select_traces(const std::vector<std::string>& completions, const 
                              const data::PromptConfig& prompt, const RejectionSamplingConfig& cfg,
                              int64_t offset = 0);
 
-// The request seed of prompt `index`: splitmix64 of the run seed and the index.
+// The request seed of prompt `index`: derive_seed(seed, index) (grpo/core/random.h).
 uint64_t prompt_seed(uint64_t seed, int64_t index);
 
 // Generates completions for requests (k per request, result[p * k + g]), as rollout::Engine does.

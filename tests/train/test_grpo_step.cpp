@@ -1,0 +1,250 @@
+// The phases of a GRPO step, each alone: build_grpo_batch against a layout written out by hand;
+// sample_step's dynamic sampling and seeds with a scripted generator; optimise's MTP and balance
+// losses against an independent forward of the same batch; every reward function's metrics in
+// metrics.jsonl.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "grpo/core/metrics.h"
+#include "grpo/core/random.h"
+#include "grpo/train/grpo_trainer.h"
+#include "train/train_test_util.h"
+
+namespace grpo::train {
+namespace {
+
+using test::addition;
+using test::Fixture;
+using test::prompt_config;
+using test::tiny_config;
+
+rollout::Completion completion(std::vector<int64_t> ids, rollout::FinishReason reason, float logp = -0.5f) {
+  rollout::Completion c;
+  c.token_ids = std::move(ids);
+  c.logprobs.assign(c.token_ids.size(), logp);
+  c.finish_reason = reason;
+  return c;
+}
+
+// Two groups of G = 2: prompts of 2 and 3 tokens, completions of 1 to 3 tokens, one cut at
+// max_new_tokens.
+std::vector<RolloutGroup> two_groups() {
+  using rollout::FinishReason;
+  RolloutGroup a, b;
+  a.prompt_ids = {10, 11};
+  a.completions = {completion({20}, FinishReason::eos, -0.1f), completion({21, 22, 23}, FinishReason::length, -0.2f)};
+  a.totals = {1.0, 0.0};
+  b.prompt_ids = {12, 13, 14};
+  b.completions = {completion({24, 25}, FinishReason::stop, -0.3f), completion({26}, FinishReason::eos, -0.4f)};
+  b.totals = {0.5, 0.25};
+  return {a, b};
+}
+
+TEST(GrpoBatch, PadsPromptsLeftAndCompletionsRight) {
+  const auto batch = build_grpo_batch(two_groups(), /*mask_truncated=*/true);
+  // P = 3, L = 3.
+  const auto ids = torch::tensor({0, 10, 11, 20, 0, 0, 0, 10, 11, 21, 22, 23, 12, 13, 14, 24, 25, 0, 12, 13, 14, 26, 0, 0},
+                                 torch::kLong)
+                       .view({4, 6});
+  const auto mask = torch::tensor({0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0}, torch::kLong)
+                        .view({4, 6});
+  const auto positions =
+      torch::tensor({0, 0, 1, 2, 2, 2, 0, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 4, 0, 1, 2, 3, 3, 3}, torch::kLong).view({4, 6});
+  EXPECT_TRUE(torch::equal(batch.input_ids, ids));
+  EXPECT_TRUE(torch::equal(batch.attention_mask, mask));
+  EXPECT_TRUE(torch::equal(batch.position_ids, positions));
+  // The truncated completion (row 1) gets no loss.
+  EXPECT_TRUE(torch::equal(batch.completion_mask,
+                           torch::tensor({1.f, 0.f, 0.f, 0.f, 0.f, 0.f, 1.f, 1.f, 0.f, 1.f, 0.f, 0.f}).view({4, 3})));
+  EXPECT_TRUE(torch::allclose(
+      batch.sampler_logps,
+      torch::tensor({-0.1f, 0.f, 0.f, -0.2f, -0.2f, -0.2f, -0.3f, -0.3f, 0.f, -0.4f, 0.f, 0.f}).view({4, 3})));
+  EXPECT_TRUE(torch::equal(batch.rewards, torch::tensor({1.f, 0.f, 0.5f, 0.25f})));
+  EXPECT_EQ(batch.lengths, (std::vector<double>{1, 3, 2, 1}));
+  EXPECT_EQ(batch.truncated, 1);
+  EXPECT_EQ(batch.group_size, 2);
+  EXPECT_EQ(batch.completion_tokens(), 4.0);
+  EXPECT_EQ(build_grpo_batch(two_groups(), false).completion_tokens(), 7.0);
+  const auto rows = batch.rows(1, 2);
+  EXPECT_TRUE(torch::equal(rows.input_ids, ids.narrow(0, 1, 2)));
+  EXPECT_EQ(rows.size(), 2);
+  auto uneven = two_groups();
+  uneven[1].completions.pop_back();
+  EXPECT_THROW(build_grpo_batch(uneven, false), std::invalid_argument);
+  EXPECT_THROW(build_grpo_batch({}, false), std::invalid_argument);
+}
+
+// Each sample's reward is its text: "1" or "0". The generator answers from the request seed, so a
+// group is flat (all "0") for some seeds: those are refilled with new prompts.
+class TextReward : public rewards::RewardFunction {
+ public:
+  std::string name() const override { return "text"; }
+  rewards::RewardBatch score(const std::vector<rewards::Sample>& batch) const override {
+    rewards::RewardBatch out;
+    for (const auto& s : batch) out.scores.push_back(s.completion == "1" ? 1.0 : 0.0);
+    return out;
+  }
+};
+
+TEST(GrpoSampleStep, DynamicSamplingRefillsFlatGroupsWithSeedsFromTheRule) {
+  rewards::RewardRegistry registry;
+  registry.add("text", [](const config::Value&) { return std::make_unique<TextReward>(); });
+  const rewards::RewardSet rewards(
+      config::from_value<rewards::RewardsConfig>(config::parse_yaml_string("functions: [{name: text}]\n", "r.yaml")),
+      "", registry);
+  const auto tok = test::byte_tokenizer();
+  const auto records = addition(40, 3, false);
+  std::vector<uint64_t> seeds;
+  // Flat (all "0") unless the seed is a multiple of 3; then sample 0 answers "1".
+  const Generator generate = [&](const std::vector<rollout::GenerationRequest>& reqs, rollout::GenerationStats*) {
+    std::vector<rollout::Completion> out;
+    for (const auto& r : reqs) {
+      seeds.push_back(*r.seed);
+      for (int g = 0; g < 3; ++g) {
+        auto c = completion({49}, rollout::FinishReason::eos);
+        c.text.assign(1, *r.seed % 3 == 0 && g == 0 ? '1' : '0');
+        out.push_back(c);
+      }
+    }
+    return out;
+  };
+  GrpoConfig cfg;
+  cfg.prompts_per_step = 4;
+  cfg.generation.num_generations = 3;
+  cfg.dynamic_sampling = true;
+  cfg.max_refill_rounds = 2;
+  data::DataOrder order(static_cast<int64_t>(records.size()), {.batch_size = 1}, 5);
+  data::DataOrder replay(static_cast<int64_t>(records.size()), {.batch_size = 1}, 5);
+  const uint64_t seed = 77;
+  const auto r = sample_step(generate, *tok, prompt_config(), records, order, cfg, rewards, seed, /*step=*/4);
+
+  // Replay the rule: round by round, the records drawn in order, seeds derive_seed(seed, 4, round, record).
+  size_t drawn = 0, kept = 0;
+  int64_t flat = 0;
+  std::vector<int64_t> want_groups;
+  for (int64_t round = 0; kept < 4; ++round) {
+    const size_t need = 4 - kept;
+    for (size_t i = 0; i < need; ++i, ++drawn) {
+      const int64_t record = replay.next_batch().front();
+      const uint64_t s = derive_seed(seed, 4, static_cast<uint64_t>(round), static_cast<uint64_t>(record));
+      ASSERT_LT(drawn, seeds.size());
+      EXPECT_EQ(seeds[drawn], s) << "request " << drawn;
+      const bool is_flat = s % 3 != 0;
+      flat += is_flat;
+      if (!is_flat || round == cfg.max_refill_rounds) {
+        want_groups.push_back(record);
+        ++kept;
+      }
+    }
+  }
+  ASSERT_EQ(seeds.size(), drawn);
+  ASSERT_EQ(r.groups.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(r.groups[i].record, want_groups[i]);
+  EXPECT_EQ(r.generated_groups, static_cast<int64_t>(drawn));
+  EXPECT_EQ(r.zero_std_groups, flat);
+  EXPECT_GT(flat, 0) << "the scripted seeds gave no flat group: the test shows nothing";
+  // The metrics cover every completion sampled, dropped groups included.
+  EXPECT_EQ(r.scores.total.size(), drawn * 3);
+  EXPECT_EQ(r.scores.metrics.at("rewards/text/applied"), 1.0);
+}
+
+// optimise() on one micro-batch with the MTP loss and the MoE balance loss on: both come from the
+// step's single forward and equal what a separate forward of the same batch gives; the GRPO loss
+// is the rest. Then every reward function's metrics reach metrics.jsonl.
+TEST(GrpoOptimise, AddsTheMtpAndBalanceLossesOfTheSameForward) {
+  Fixture f("optimise");
+  auto cfg = tiny_config(f.tok->vocab_size());
+  cfg.seq_aux_loss_alpha = 0.01;
+  torch::manual_seed(4);
+  model::CausalLM model(cfg);
+  const auto rewards = rewards::RewardSet(config::from_value<rewards::RewardsConfig>(
+      config::parse_yaml_string("functions: [{name: math_accuracy}]\n", "r.yaml")));
+  GrpoConfig g;
+  g.steps = 1;
+  g.prompts_per_step = 2;
+  g.generation.num_generations = 2;
+  g.micro_batch_size = 16;  // one micro-batch: the step's losses are the batch's
+  g.mtp_weight = 0.3;
+  g.loss.loss_type = LossType::grpo;
+  g.router_bias_gamma = 0;
+  g.optim.lr = 1e-3;
+  GrpoTrainer trainer(model, *f.tok, prompt_config(), g, rewards, *f.run);
+  auto groups = two_groups();
+  groups[0].completions[1].finish_reason = rollout::FinishReason::eos;
+  const auto batch = build_grpo_batch(groups, false);
+
+  // The independent forward, before the update, in training mode (the balance loss exists there).
+  model->train();
+  double want_mtp = 0, want_balance = 0;
+  {
+    torch::NoGradGuard no_grad;
+    model::ForwardOptions fo;
+    fo.mtp = true;
+    const auto out = model->forward(batch.input_ids, batch.position_ids, batch.attention_mask, nullptr, fo);
+    auto mtp_mask = torch::zeros_like(batch.input_ids);
+    mtp_mask.narrow(1, 3, 3).copy_(batch.completion_mask.to(torch::kLong));
+    want_mtp = model::mtp_loss(out, batch.input_ids, mtp_mask, 0.3).item<double>();
+    ASSERT_TRUE(out.balance_loss.defined());
+    want_balance = out.balance_loss.item<double>();
+  }
+  const auto gate_before = model->moe_layers().front()->gate_weight.detach().clone();
+  auto optimizer = make_optimizer(*model, g.optim);
+  const auto stats = trainer.optimise(batch, *optimizer, 0);
+  EXPECT_NEAR(stats.mtp_loss.item<double>(), want_mtp, 1e-5 * want_mtp);
+  EXPECT_NEAR(stats.balance_loss.item<double>(), want_balance, 1e-5 * want_balance);
+  EXPECT_GT(want_balance, 0.0);
+  // The GRPO part: ratio 1, so the loss is -mean over sequences of A x (tokens / tokens) = -mean(A) = 0.
+  const double grpo_part = stats.loss.item<double>() - stats.mtp_loss.item<double>() - stats.balance_loss.item<double>();
+  EXPECT_NEAR(grpo_part, 0.0, 1e-5);
+  EXPECT_FALSE(torch::equal(model->moe_layers().front()->gate_weight, gate_before));
+}
+
+// A reward with metrics of its own: they reach metrics.jsonl as rewards/<label>/<metric>.
+class MeteredReward : public rewards::RewardFunction {
+ public:
+  std::string name() const override { return "metered"; }
+  rewards::RewardBatch score(const std::vector<rewards::Sample>& batch) const override {
+    rewards::RewardBatch out;
+    for (size_t i = 0; i < batch.size(); ++i) out.scores.push_back(i % 2 == 0 ? std::optional<double>(1.0) : std::nullopt);
+    out.metrics["custom"] = 0.25;
+    return out;
+  }
+};
+
+TEST(GrpoTrainer, LogsEveryRewardFunctionsMetrics) {
+  rewards::RewardRegistry registry;
+  rewards::register_builtin_rewards(registry);
+  registry.add("metered", [](const config::Value&) { return std::make_unique<MeteredReward>(); });
+  const rewards::RewardSet rewards(config::from_value<rewards::RewardsConfig>(config::parse_yaml_string(
+                                       "functions: [{name: metered, batch_size: 0}, {name: math_accuracy}]\n", "r.yaml")),
+                                   "", registry);
+  Fixture f("reward_metrics");
+  torch::manual_seed(3);
+  model::CausalLM model(tiny_config(f.tok->vocab_size()));
+  GrpoConfig g;
+  g.steps = 1;
+  g.prompts_per_step = 2;
+  g.generation.num_generations = 2;
+  g.generation.max_new_tokens = 6;
+  g.checkpoint.every_steps = 0;
+  g.accuracy_reward = "math_accuracy";
+  GrpoTrainer(model, *f.tok, prompt_config(), g, rewards, *f.run).train(addition(6, 2, false));
+  const auto rows = read_metrics(f.run->path("metrics.jsonl"));
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].get("rewards/metered/custom", -1), 0.25);
+  EXPECT_EQ(rows[0].get("rewards/metered/applied", -1), 0.5);
+  EXPECT_EQ(rows[0].get("rewards/metered/errors", -1), 0.0);
+  EXPECT_GE(rows[0].get("rewards/metered/seconds", -1), 0.0);
+  EXPECT_EQ(rows[0].get("rewards/math_accuracy/applied", -1), 1.0);
+  EXPECT_FALSE(std::isnan(rows[0].get("rewards/math_accuracy/extracted_fraction", NAN)));
+  EXPECT_FALSE(std::isnan(rows[0].get("rewards/total/mean", NAN)));
+  EXPECT_EQ(rows[0].get("accuracy", -1), rows[0].get("rewards/math_accuracy/mean", -2));
+  // An accuracy_reward that is not a reward label is refused at construction.
+  g.accuracy_reward = "accuracy";
+  EXPECT_THROW(GrpoTrainer(model, *f.tok, prompt_config(), g, rewards, *f.run), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace grpo::train
