@@ -21,9 +21,12 @@ grpo_has_torch() {  # $1: python; true when it imports torch 2.11.x
     >/dev/null 2>&1
 }
 
-grpo_setup_debian() {
+# Only the test command needs these: the format check's clang-format.
+GRPO_DEBIAN_TEST_PACKAGES="clang-format-14"
+
+grpo_setup_debian() {  # [extra packages...]
   local missing=() p
-  for p in $GRPO_DEBIAN_PACKAGES; do
+  for p in $GRPO_DEBIAN_PACKAGES "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -eq 0 ]; then
@@ -66,13 +69,23 @@ grpo_setup_torch() {
     grpo_say "torch installed in $(grpo_elapsed "$t0" "$(grpo_now)")s"
   fi
   grpo_say "torch: $("$GRPO_PYTHON" -c 'import torch; print(torch.__version__)') from $GRPO_PYTHON"
-  # Keep the venv's extra test packages in step with scripts/requirements.txt.
-  local stamp="$venv/.requirements"
-  if [ "$GRPO_PYTHON" = "$venv/bin/python" ] && ! cmp -s "$GRPO_ROOT/scripts/requirements.txt" "$stamp"; then
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$GRPO_ROOT/scripts/requirements.txt" &&
-      cp "$GRPO_ROOT/scripts/requirements.txt" "$stamp"
-  fi
   export GRPO_PYTHON
+}
+
+# The test oracles (scripts/requirements-test.txt) in the torch venv, kept in step with the file;
+# only the test command needs them. A python that is not our venv (GRPO_PYTHON, a GPU host) is
+# left as it is: the oracle tests then report what they miss.
+grpo_setup_test_oracles() {
+  local venv="$GRPO_CACHE/torch-$GRPO_TORCH_VERSION" stamp
+  stamp="$venv/.requirements-test"
+  [ "$GRPO_PYTHON" = "$venv/bin/python" ] || return 0
+  cmp -s "$GRPO_ROOT/scripts/requirements-test.txt" "$stamp" && return 0
+  local t0; t0=$(grpo_now)
+  grpo_say "installing the test oracles (scripts/requirements-test.txt) into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$GRPO_ROOT/scripts/requirements-test.txt" ||
+    { grpo_say "pip install of the test oracles failed"; return 1; }
+  cp "$GRPO_ROOT/scripts/requirements-test.txt" "$stamp"
+  grpo_say "test oracles installed in $(grpo_elapsed "$t0" "$(grpo_now)")s"
 }
 
 grpo_setup_ccache() {
@@ -87,6 +100,10 @@ grpo_setup_ccache() {
 
 grpo_setup() {
   grpo_setup_debian && grpo_setup_torch && grpo_setup_ccache
+}
+
+grpo_setup_for_tests() {
+  grpo_setup_debian $GRPO_DEBIAN_TEST_PACKAGES && grpo_setup_torch && grpo_setup_ccache && grpo_setup_test_oracles
 }
 
 grpo_configure() {

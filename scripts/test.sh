@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The test command: set-up (idempotent), configure, build, then every test with ctest.
+# The test command: set-up (idempotent), configure, build, every test with ctest, then the format
+# check (scripts/format_check.sh).
 # Prints a timing summary last. Extra arguments go to ctest (e.g. -R Config).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 t0=$(grpo_now)
-grpo_setup || exit 1
+grpo_setup_for_tests || exit 1
 t1=$(grpo_now)
 grpo_configure || exit 1
 t2=$(grpo_now)
@@ -14,6 +15,8 @@ t3=$(grpo_now)
 (cd "$GRPO_BUILD_DIR" && ctest --output-on-failure -j "$(nproc 2>/dev/null || echo 2)" "$@")
 status=$?
 t4=$(grpo_now)
+# The sources against .clang-format (scripts/format_check.sh --fix formats them).
+bash "$GRPO_ROOT/scripts/format_check.sh" || { grpo_say "format check failed"; status=1; }
 
 echo
 echo "timing: set-up $(grpo_elapsed "$t0" "$t1")s | configure $(grpo_elapsed "$t1" "$t2")s |" \
