@@ -60,8 +60,10 @@ void BM_GenerateGreedy(benchmark::State& state) {
 }
 BENCHMARK(BM_GenerateGreedy)
     ->ArgNames({"batch", "new", "mtp"})
-    ->Args({1, 128, 0})->Args({1, 128, 1})
-    ->Args({8, 128, 0})->Args({8, 128, 1})
+    ->Args({1, 128, 0})
+    ->Args({1, 128, 1})
+    ->Args({8, 128, 0})
+    ->Args({8, 128, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

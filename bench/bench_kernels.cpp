@@ -190,7 +190,8 @@ void BM_SwigluReferenceCpu(benchmark::State& state) {
 
 void BM_RopeReferenceCpu(benchmark::State& state) {
   const auto x = torch::randn({1, 16, 128, 64}), cos = torch::randn({1, 128, 64}), sin = torch::randn({1, 128, 64});
-  for (auto _ : state) benchmark::DoNotOptimize(gk::rope_reference(x, cos, sin, gk::RopeLayout::interleaved).data_ptr());
+  for (auto _ : state)
+    benchmark::DoNotOptimize(gk::rope_reference(x, cos, sin, gk::RopeLayout::interleaved).data_ptr());
   state.SetBytesProcessed(state.iterations() * 2 * x.numel() * static_cast<int64_t>(sizeof(float)));
 }
 

@@ -16,25 +16,23 @@ using grpo::kernels::TokenLogprobsOptions;
 enum class Path { kReference, kChunked, kChunkedAten };
 
 // range(0) = chunk size (ignored by the reference).
-void run(benchmark::State& state, Path path, torch::Device device, torch::ScalarType dtype,
-         int64_t rows, int64_t width, int64_t vocab) {
+void run(benchmark::State& state, Path path, torch::Device device, torch::ScalarType dtype, int64_t rows, int64_t width,
+         int64_t vocab) {
   if (device.is_cuda() && !torch::cuda::is_available()) {
     state.SkipWithError("no CUDA device");
     return;
   }
   torch::manual_seed(0);
   const auto opts = torch::TensorOptions().device(device);
-  const auto hidden = (torch::randn({rows, width}, opts) / std::sqrt(static_cast<double>(width)))
-                          .to(dtype)
-                          .requires_grad_(true);
+  const auto hidden =
+      (torch::randn({rows, width}, opts) / std::sqrt(static_cast<double>(width))).to(dtype).requires_grad_(true);
   const auto weight = torch::randn({vocab, width}, opts).to(dtype).requires_grad_(true);
   const auto targets = torch::randint(vocab, {rows}, opts.dtype(torch::kLong));
-  const TokenLogprobsOptions options{.temperature = 0.7, .chunk_size = state.range(0),
-                                     .use_cuda_kernels = path == Path::kChunked};
+  const TokenLogprobsOptions options{
+      .temperature = 0.7, .chunk_size = state.range(0), .use_cuda_kernels = path == Path::kChunked};
   for (auto _ : state) {
-    const auto r = path == Path::kReference
-                       ? grpo::kernels::token_logprobs_reference(hidden, weight, targets, options)
-                       : grpo::kernels::token_logprobs(hidden, weight, targets, options);
+    const auto r = path == Path::kReference ? grpo::kernels::token_logprobs_reference(hidden, weight, targets, options)
+                                            : grpo::kernels::token_logprobs(hidden, weight, targets, options);
     r.logprobs.sum().backward();
     if (device.is_cuda()) torch::cuda::synchronize();
     benchmark::DoNotOptimize(hidden.grad().data_ptr());

@@ -86,8 +86,7 @@ const bool registered = [] {
   for (const char* name : {"gpt2", "llama3", "qwen2", "deepseek_v3"}) {
     const std::string file = (dir / name / "tokenizer.json").string();
     if (!std::filesystem::exists(file)) continue;
-    benchmark::RegisterBenchmark((std::string("BM_TokenizerEncode/") + name).c_str(), BM_TokenizerEncode, &corpus,
-                                 file)
+    benchmark::RegisterBenchmark((std::string("BM_TokenizerEncode/") + name).c_str(), BM_TokenizerEncode, &corpus, file)
         ->Unit(benchmark::kMillisecond)
         ->MinTime(2.0);
     benchmark::RegisterBenchmark((std::string("BM_TokenizerEncodeCold/") + name).c_str(), BM_TokenizerEncodeCold,

@@ -24,11 +24,11 @@
 // deleted); an unfinished one (no result.json) is started over; an arm is flock-ed while a process
 // works on it. Run with OMP_NUM_THREADS=1 for bit-reproducible trajectories (the float32 reduction
 // order depends on the thread count). On CUDA the trainer's bf16 autocast makes "float32" bf16.
+#include <ATen/CPUGeneratorImpl.h>
 #include <fcntl.h>
 #include <sys/file.h>
-#include <unistd.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -61,11 +61,11 @@ using json = nlohmann::json;
 
 struct ParityConfig {
   std::vector<int64_t> seeds = {1, 2, 3};  // one float32 / FP8 (/ noise) triple per seed
-  int64_t last_steps = 50;                  // final training loss = mean of the last this many steps
-  bool noise_arm = true;                    // also train the float32 noise yardstick
-  double init_noise = 0.005;                // the noise arm: relative std of a random factor on each initial weight
-  double goal = 0.0025;                     // the target: |mean FP8 / float32 - 1| of the final loss
-  std::string fp8_arm = "fp8";              // the FP8 arm's folder under seed<S>/ (name FP8 variants apart)
+  int64_t last_steps = 50;                 // final training loss = mean of the last this many steps
+  bool noise_arm = true;                   // also train the float32 noise yardstick
+  double init_noise = 0.005;               // the noise arm: relative std of a random factor on each initial weight
+  double goal = 0.0025;                    // the target: |mean FP8 / float32 - 1| of the final loss
+  std::string fp8_arm = "fp8";             // the FP8 arm's folder under seed<S>/ (name FP8 variants apart)
 
   template <class V>
   void visit(V& v) {
@@ -73,7 +73,8 @@ struct ParityConfig {
     v("seeds", seeds, "one float32 / FP8 (/ noise) set of runs per seed");
     v("last_steps", last_steps, "final training loss = mean of the last this many step losses", Check().ge(1));
     v("noise_arm", noise_arm, "also train float32 with a perturbed init (the trajectory-noise yardstick)");
-    v("init_noise", init_noise, "noise arm: each initial weight matrix times (1 + init_noise z), z ~ N(0, 1) per element", Check().gt(0));
+    v("init_noise", init_noise,
+      "noise arm: each initial weight matrix times (1 + init_noise z), z ~ N(0, 1) per element", Check().gt(0));
     v("goal", goal, "target relative gap of the final training loss", Check().gt(0));
     v("fp8_arm", fp8_arm, "folder of the FP8 arm under seed<S>/; FP8 variants under other names share the float32 arms",
       Check().nonempty());
@@ -118,7 +119,8 @@ double heldout_ce(model::CausalLM& model, const std::vector<data::TokenizedExamp
   int64_t tokens = 0;
   for (size_t i = 0; i < examples.size(); i += static_cast<size_t>(batch_size)) {
     std::vector<const data::TokenizedExample*> batch;
-    for (size_t j = i; j < std::min(examples.size(), i + static_cast<size_t>(batch_size)); ++j) batch.push_back(&examples[j]);
+    for (size_t j = i; j < std::min(examples.size(), i + static_cast<size_t>(batch_size)); ++j)
+      batch.push_back(&examples[j]);
     const auto b = train::pad_batch(batch);
     const auto out = model->forward(b.input_ids.to(device), b.position_ids.to(device), b.attention_mask.to(device));
     sum += train::sft_token_loss_sum(out.logits, b).item<double>();
@@ -147,7 +149,8 @@ std::vector<double> step_losses(const std::string& metrics_path, int64_t steps) 
 double tail_mean(const std::vector<double>& v, int64_t n) {
   n = std::min<int64_t>(n, static_cast<int64_t>(v.size()));
   double s = 0;
-  for (int64_t i = static_cast<int64_t>(v.size()) - n; i < static_cast<int64_t>(v.size()); ++i) s += v[static_cast<size_t>(i)];
+  for (int64_t i = static_cast<int64_t>(v.size()) - n; i < static_cast<int64_t>(v.size()); ++i)
+    s += v[static_cast<size_t>(i)];
   return s / static_cast<double>(n);
 }
 
@@ -205,8 +208,10 @@ json evaluate(model::CausalLM& model, const model::Fp8Config& fp8, const std::ve
     model::Fp8Config only = on;
     only.attention = only.dense_mlp = only.shared_experts = only.experts = false;
     const std::string k = kind;
-    (k == "attention" ? only.attention : k == "dense_mlp" ? only.dense_mlp : k == "shared_experts" ? only.shared_experts
-                                                                                                    : only.experts) = true;
+    (k == "attention"        ? only.attention
+     : k == "dense_mlp"      ? only.dense_mlp
+     : k == "shared_experts" ? only.shared_experts
+                             : only.experts) = true;
     out["heldout_fp8_" + k + "_only"] = ce_with(only);
   }
   // Each attention projection alone in FP8 (the same projection of every layer and the MTP block).
@@ -239,7 +244,8 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
   ParityJob arm_job = job;
   arm_job.run.seed = seed;
   arm_job.run.output_dir = (fs::path(job.run.output_dir) / ("seed" + std::to_string(seed)) /
-                            (arm == "fp8" ? job.parity.fp8_arm : arm)).string();
+                            (arm == "fp8" ? job.parity.fp8_arm : arm))
+                               .string();
   auto& mc = *arm_job.model.config;
   mc.fp8.enabled = arm == "fp8";
   // What the training depends on: the seed but not the rest of the run section, not the parity
@@ -257,7 +263,8 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
   fs::create_directories(dir.parent_path());
   const ArmLock lock(dir.string() + ".lock");
   const std::string result_path = (dir / "result.json").string();
-  const std::string final_checkpoint = (dir / "checkpoints" / "sft" / ("step_" + std::to_string(job.sft.steps))).string();
+  const std::string final_checkpoint =
+      (dir / "checkpoints" / "sft" / ("step_" + std::to_string(job.sft.steps))).string();
 
   json result;
   if (fs::exists(result_path)) {
@@ -265,7 +272,8 @@ json run_arm(const ParityJob& job, int64_t seed, const std::string& arm, const d
     try {
       old = json::parse(read_file(result_path));
     } catch (const json::exception& e) {
-      throw std::runtime_error(result_path + ": not a result of this bench (" + e.what() + "); remove the arm's folder");
+      throw std::runtime_error(result_path + ": not a result of this bench (" + e.what() +
+                               "); remove the arm's folder");
     }
     const std::string old_settings = old.is_object() ? old.value("settings", "") : "";
     if (old_settings != settings_text) {
@@ -312,7 +320,8 @@ int main(int argc, char** argv) {
   try {
     const auto args = cli::parse_job_args(argc, argv);
     if (args.help || !args.config_path) {
-      std::cout << cli::job_usage("grpo_fp8_parity", "FP8 vs float32 training parity (docs/fp8.md); --config is required.");
+      std::cout << cli::job_usage("grpo_fp8_parity",
+                                  "FP8 vs float32 training parity (docs/fp8.md); --config is required.");
       return args.help ? 0 : 2;
     }
     const auto job = config::load<ParityJob>(*args.config_path, args.overrides);
@@ -391,7 +400,8 @@ int main(int argc, char** argv) {
         md << "\n" << rule << "\n";
       }
       md << "| " << row["seed"].get<int64_t>() << " |";
-      for (const auto& [name, ce] : proj.items()) md << " " << pct(ce.get<double>(), row["heldout_fp32_forward"].get<double>()) << " |";
+      for (const auto& [name, ce] : proj.items())
+        md << " " << pct(ce.get<double>(), row["heldout_fp32_forward"].get<double>()) << " |";
       md << "\n";
     }
     const double n = static_cast<double>(job.parity.seeds.size());
@@ -404,9 +414,10 @@ int main(int argc, char** argv) {
     if (job.parity.noise_arm) {
       md << format(", noise arm vs float32 {:.2f}% (mean |.| {:.2f}%)", 100 * noise_sum / n, 100 * noise_abs / n);
     }
-    md << format("; held-out CE: FP8 {:.2f}%, of which training (FP8 weights, float32 forward) {:.2f}% and the "
-                 "FP8 forward at float32 weights {:.2f}%",
-                 100 * h_gap / n, 100 * h_train / n, 100 * h_forward / n)
+    md << format(
+              "; held-out CE: FP8 {:.2f}%, of which training (FP8 weights, float32 forward) {:.2f}% and the "
+              "FP8 forward at float32 weights {:.2f}%",
+              100 * h_gap / n, 100 * h_train / n, 100 * h_forward / n)
        << "\ngoal |mean gap| <= " << format("{:.2f}%", 100 * job.parity.goal) << ": "
        << (std::abs(mean_gap) <= job.parity.goal ? "met" : "NOT met") << "\n";
     fs::create_directories(job.run.output_dir);

@@ -58,8 +58,7 @@ int64_t status_bytes(const std::string& key) {
 // Child body: returns "peak_bytes seconds".
 std::string measure(const Settings& s, int64_t chunk) {
   torch::manual_seed(0);
-  const auto hidden = (torch::randn({s.rows, s.width}) / std::sqrt(static_cast<double>(s.width)))
-                          .requires_grad_(true);
+  const auto hidden = (torch::randn({s.rows, s.width}) / std::sqrt(static_cast<double>(s.width))).requires_grad_(true);
   const auto weight = torch::randn({s.vocab, s.width}).requires_grad_(true);
   const auto targets = torch::randint(s.vocab, {s.rows}, torch::kLong);
   const auto row_weights = torch::randn({s.rows});
@@ -156,11 +155,9 @@ int main(int argc, char** argv) {
   constexpr double kMiB = 1024.0 * 1024.0;
   const double logits_mib = static_cast<double>(s.rows) * s.vocab * 4 / kMiB;
   const double grad_weight_mib = static_cast<double>(s.vocab) * s.width * 4 / kMiB;
-  std::printf("token_logprobs forward + backward, float32, N=%lld D=%lld V=%lld T=%g\n",
-              static_cast<long long>(s.rows), static_cast<long long>(s.width),
-              static_cast<long long>(s.vocab), s.temperature);
-  std::printf("one [N, V] float32 tensor = %.0f MiB; grad weight [V, D] = %.0f MiB\n", logits_mib,
-              grad_weight_mib);
+  std::printf("token_logprobs forward + backward, float32, N=%lld D=%lld V=%lld T=%g\n", static_cast<long long>(s.rows),
+              static_cast<long long>(s.width), static_cast<long long>(s.vocab), s.temperature);
+  std::printf("one [N, V] float32 tensor = %.0f MiB; grad weight [V, D] = %.0f MiB\n", logits_mib, grad_weight_mib);
   std::printf("%-16s %22s %14s %10s\n", "path", "peak - baseline (MiB)", "vs reference", "time (s)");
   std::vector<int64_t> runs;
   if (!s.skip_reference) runs.push_back(0);

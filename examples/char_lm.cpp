@@ -29,8 +29,8 @@ namespace {
 using grpo::config::Check;
 
 struct TaskConfig {
-  int digits = 2;            // operands have 1..digits digits
-  int eval_problems = 200;   // held-out problems (never trained on)
+  int digits = 2;           // operands have 1..digits digits
+  int eval_problems = 200;  // held-out problems (never trained on)
   template <class V>
   void visit(V& v) {
     v("digits", digits, "maximum digits per operand", Check().in(1, 6));
@@ -51,12 +51,12 @@ struct ModelConfig {
 };
 
 struct TrainConfig {
-  int steps = 3000;          // optimizer steps
-  int batch_size = 64;       // problems per step
-  double lr = 3e-3;          // AdamW peak learning rate
-  double weight_decay = 0.0; // AdamW decoupled weight decay
-  double grad_clip = 1.0;    // max global gradient norm (0 = off)
-  int eval_every = 500;      // steps between held-out evaluations
+  int steps = 3000;           // optimizer steps
+  int batch_size = 64;        // problems per step
+  double lr = 3e-3;           // AdamW peak learning rate
+  double weight_decay = 0.0;  // AdamW decoupled weight decay
+  double grad_clip = 1.0;     // max global gradient norm (0 = off)
+  int eval_every = 500;       // steps between held-out evaluations
   template <class V>
   void visit(V& v) {
     v("steps", steps, "optimizer steps", Check().ge(1));
@@ -133,9 +133,9 @@ class Problems {
 struct CharLmImpl : torch::nn::Module {
   CharLmImpl(const ModelConfig& cfg)
       : embed(register_module("embed", torch::nn::Embedding(kVocab, cfg.embed_dim))),
-        gru(register_module("gru", torch::nn::GRU(torch::nn::GRUOptions(cfg.embed_dim, cfg.hidden_dim)
-                                                      .num_layers(cfg.layers)
-                                                      .batch_first(true)))),
+        gru(register_module(
+            "gru", torch::nn::GRU(
+                       torch::nn::GRUOptions(cfg.embed_dim, cfg.hidden_dim).num_layers(cfg.layers).batch_first(true)))),
         head(register_module("head", torch::nn::Linear(cfg.hidden_dim, kVocab))) {}
 
   // ids [B, T] -> logits [B, T, V]; `state` carries the GRU state for step-by-step decoding.
@@ -210,8 +210,8 @@ int run(const JobConfig& cfg, const std::string& effective_yaml) {
   torch::manual_seed(static_cast<uint64_t>(cfg.run.seed));
   Problems problems(cfg.task, static_cast<uint64_t>(cfg.run.seed));
   CharLm model(cfg.model);
-  torch::optim::AdamW optim(model->parameters(), torch::optim::AdamWOptions(cfg.train.lr)
-                                                     .weight_decay(cfg.train.weight_decay));
+  torch::optim::AdamW optim(model->parameters(),
+                            torch::optim::AdamWOptions(cfg.train.lr).weight_decay(cfg.train.weight_decay));
   const double before = evaluate(model, problems.eval());
   grpo::log::info("held-out accuracy before training: {:.1f}%", 100 * before);
 
@@ -242,10 +242,9 @@ int run(const JobConfig& cfg, const std::string& effective_yaml) {
     run.metrics().write(step, metrics);
     progress.update(step, grpo::format("loss {:.4f} | held-out acc {:.1f}%", loss.item<double>(), 100 * accuracy));
   }
-  grpo::log::info("held-out accuracy: {:.1f}% before training, {:.1f}% after {} steps ({} problems)",
-                  100 * before, 100 * accuracy, cfg.train.steps, problems.eval().size());
-  std::cout << grpo::format("RESULT accuracy_before={:.4f} accuracy_after={:.4f}", before, accuracy)
-            << std::endl;
+  grpo::log::info("held-out accuracy: {:.1f}% before training, {:.1f}% after {} steps ({} problems)", 100 * before,
+                  100 * accuracy, cfg.train.steps, problems.eval().size());
+  std::cout << grpo::format("RESULT accuracy_before={:.4f} accuracy_after={:.4f}", before, accuracy) << std::endl;
   return 0;
 }
 

@@ -88,8 +88,9 @@ int main(int argc, char** argv) {
   try {
     const auto args = cli::parse_job_args(argc, argv);
     if (args.help || !args.config_path) {
-      std::cout << cli::job_usage("distill", "Rejection sampling, SFT and logit distillation of a student "
-                                             "(docs/distillation.md); --config is required.");
+      std::cout << cli::job_usage("distill",
+                                  "Rejection sampling, SFT and logit distillation of a student "
+                                  "(docs/distillation.md); --config is required.");
       return args.help ? 0 : 2;
     }
     const auto cfg = config::load<DistillJob>(*args.config_path, args.overrides);

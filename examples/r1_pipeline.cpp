@@ -56,8 +56,8 @@ namespace {
 
 using namespace grpo;
 
-const std::vector<std::string> kStages = {"sft", "grpo", "traces", "rs_sft", "grpo2", "student_sft", "distill",
-                                          "baseline"};
+const std::vector<std::string> kStages = {"sft",   "grpo",        "traces",  "rs_sft",
+                                          "grpo2", "student_sft", "distill", "baseline"};
 
 struct PipelineConfig {
   RunConfig run;
@@ -81,7 +81,8 @@ struct PipelineConfig {
   void visit(V& v) {
     v("run", run, "run folder, seed and logging");
     v("stages", stages,
-      "stages to run, a subset of [sft, grpo, traces, rs_sft, grpo2, student_sft, distill, baseline] (run in that order)");
+      "stages to run, a subset of [sft, grpo, traces, rs_sft, grpo2, student_sft, distill, baseline] (run in that "
+      "order)");
     v("tokenizer", tokenizer, "the tokenizer (teacher and student share it)");
     v("model", model, "the reasoning model: a new one from config, or an HF checkpoint (init)");
     v("prompt", prompt, "prompt template");
@@ -110,7 +111,8 @@ struct PipelineConfig {
                "' (expected some of sft, grpo, traces, rs_sft, grpo2, student_sft, distill, baseline)";
       }
     }
-    if (std::set<std::string>(stages.begin(), stages.end()).size() != stages.size()) return "stages: a stage is listed twice";
+    if (std::set<std::string>(stages.begin(), stages.end()).size() != stages.size())
+      return "stages: a stage is listed twice";
     return "";
   }
   bool has(const std::string& stage) const { return std::find(stages.begin(), stages.end(), stage) != stages.end(); }
@@ -172,25 +174,27 @@ int main(int argc, char** argv) {
     std::string teacher_dir = cfg.model.init;
     auto need_teacher = [&](const std::string& name) {
       if (teacher_dir.empty()) {
-        throw std::runtime_error("stage " + name + " needs the reasoning model: list stage sft before it, or set model.init");
+        throw std::runtime_error("stage " + name +
+                                 " needs the reasoning model: list stage sft before it, or set model.init");
       }
     };
 
     // ---- Stage sft: cold start --------------------------------------------------------------
     if (cfg.has("sft")) {
-      const auto s = stage("sft", {{"sft_data", StageLedger::section_text(cfg.sft_data)}, {"sft", StageLedger::section_text(cfg.sft)}},
-                           [&](train::StageSummary& s) {
-                             torch::manual_seed(cfg.run.seed);
-                             auto model = teacher_dir.empty() ? train::make_model(cfg.model, *tokenizer, cfg.prompt.eos_token)
-                                                              : load(cfg.model, teacher_dir);
-                             const int64_t params = examples::parameters_of(model->config());
-                             examples::put_eval(s, "before", evaluate(model), params);
-                             const auto records = train::load_records(cfg.sft_data);
-                             train::SftTrainer sft(model, *tokenizer, cfg.prompt, cfg.sft, run, "sft");
-                             sft.train(records, held_out(model), args.resume);
-                             examples::put_eval(s, "after", evaluate(model), params);
-                             s.texts["output"] = train::save_model(run, model, cfg.tokenizer, "sft_model");
-                           });
+      const auto s = stage(
+          "sft", {{"sft_data", StageLedger::section_text(cfg.sft_data)}, {"sft", StageLedger::section_text(cfg.sft)}},
+          [&](train::StageSummary& s) {
+            torch::manual_seed(cfg.run.seed);
+            auto model = teacher_dir.empty() ? train::make_model(cfg.model, *tokenizer, cfg.prompt.eos_token)
+                                             : load(cfg.model, teacher_dir);
+            const int64_t params = examples::parameters_of(model->config());
+            examples::put_eval(s, "before", evaluate(model), params);
+            const auto records = train::load_records(cfg.sft_data);
+            train::SftTrainer sft(model, *tokenizer, cfg.prompt, cfg.sft, run, "sft");
+            sft.train(records, held_out(model), args.resume);
+            examples::put_eval(s, "after", evaluate(model), params);
+            s.texts["output"] = train::save_model(run, model, cfg.tokenizer, "sft_model");
+          });
       table.push_back(examples::row_of(s, "before", "before SFT"));
       table.push_back(examples::row_of(s, "after", "after SFT (cold start)"));
       teacher_dir = s.texts.at("output");
@@ -202,16 +206,17 @@ int main(int argc, char** argv) {
     auto grpo_stage = [&](const std::string& name, const train::GrpoConfig& gcfg, const std::string& out,
                           const std::string& label) {
       need_teacher(name);
-      const auto s = stage(name, {{"rl_data", StageLedger::section_text(cfg.rl_data)}, {name, StageLedger::section_text(gcfg)}},
-                           [&](train::StageSummary& s) {
-                             torch::manual_seed(cfg.run.seed);
-                             if (!rl_records) rl_records = train::load_records(cfg.rl_data);
-                             auto policy = load(cfg.model, teacher_dir);
-                             train::GrpoTrainer grpo(policy, *tokenizer, cfg.prompt, gcfg, reward_set, run, name);
-                             grpo.train(*rl_records, held_out(policy), args.resume);
-                             examples::put_eval(s, "after", evaluate(policy), examples::parameters_of(policy->config()));
-                             s.texts["output"] = train::save_model(run, policy, cfg.tokenizer, out);
-                           });
+      const auto s = stage(
+          name, {{"rl_data", StageLedger::section_text(cfg.rl_data)}, {name, StageLedger::section_text(gcfg)}},
+          [&](train::StageSummary& s) {
+            torch::manual_seed(cfg.run.seed);
+            if (!rl_records) rl_records = train::load_records(cfg.rl_data);
+            auto policy = load(cfg.model, teacher_dir);
+            train::GrpoTrainer grpo(policy, *tokenizer, cfg.prompt, gcfg, reward_set, run, name);
+            grpo.train(*rl_records, held_out(policy), args.resume);
+            examples::put_eval(s, "after", evaluate(policy), examples::parameters_of(policy->config()));
+            s.texts["output"] = train::save_model(run, policy, cfg.tokenizer, out);
+          });
       table.push_back(examples::row_of(s, "after", label));
       teacher_dir = s.texts.at("output");
       stage_seconds[name] = s.numbers.at("seconds");
@@ -224,14 +229,15 @@ int main(int argc, char** argv) {
     if (rs_cfg.seed == 0) rs_cfg.seed = static_cast<uint64_t>(cfg.run.seed) + 4;
     if (cfg.has("traces")) {
       need_teacher("traces");
-      const auto s = stage("traces", {{"rs_data", StageLedger::section_text(cfg.rs_data)},
-                                      {"rejection_sampling", StageLedger::section_text(cfg.rejection_sampling)}},
+      const auto s = stage("traces",
+                           {{"rs_data", StageLedger::section_text(cfg.rs_data)},
+                            {"rejection_sampling", StageLedger::section_text(cfg.rejection_sampling)}},
                            [&](train::StageSummary& s) {
                              auto teacher = load(cfg.model, teacher_dir);
                              const auto prompts = train::load_records(cfg.rs_data);
                              // A partial file is continued only when nothing before it ran again here.
-                             const auto r = train::generate_traces(teacher, *tokenizer, cfg.prompt, prompts, reward_set, rs_cfg,
-                                                                   {teacher_dir}, !stages.ran());
+                             const auto r = train::generate_traces(teacher, *tokenizer, cfg.prompt, prompts, reward_set,
+                                                                   rs_cfg, {teacher_dir}, !stages.ran());
                              s.numbers["prompts"] = static_cast<double>(r.prompts);
                              s.numbers["completions"] = static_cast<double>(r.completions);
                              s.numbers["kept"] = static_cast<double>(r.kept);
@@ -277,13 +283,15 @@ int main(int argc, char** argv) {
     std::string student_dir;
     if (cfg.has("student_sft")) {
       const auto s = stage("student_sft",
-                           {{"traces", traces_text}, {"student", student_text},
+                           {{"traces", traces_text},
+                            {"student", student_text},
                             {"student_sft", StageLedger::section_text(cfg.student_sft)}},
                            [&](train::StageSummary& s) {
                              auto student = new_student();
                              const int64_t params = examples::parameters_of(student->config());
                              examples::put_eval(s, "before", evaluate(student), params);
-                             train::SftTrainer sft(student, *tokenizer, cfg.prompt, cfg.student_sft, run, "student_sft");
+                             train::SftTrainer sft(student, *tokenizer, cfg.prompt, cfg.student_sft, run,
+                                                   "student_sft");
                              sft.train(trace_records("student_sft"), held_out(student), args.resume);
                              examples::put_eval(s, "after", evaluate(student), params);
                              s.texts["output"] = train::save_model(run, student, cfg.tokenizer, "student_sft_model");
@@ -295,38 +303,43 @@ int main(int argc, char** argv) {
     }
     if (cfg.has("distill")) {
       need_teacher("distill");
-      const auto s = stage("distill", {{"traces", traces_text}, {"student", student_text},
-                                       {"distill", StageLedger::section_text(cfg.distill)}},
-                           [&](train::StageSummary& s) {
-                             auto student = student_dir.empty() ? new_student() : load(cfg.student, student_dir);
-                             auto teacher = load(cfg.model, teacher_dir);
-                             // Off-policy steps learn on the traces; on-policy ones on the student's own samples
-                             // of the same prompts.
-                             train::DistillTrainer d(student, teacher, *tokenizer, cfg.prompt, cfg.distill, run, "distill");
-                             d.train(trace_records("distill"), held_out(student), args.resume);
-                             examples::put_eval(s, "after", evaluate(student), examples::parameters_of(student->config()));
-                             s.texts["output"] = train::save_model(run, student, cfg.tokenizer, "student_model");
-                           });
+      const auto s = stage(
+          "distill",
+          {{"traces", traces_text}, {"student", student_text}, {"distill", StageLedger::section_text(cfg.distill)}},
+          [&](train::StageSummary& s) {
+            auto student = student_dir.empty() ? new_student() : load(cfg.student, student_dir);
+            auto teacher = load(cfg.model, teacher_dir);
+            // Off-policy steps learn on the traces; on-policy ones on the student's own samples
+            // of the same prompts.
+            train::DistillTrainer d(student, teacher, *tokenizer, cfg.prompt, cfg.distill, run, "distill");
+            d.train(trace_records("distill"), held_out(student), args.resume);
+            examples::put_eval(s, "after", evaluate(student), examples::parameters_of(student->config()));
+            s.texts["output"] = train::save_model(run, student, cfg.tokenizer, "student_model");
+          });
       table.push_back(examples::row_of(s, "after", "student after logit distillation"));
       stage_seconds["distill"] = s.numbers.at("seconds");
     }
     if (cfg.has("baseline")) {
       train::SftConfig base_cfg = cfg.student_sft;
-      base_cfg.steps = (cfg.has("student_sft") ? cfg.student_sft.steps : 0) + (cfg.has("distill") ? cfg.distill.steps : 0);
+      base_cfg.steps = (cfg.has("student_sft") ? cfg.student_sft.steps : 0) +
+                       (cfg.has("distill") ? cfg.distill.steps : 0);
       if (base_cfg.steps == 0) base_cfg.steps = cfg.student_sft.steps;
       const auto s = stage("baseline",
-                           {{"sft_data", StageLedger::section_text(cfg.sft_data)}, {"student", student_text},
+                           {{"sft_data", StageLedger::section_text(cfg.sft_data)},
+                            {"student", student_text},
                             {"student_sft", StageLedger::section_text(cfg.student_sft)}},
                            [&](train::StageSummary& s) {
                              auto student = new_student();
                              train::SftTrainer sft(student, *tokenizer, cfg.prompt, base_cfg, run, "baseline");
                              sft.train(train::load_records(cfg.sft_data), held_out(student), args.resume);
-                             examples::put_eval(s, "after", evaluate(student), examples::parameters_of(student->config()));
+                             examples::put_eval(s, "after", evaluate(student),
+                                                examples::parameters_of(student->config()));
                              s.numbers["steps"] = static_cast<double>(base_cfg.steps);
                              s.texts["output"] = train::save_model(run, student, cfg.tokenizer, "baseline_model");
                            });
       table.push_back(examples::row_of(
-          s, "after", grpo::format("student, SFT on raw data ({} steps)", static_cast<int64_t>(s.numbers.at("steps")))));
+          s, "after",
+          grpo::format("student, SFT on raw data ({} steps)", static_cast<int64_t>(s.numbers.at("steps")))));
       stage_seconds["baseline"] = s.numbers.at("seconds");
     }
 

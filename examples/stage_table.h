@@ -17,9 +17,9 @@
 #include "grpo/core/format.h"
 #include "grpo/core/log.h"
 #include "grpo/core/progress.h"
-#include "grpo/train/job.h"
 #include "grpo/model/model_stats.h"
 #include "grpo/train/evaluate.h"
+#include "grpo/train/job.h"
 #include "grpo/train/stage_ledger.h"
 
 namespace grpo::examples {
@@ -73,9 +73,9 @@ inline std::vector<data::Record> load_traces(const std::string& path, const std:
 
 // One row of the closing table: a model after some stage, measured on the held-out records.
 struct Row {
-  std::string label;        // "after SFT", "student after distillation", ...
+  std::string label;  // "after SFT", "student after distillation", ...
   double accuracy = 0, mean_reward = 0, mean_length = 0;
-  int64_t parameters = 0;   // the model's parameters (without MTP modules)
+  int64_t parameters = 0;  // the model's parameters (without MTP modules)
 };
 
 // Stores `r` under "<key>.accuracy" etc. in the summary; `row_of` reads it back.

@@ -15,8 +15,7 @@ class TempDir {
  public:
   TempDir() {
     std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() /
-            ("grpo_test_" + std::to_string(rd()) + "_" + std::to_string(rd()));
+    path_ = std::filesystem::temp_directory_path() / ("grpo_test_" + std::to_string(rd()) + "_" + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
   ~TempDir() {
@@ -48,12 +47,12 @@ inline std::string read_text(const std::string& path) {
 }  // namespace grpo::test
 
 // Expects `statement` to throw `type` whose what() equals `message` exactly.
-#define GRPO_EXPECT_THROW_MESSAGE(statement, type, message)                     \
-  do {                                                                          \
-    try {                                                                       \
-      statement;                                                                \
-      ADD_FAILURE() << "expected " #type " with message: " << (message);        \
-    } catch (const type& e) {                                                   \
-      EXPECT_EQ(std::string(e.what()), std::string(message));                   \
-    }                                                                           \
+#define GRPO_EXPECT_THROW_MESSAGE(statement, type, message)              \
+  do {                                                                   \
+    try {                                                                \
+      statement;                                                         \
+      ADD_FAILURE() << "expected " #type " with message: " << (message); \
+    } catch (const type& e) {                                            \
+      EXPECT_EQ(std::string(e.what()), std::string(message));            \
+    }                                                                    \
   } while (0)

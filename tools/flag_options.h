@@ -48,8 +48,8 @@ enum class FlagKind {
 };
 
 struct Flag {
-  std::string_view name;      // "--top-p"
-  std::string_view key;       // "generation.sampling.top_p"; empty for set and custom
+  std::string_view name;  // "--top-p"
+  std::string_view key;   // "generation.sampling.top_p"; empty for set and custom
   FlagKind kind;
   std::string_view arg = {};  // what its value is, for messages: "P", "DIR"; empty for switches
 };
@@ -102,8 +102,8 @@ inline std::string strip_dashes(std::string_view s) {
   return start == std::string_view::npos ? std::string() : std::string(s.substr(start));
 }
 
-[[noreturn]] inline void unknown_flag(const std::string& name, const std::vector<Flag>& flags,
-                                      std::string_view command, const std::vector<RemovedFlag>& removed) {
+[[noreturn]] inline void unknown_flag(const std::string& name, const std::vector<Flag>& flags, std::string_view command,
+                                      const std::vector<RemovedFlag>& removed) {
   const std::string what = "unknown flag '" + name + "' for '" + std::string(command) + "'";
   for (const auto& r : removed) {
     if (r.name == name) throw std::invalid_argument(what + " (removed: " + std::string(r.hint) + ")");
@@ -273,32 +273,19 @@ inline void apply_flag(config::Value& root, const FlagUse& use) {
   const config::Location loc{use.source, 0, 0};
   const std::string key(f.key);
   switch (f.kind) {
-    case FlagKind::value:
-      config::apply_override(root, key + "=" + use.value, use.source);
-      break;
-    case FlagKind::on:
-      config::apply_override(root, key + "=true", use.source);
-      break;
-    case FlagKind::off:
-      config::apply_override(root, key + "=false", use.source);
-      break;
+    case FlagKind::value: config::apply_override(root, key + "=" + use.value, use.source); break;
+    case FlagKind::on: config::apply_override(root, key + "=true", use.source); break;
+    case FlagKind::off: config::apply_override(root, key + "=false", use.source); break;
     case FlagKind::text: {
       config::Value& node = node_at(root, key, loc);
       node = config::Value::make_scalar(use.value, true, loc);
       node.key_loc = loc;
       break;
     }
-    case FlagKind::append_text:
-      append_at(root, key, config::Value::make_scalar(use.value, true, loc), loc);
-      break;
-    case FlagKind::append_ids:
-      append_at(root, key, id_list(use.value, loc), loc);
-      break;
-    case FlagKind::set:
-      config::apply_override(root, use.value);
-      break;
-    case FlagKind::custom:
-      break;
+    case FlagKind::append_text: append_at(root, key, config::Value::make_scalar(use.value, true, loc), loc); break;
+    case FlagKind::append_ids: append_at(root, key, id_list(use.value, loc), loc); break;
+    case FlagKind::set: config::apply_override(root, use.value); break;
+    case FlagKind::custom: break;
   }
 }
 

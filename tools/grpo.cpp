@@ -475,10 +475,8 @@ struct RewardOptions {
 
 // --set applies to the tree of the --config file (its `rewards` section), not to these options.
 const std::vector<Flag> kRewardFlags = {
-    {"--config", "config", FlagKind::text, "FILE"},
-    {"--input", "input", FlagKind::text, "SAMPLES.jsonl"},
-    {"--tokenizer", "tokenizer", FlagKind::text, "FILE"},
-    {"--json", "json", FlagKind::on},
+    {"--config", "config", FlagKind::text, "FILE"},       {"--input", "input", FlagKind::text, "SAMPLES.jsonl"},
+    {"--tokenizer", "tokenizer", FlagKind::text, "FILE"}, {"--json", "json", FlagKind::on},
     {"--set", "", FlagKind::custom, "KEY=VALUE"},
 };
 
@@ -520,7 +518,8 @@ int cmd_reward(int argc, char** argv) {
     try {
       j = nlohmann::json::parse(line);
     } catch (const nlohmann::json::parse_error& e) {
-      throw std::runtime_error(where + ": invalid JSON (" + std::string(e.what()).substr(std::string(e.what()).find(':') + 2) + ")");
+      throw std::runtime_error(where + ": invalid JSON (" +
+                               std::string(e.what()).substr(std::string(e.what()).find(':') + 2) + ")");
     }
     auto s = sample_from_json(j, where);
     if (s.completion_ids.empty() && tokenizer) s.completion_ids = tokenizer->encode(s.completion, false);

@@ -95,8 +95,8 @@ class ReasoningStepsReward : public RewardFunction {
 };
 
 struct KeywordConfig {
-  std::string keyword;          // text the completion must contain, e.g. "QED"
-  bool case_sensitive = true;   // false: compare in ASCII lower case
+  std::string keyword;         // text the completion must contain, e.g. "QED"
+  bool case_sensitive = true;  // false: compare in ASCII lower case
   template <class V>
   void visit(V& v) {
     v("keyword", keyword, "text the completion must contain, e.g. QED", Check().required().nonempty());

@@ -12,14 +12,12 @@ namespace grpo::kernels {
 namespace {
 
 void check_inputs(const at::Tensor& x, const at::Tensor& y) {
-  TORCH_CHECK(x.sizes() == y.sizes(), "axpy: x and y must have the same shape, got ", x.sizes(),
-              " and ", y.sizes());
-  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "axpy: x and y must have the same dtype, got ",
-              x.scalar_type(), " and ", y.scalar_type());
-  TORCH_CHECK(x.device() == y.device(), "axpy: x and y must be on the same device, got ",
-              x.device(), " and ", y.device());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "axpy: expected a floating dtype, got ",
-              x.scalar_type());
+  TORCH_CHECK(x.sizes() == y.sizes(), "axpy: x and y must have the same shape, got ", x.sizes(), " and ", y.sizes());
+  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "axpy: x and y must have the same dtype, got ", x.scalar_type(),
+              " and ", y.scalar_type());
+  TORCH_CHECK(x.device() == y.device(), "axpy: x and y must be on the same device, got ", x.device(), " and ",
+              y.device());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "axpy: expected a floating dtype, got ", x.scalar_type());
 }
 
 }  // namespace

@@ -16,8 +16,8 @@ namespace grpo::kernels {
 namespace {
 
 template <typename T, typename Acc>
-__global__ void axpy_kernel(Acc alpha, const T* __restrict__ x, const T* __restrict__ y,
-                            T* __restrict__ out, int64_t n) {
+__global__ void axpy_kernel(Acc alpha, const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
+                            int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[i] = static_cast<T>(alpha * static_cast<Acc>(x[i]) + static_cast<Acc>(y[i]));
@@ -27,11 +27,10 @@ __global__ void axpy_kernel(Acc alpha, const T* __restrict__ x, const T* __restr
 }  // namespace
 
 at::Tensor axpy_cuda(double alpha, const at::Tensor& x, const at::Tensor& y) {
-  TORCH_CHECK(x.is_cuda() && y.is_cuda(), "axpy_cuda: expected CUDA tensors, got ", x.device(),
-              " and ", y.device());
+  TORCH_CHECK(x.is_cuda() && y.is_cuda(), "axpy_cuda: expected CUDA tensors, got ", x.device(), " and ", y.device());
   TORCH_CHECK(x.sizes() == y.sizes() && x.scalar_type() == y.scalar_type(),
-              "axpy_cuda: x and y must match in shape and dtype, got ", x.sizes(), " ",
-              x.scalar_type(), " and ", y.sizes(), " ", y.scalar_type());
+              "axpy_cuda: x and y must match in shape and dtype, got ", x.sizes(), " ", x.scalar_type(), " and ",
+              y.sizes(), " ", y.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   const at::Tensor yc = y.contiguous();
@@ -44,8 +43,7 @@ at::Tensor axpy_cuda(double alpha, const at::Tensor& x, const at::Tensor& y) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "axpy_cuda", [&] {
     using Acc = at::opmath_type<scalar_t>;
     axpy_kernel<scalar_t, Acc><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        static_cast<Acc>(alpha), xc.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(),
-        out.data_ptr<scalar_t>(), n);
+        static_cast<Acc>(alpha), xc.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-
 namespace grpo::kernels {
 namespace {
 

@@ -26,8 +26,7 @@ void check_operands(const Fp8Tensor& a, const Fp8Tensor& b, const char* who) {
   TORCH_CHECK(a.block_cols == kFp8Block && b.block_cols == kFp8Block, who,
               ": both operands must be tiled by 128 along K, got ", a.block_rows, "x", a.block_cols, " and ",
               b.block_rows, "x", b.block_cols);
-  TORCH_CHECK(a.data.device() == b.data.device(), who, ": operands on ", a.data.device(), " and ",
-              b.data.device());
+  TORCH_CHECK(a.data.device() == b.data.device(), who, ": operands on ", a.data.device(), " and ", b.data.device());
 }
 
 // Logs `reason` the first time it is seen: the fallback to the reference is explicit, not silent.
@@ -71,8 +70,8 @@ at::Tensor fp8_gemm_cuda(const Fp8Tensor& a, const Fp8Tensor& b, at::ScalarType 
                                                                   : at::blas::ScalingType::BlockWise128x128);
   const int64_t no_swizzle = static_cast<int64_t>(at::blas::SwizzleType::NO_SWIZZLE);
   const auto out = at::_scaled_mm_v2(ad, bd.t(), {scale_for_cublas(a, mp)}, {recipe_a}, {no_swizzle},
-                                     {scale_for_cublas(b, np)}, {recipe_b}, {no_swizzle}, std::nullopt, out_dtype,
-                                     {}, /*use_fast_accum=*/false);
+                                     {scale_for_cublas(b, np)}, {recipe_b}, {no_swizzle}, std::nullopt, out_dtype, {},
+                                     /*use_fast_accum=*/false);
   return out.narrow(0, 0, m).narrow(1, 0, n);
 }
 #endif
@@ -94,7 +93,8 @@ std::string fp8_gemm_cuda_unsupported_reason(const Fp8Tensor& a, const Fp8Tensor
     return "only 1x128 and 128x128 tilings are supported";
   }
   const int major = cuda_device_major(a.data.device().index());
-  if (major != 9) return "blockwise FP8 GEMM needs an sm90 device, found compute capability " + std::to_string(major) + ".x";
+  if (major != 9)
+    return "blockwise FP8 GEMM needs an sm90 device, found compute capability " + std::to_string(major) + ".x";
   return "";
 #else
   (void)b;

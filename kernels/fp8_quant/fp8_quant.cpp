@@ -16,8 +16,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 void check_input(const at::Tensor& x, int64_t block_rows, int64_t block_cols, const char* who) {
   TORCH_CHECK(x.dim() == 2, who, ": expected a 2-D tensor [R, C], got ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), who, ": expected a floating dtype, got ", x.scalar_type());
-  TORCH_CHECK(block_rows >= 1 && block_cols >= 1, who, ": block sizes must be >= 1, got ", block_rows, "x",
-              block_cols);
+  TORCH_CHECK(block_rows >= 1 && block_cols >= 1, who, ": block sizes must be >= 1, got ", block_rows, "x", block_cols);
 }
 
 // amax [Rb, Cb] float32 -> dequant multipliers (see the header): amax / 448 with IEEE division (a
@@ -41,12 +40,12 @@ void fp8_check(const Fp8Tensor& t, const char* who) {
   TORCH_CHECK(t.data.defined() && t.scale.defined(), who, ": FP8 tensor without data or scale");
   TORCH_CHECK(t.data.dim() == 2 && t.data.scalar_type() == at::kFloat8_e4m3fn, who,
               ": expected data [R, C] float8_e4m3fn, got ", t.data.sizes(), " ", t.data.scalar_type());
-  TORCH_CHECK(t.block_rows >= 1 && t.block_cols >= 1, who, ": block sizes must be >= 1, got ", t.block_rows,
-              "x", t.block_cols);
+  TORCH_CHECK(t.block_rows >= 1 && t.block_cols >= 1, who, ": block sizes must be >= 1, got ", t.block_rows, "x",
+              t.block_cols);
   const std::vector<int64_t> want{ceil_div(t.rows(), t.block_rows), ceil_div(t.cols(), t.block_cols)};
-  TORCH_CHECK(t.scale.scalar_type() == at::kFloat && t.scale.sizes() == at::IntArrayRef(want), who,
-              ": expected scale ", at::IntArrayRef(want), " float32 for data ", t.data.sizes(), " in ",
-              t.block_rows, "x", t.block_cols, " tiles, got ", t.scale.sizes(), " ", t.scale.scalar_type());
+  TORCH_CHECK(t.scale.scalar_type() == at::kFloat && t.scale.sizes() == at::IntArrayRef(want), who, ": expected scale ",
+              at::IntArrayRef(want), " float32 for data ", t.data.sizes(), " in ", t.block_rows, "x", t.block_cols,
+              " tiles, got ", t.scale.sizes(), " ", t.scale.scalar_type());
   TORCH_CHECK(t.scale.device() == t.data.device(), who, ": data on ", t.data.device(), " but scale on ",
               t.scale.device());
 }
@@ -88,10 +87,7 @@ Fp8Tensor fp8_quantize(const at::Tensor& x, int64_t block_rows, int64_t block_co
 at::Tensor fp8_expand_scale(const at::Tensor& scale, int64_t block_rows, int64_t block_cols, int64_t rows,
                             int64_t cols) {
   TORCH_CHECK(scale.dim() == 2, "fp8_expand_scale: expected scale [Rb, Cb], got ", scale.sizes());
-  return scale.repeat_interleave(block_rows, 0)
-      .repeat_interleave(block_cols, 1)
-      .narrow(0, 0, rows)
-      .narrow(1, 0, cols);
+  return scale.repeat_interleave(block_rows, 0).repeat_interleave(block_cols, 1).narrow(0, 0, rows).narrow(1, 0, cols);
 }
 
 at::Tensor fp8_dequantize(const Fp8Tensor& t, at::ScalarType dtype) {

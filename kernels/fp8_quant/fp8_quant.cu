@@ -78,8 +78,8 @@ std::pair<at::Tensor, at::Tensor> fp8_quantize_cuda(const at::Tensor& x, int64_t
                                                     bool ue8m0) {
   TORCH_CHECK(x.is_cuda(), "fp8_quantize_cuda: expected a CUDA tensor, got ", x.device());
   TORCH_CHECK(x.dim() == 2, "fp8_quantize_cuda: expected [R, C], got ", x.sizes());
-  TORCH_CHECK(block_rows >= 1 && block_cols >= 1, "fp8_quantize_cuda: block sizes must be >= 1, got ", block_rows,
-              "x", block_cols);
+  TORCH_CHECK(block_rows >= 1 && block_cols >= 1, "fp8_quantize_cuda: block sizes must be >= 1, got ", block_rows, "x",
+              block_cols);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   const int64_t rows = xc.size(0), cols = xc.size(1);
@@ -101,8 +101,6 @@ std::pair<at::Tensor, at::Tensor> fp8_quantize_cuda(const at::Tensor& x, int64_t
   return {q, scale};
 }
 
-int cuda_device_major(int index) {
-  return at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(index))->major;
-}
+int cuda_device_major(int index) { return at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(index))->major; }
 
 }  // namespace grpo::kernels

@@ -100,9 +100,9 @@ TEST(Fp8Quant, EdgeTilesUseOnlyRealElements) {
   // Values 448 * 2^k make every scale a power of two, so the round trip is exact.
   // [3, 200] in 1x128 tiles: columns 128..199 form the second tile of each row.
   auto x = torch::zeros({3, 200});
-  x.narrow(1, 0, 128).fill_(112.0f);   // scale 0.25
-  x.narrow(1, 128, 72).fill_(56.0f);   // scale 0.125
-  x[1][199] = 3584.0f;                 // scale 8 for that row's edge tile; 56 / 8 = 7 is a code
+  x.narrow(1, 0, 128).fill_(112.0f);  // scale 0.25
+  x.narrow(1, 128, 72).fill_(56.0f);  // scale 0.125
+  x[1][199] = 3584.0f;                // scale 8 for that row's edge tile; 56 / 8 = 7 is a code
   const auto q = fp8_quantize_1x128(x);
   ASSERT_EQ(q.scale.sizes(), (std::vector<int64_t>{3, 2}));
   EXPECT_EQ(q.scale[0][1].item<float>(), 0.125f);
@@ -110,7 +110,7 @@ TEST(Fp8Quant, EdgeTilesUseOnlyRealElements) {
   EXPECT_EQ(q.scale[2][0].item<float>(), 0.25f);
   EXPECT_TRUE(torch::equal(fp8_dequantize(q), x));
   // [130, 200] in 128x128 blocks: block (1, 1) is rows 128..129 x columns 128..199.
-  auto w = torch::full({130, 200}, 896.0f);  // scale 2
+  auto w = torch::full({130, 200}, 896.0f);              // scale 2
   w.narrow(0, 128, 2).narrow(1, 128, 72).fill_(-28.0f);  // scale 1/16
   const auto qw = fp8_quantize_128x128(w);
   ASSERT_EQ(qw.scale.sizes(), (std::vector<int64_t>{2, 2}));
@@ -132,8 +132,7 @@ TEST(Fp8Quant, RoundTripErrorBound) {
       const auto err = (fp8_dequantize(q) - x).abs();
       const auto bound = torch::maximum(x.abs() * 0.0625, s * (1.0 / 1024));
       EXPECT_TRUE((err <= bound * (1 + 1e-6)).all().item<bool>())
-          << "ue8m0 " << ue8m0 << " tiles " << br << "x" << bc << " worst excess "
-          << (err - bound).max().item<float>();
+          << "ue8m0 " << ue8m0 << " tiles " << br << "x" << bc << " worst excess " << (err - bound).max().item<float>();
     }
   }
 }

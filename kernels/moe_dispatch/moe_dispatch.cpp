@@ -17,18 +17,15 @@ namespace {
 
 using detail::use_kernel;
 
-at::ScalarType compute_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType compute_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_order(const char* fn, const at::Tensor& order, int64_t top_k, const at::Tensor& rows) {
   TORCH_CHECK(top_k >= 1, fn, ": top_k must be >= 1, got ", top_k);
-  TORCH_CHECK(order.dim() == 1 && order.scalar_type() == at::kLong, fn,
-              ": order must be a 1-D int64 tensor, got ", order.sizes(), " ", order.scalar_type());
-  TORCH_CHECK(order.device() == rows.device(), fn, ": order must be on ", rows.device(), ", got ",
-              order.device());
-  TORCH_CHECK(order.size(0) % top_k == 0, fn, ": order's length (", order.size(0),
-              ") must be a multiple of top_k (", top_k, ")");
+  TORCH_CHECK(order.dim() == 1 && order.scalar_type() == at::kLong, fn, ": order must be a 1-D int64 tensor, got ",
+              order.sizes(), " ", order.scalar_type());
+  TORCH_CHECK(order.device() == rows.device(), fn, ": order must be on ", rows.device(), ", got ", order.device());
+  TORCH_CHECK(order.size(0) % top_k == 0, fn, ": order's length (", order.size(0), ") must be a multiple of top_k (",
+              top_k, ")");
   TORCH_CHECK(at::isFloatingType(rows.scalar_type()) && rows.dim() == 2, fn,
               ": expected a floating [rows, D] tensor, got ", rows.sizes(), " ", rows.scalar_type());
 }
@@ -49,23 +46,23 @@ void check_unpermute(const char* fn, const at::Tensor& ys, const at::Tensor& wei
 void check_grouped(const char* fn, const at::Tensor& xs, const at::Tensor& weight, const at::Tensor& offsets) {
   TORCH_CHECK(xs.dim() == 2 && weight.dim() == 3, fn, ": expected xs [M, Din] and weight [E, Dout, Din], got ",
               xs.sizes(), " and ", weight.sizes());
-  TORCH_CHECK(weight.size(2) == xs.size(1), fn, ": weight's Din (", weight.size(2), ") must match xs's (",
-              xs.size(1), ")");
+  TORCH_CHECK(weight.size(2) == xs.size(1), fn, ": weight's Din (", weight.size(2), ") must match xs's (", xs.size(1),
+              ")");
   TORCH_CHECK(xs.scalar_type() == weight.scalar_type() && at::isFloatingType(xs.scalar_type()), fn,
               ": xs and weight must share a floating dtype, got ", xs.scalar_type(), " and ", weight.scalar_type());
-  TORCH_CHECK(xs.device() == weight.device(), fn, ": xs and weight must be on one device, got ", xs.device(),
-              " and ", weight.device());
+  TORCH_CHECK(xs.device() == weight.device(), fn, ": xs and weight must be on one device, got ", xs.device(), " and ",
+              weight.device());
   TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == weight.size(0) + 1 && offsets.scalar_type() == at::kLong &&
                   offsets.device().is_cpu(),
-              fn, ": offsets must be a CPU int64 [E+1] = [", weight.size(0) + 1, "] tensor, got ", offsets.sizes(),
-              " ", offsets.scalar_type(), " on ", offsets.device());
+              fn, ": offsets must be a CPU int64 [E+1] = [", weight.size(0) + 1, "] tensor, got ", offsets.sizes(), " ",
+              offsets.scalar_type(), " on ", offsets.device());
   const auto o = offsets.contiguous();
   const auto* p = o.data_ptr<int64_t>();
   TORCH_CHECK(p[0] == 0 && p[weight.size(0)] == xs.size(0), fn, ": offsets must run from 0 to M = ", xs.size(0),
               ", got ", p[0], " .. ", p[weight.size(0)]);
   for (int64_t e = 0; e < weight.size(0); ++e) {
-    TORCH_CHECK(p[e] <= p[e + 1], fn, ": offsets must be non-decreasing, got ", p[e], " then ", p[e + 1],
-                " at expert ", e);
+    TORCH_CHECK(p[e] <= p[e + 1], fn, ": offsets must be non-decreasing, got ", p[e], " then ", p[e + 1], " at expert ",
+                e);
   }
 }
 
@@ -136,8 +133,8 @@ at::Tensor moe_permute_backward_reference(const at::Tensor& grad_xs, const at::T
                                           int64_t tokens) {
   check_order("moe_permute_backward_reference", order, top_k, grad_xs);
   TORCH_CHECK(order.size(0) == tokens * top_k && grad_xs.size(0) == order.size(0),
-              "moe_permute_backward_reference: expected ", tokens, " * ", top_k, " pairs, got order ",
-              order.sizes(), " and grad_xs ", grad_xs.sizes());
+              "moe_permute_backward_reference: expected ", tokens, " * ", top_k, " pairs, got order ", order.sizes(),
+              " and grad_xs ", grad_xs.sizes());
   const int64_t d = grad_xs.size(1);
   const auto per_pair = grad_xs.to(compute_type(grad_xs)).index_select(0, inverse_order(order));  // [M, D]
   return per_pair.view({tokens, top_k, d}).sum(1).to(grad_xs.scalar_type());
@@ -153,17 +150,17 @@ at::Tensor moe_unpermute_reference(const at::Tensor& ys, const at::Tensor& weigh
 }
 
 std::pair<at::Tensor, at::Tensor> moe_unpermute_backward_reference(const at::Tensor& grad_y, const at::Tensor& ys,
-                                                                   const at::Tensor& weight,
-                                                                   const at::Tensor& order, int64_t top_k) {
+                                                                   const at::Tensor& weight, const at::Tensor& order,
+                                                                   int64_t top_k) {
   check_unpermute("moe_unpermute_backward_reference", ys, weight, order, top_k);
   TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(0) == weight.size(0) && grad_y.size(1) == ys.size(1),
               "moe_unpermute_backward_reference: grad_y must be [", weight.size(0), ", ", ys.size(1), "], got ",
               grad_y.sizes());
   const auto compute = compute_type(ys);
-  const auto g = grad_y.to(compute).index_select(0, order.div(top_k, "floor"));          // [M, D]
-  const auto w = weight.reshape({-1}).index_select(0, order).to(compute);                // [M]
+  const auto g = grad_y.to(compute).index_select(0, order.div(top_k, "floor"));  // [M, D]
+  const auto w = weight.reshape({-1}).index_select(0, order).to(compute);        // [M]
   const auto grad_ys = (g * w.unsqueeze(1)).to(ys.scalar_type());
-  const auto grad_w_sorted = (g * ys.to(compute)).sum(1);                                // [M]
+  const auto grad_w_sorted = (g * ys.to(compute)).sum(1);  // [M]
   const auto grad_weight = at::zeros({order.size(0)}, grad_w_sorted.options()).index_copy_(0, order, grad_w_sorted);
   return {grad_ys, grad_weight.view(weight.sizes()).to(weight.scalar_type())};
 }
@@ -195,8 +192,8 @@ std::pair<at::Tensor, at::Tensor> grouped_linear_backward_reference(const at::Te
   for (int64_t e = 0; e < weight.size(0); ++e) {
     const int64_t rows = o[e + 1] - o[e];
     if (rows == 0) continue;
-    const auto g_e = g.narrow(0, o[e], rows);                   // [rows, Dout]
-    grad_xs.narrow(0, o[e], rows).copy_(at::mm(g_e, w[e]));     // [rows, Din]
+    const auto g_e = g.narrow(0, o[e], rows);                        // [rows, Dout]
+    grad_xs.narrow(0, o[e], rows).copy_(at::mm(g_e, w[e]));          // [rows, Din]
     grad_weight[e].copy_(at::mm(g_e.t(), x.narrow(0, o[e], rows)));  // [Dout, Din]
   }
   return {grad_xs.to(xs.scalar_type()), grad_weight.to(weight.scalar_type())};

@@ -56,8 +56,8 @@ __global__ void permute_backward_kernel(const T* __restrict__ grad_xs, const int
 // y[n, c] = sum_k weight[n*K + k] * ys[inverse[n*K + k], c].  weight in Acc.
 template <typename T>
 __global__ void unpermute_kernel(const T* __restrict__ ys, const at::opmath_type<T>* __restrict__ weight,
-                                 const int64_t* __restrict__ inverse, T* __restrict__ y, int64_t tokens,
-                                 int64_t dim, int64_t top_k) {
+                                 const int64_t* __restrict__ inverse, T* __restrict__ y, int64_t tokens, int64_t dim,
+                                 int64_t top_k) {
   using Acc = at::opmath_type<T>;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < tokens * dim;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -73,7 +73,8 @@ __global__ void unpermute_kernel(const T* __restrict__ ys, const at::opmath_type
 
 // grad_ys[i, c] = grad_y[order[i] / K, c] * weight[order[i]].
 template <typename T>
-__global__ void unpermute_backward_rows_kernel(const T* __restrict__ grad_y, const at::opmath_type<T>* __restrict__ weight,
+__global__ void unpermute_backward_rows_kernel(const T* __restrict__ grad_y,
+                                               const at::opmath_type<T>* __restrict__ weight,
                                                const int64_t* __restrict__ order, T* __restrict__ grad_ys,
                                                int64_t pairs, int64_t dim, int64_t top_k) {
   using Acc = at::opmath_type<T>;
@@ -178,8 +179,8 @@ void check_rows(const char* fn, const at::Tensor& rows, const at::Tensor& order,
 }
 
 // Offsets on the device and the largest expert's row count.
-std::pair<at::Tensor, int64_t> device_offsets(const char* fn, const at::Tensor& offsets, int64_t experts,
-                                              int64_t rows, const at::Device& device) {
+std::pair<at::Tensor, int64_t> device_offsets(const char* fn, const at::Tensor& offsets, int64_t experts, int64_t rows,
+                                              const at::Device& device) {
   TORCH_CHECK(offsets.device().is_cpu() && offsets.scalar_type() == at::kLong && offsets.dim() == 1 &&
                   offsets.size(0) == experts + 1,
               fn, ": offsets must be a CPU int64 [", experts + 1, "] tensor, got ", offsets.sizes(), " ",
@@ -249,13 +250,13 @@ at::Tensor moe_permute_backward_cuda(const at::Tensor& grad_xs, const at::Tensor
   return grad_x;
 }
 
-at::Tensor moe_unpermute_cuda(const at::Tensor& ys, const at::Tensor& weight, const at::Tensor& order,
-                              int64_t top_k) {
+at::Tensor moe_unpermute_cuda(const at::Tensor& ys, const at::Tensor& weight, const at::Tensor& order, int64_t top_k) {
   check_rows("moe_unpermute_cuda", ys, order, top_k);
   TORCH_CHECK(weight.device() == ys.device() && weight.dim() == 2 && weight.size(1) == top_k &&
                   weight.numel() == order.size(0) && ys.size(0) == order.size(0),
-              "moe_unpermute_cuda: expected ys [M, D] and weight [N, K] on ", ys.device(), " with M = N*K = ",
-              order.size(0), ", got ys ", ys.sizes(), " and weight ", weight.sizes(), " on ", weight.device());
+              "moe_unpermute_cuda: expected ys [M, D] and weight [N, K] on ", ys.device(),
+              " with M = N*K = ", order.size(0), ", got ys ", ys.sizes(), " and weight ", weight.sizes(), " on ",
+              weight.device());
   const c10::cuda::CUDAGuard guard(ys.device());
   const at::Tensor yc = ys.contiguous();
   const int64_t tokens = weight.size(0), dim = yc.size(1);
@@ -267,8 +268,8 @@ at::Tensor moe_unpermute_cuda(const at::Tensor& ys, const at::Tensor& weight, co
     using Acc = at::opmath_type<scalar_t>;
     const at::Tensor wc = weight.to(c10::CppTypeToScalarType<Acc>::value).contiguous();
     unpermute_kernel<scalar_t><<<blocks_for(y.numel()), kThreads, 0, stream>>>(
-        yc.data_ptr<scalar_t>(), wc.data_ptr<Acc>(), inverse.data_ptr<int64_t>(), y.data_ptr<scalar_t>(), tokens,
-        dim, top_k);
+        yc.data_ptr<scalar_t>(), wc.data_ptr<Acc>(), inverse.data_ptr<int64_t>(), y.data_ptr<scalar_t>(), tokens, dim,
+        top_k);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -284,8 +285,8 @@ std::pair<at::Tensor, at::Tensor> moe_unpermute_backward_cuda(const at::Tensor& 
               ", got ys ", ys.sizes(), " and weight ", weight.sizes());
   TORCH_CHECK(grad_y.device() == ys.device() && grad_y.scalar_type() == ys.scalar_type() && grad_y.dim() == 2 &&
                   grad_y.size(0) == weight.size(0) && grad_y.size(1) == ys.size(1),
-              "moe_unpermute_backward_cuda: grad_y must be [", weight.size(0), ", ", ys.size(1), "] ",
-              ys.scalar_type(), ", got ", grad_y.sizes(), " ", grad_y.scalar_type());
+              "moe_unpermute_backward_cuda: grad_y must be [", weight.size(0), ", ", ys.size(1), "] ", ys.scalar_type(),
+              ", got ", grad_y.sizes(), " ", grad_y.scalar_type());
   const c10::cuda::CUDAGuard guard(ys.device());
   const at::Tensor yc = ys.contiguous();
   const at::Tensor gc = grad_y.contiguous();
@@ -302,15 +303,16 @@ std::pair<at::Tensor, at::Tensor> moe_unpermute_backward_cuda(const at::Tensor& 
     if (pairs == 0) return;
     if (dim > 0) {
       unpermute_backward_rows_kernel<scalar_t><<<blocks_for(pairs * dim), kThreads, 0, stream>>>(
-          gc.data_ptr<scalar_t>(), wc.data_ptr<Acc>(), oc.data_ptr<int64_t>(), grad_ys.data_ptr<scalar_t>(), pairs,
-          dim, top_k);
+          gc.data_ptr<scalar_t>(), wc.data_ptr<Acc>(), oc.data_ptr<int64_t>(), grad_ys.data_ptr<scalar_t>(), pairs, dim,
+          top_k);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const int64_t warps_per_block = kThreads / 32;
-    const auto blocks = static_cast<unsigned>(std::min<int64_t>((pairs + warps_per_block - 1) / warps_per_block, 65535LL * 8));
-    unpermute_backward_weight_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        gc.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(), oc.data_ptr<int64_t>(), grad_weight.data_ptr<Acc>(), pairs,
-        dim, top_k);
+    const auto blocks = static_cast<unsigned>(
+        std::min<int64_t>((pairs + warps_per_block - 1) / warps_per_block, 65535LL * 8));
+    unpermute_backward_weight_kernel<scalar_t>
+        <<<blocks, kThreads, 0, stream>>>(gc.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(), oc.data_ptr<int64_t>(),
+                                          grad_weight.data_ptr<Acc>(), pairs, dim, top_k);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_ys, grad_weight.view(weight.sizes()).to(weight.scalar_type())};
@@ -329,13 +331,13 @@ at::Tensor grouped_linear_cuda(const at::Tensor& xs, const at::Tensor& weight, c
   at::Tensor y = at::zeros({rows, d_out}, xc.options());  // zeros: d_in == 0 gives 0 sums
   if (max_rows == 0 || d_out == 0 || d_in == 0) return y;
   const dim3 block(kTile, kTile);
-  const dim3 grid(static_cast<unsigned>((max_rows + kTile - 1) / kTile), static_cast<unsigned>((d_out + kTile - 1) / kTile),
-                  static_cast<unsigned>(experts));
+  const dim3 grid(static_cast<unsigned>((max_rows + kTile - 1) / kTile),
+                  static_cast<unsigned>((d_out + kTile - 1) / kTile), static_cast<unsigned>(experts));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "grouped_linear_cuda", [&] {
-    grouped_gemm_kernel<scalar_t><<<grid, block, 0, stream>>>(
-        xc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dev_offsets.data_ptr<int64_t>(),
-        d_out, d_in, d_out * d_in, d_in, 1);
+    grouped_gemm_kernel<scalar_t><<<grid, block, 0, stream>>>(xc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(),
+                                                              y.data_ptr<scalar_t>(), dev_offsets.data_ptr<int64_t>(),
+                                                              d_out, d_in, d_out * d_in, d_in, 1);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -364,17 +366,17 @@ std::pair<at::Tensor, at::Tensor> grouped_linear_backward_cuda(const at::Tensor&
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "grouped_linear_backward_cuda", [&] {
     // grad_xs rows of e = grad_y_e W[e]: b[n = din, k = dout] = W[e, dout, din].
-    const dim3 grid_x(static_cast<unsigned>((max_rows + kTile - 1) / kTile), static_cast<unsigned>((d_in + kTile - 1) / kTile),
-                      static_cast<unsigned>(experts));
-    grouped_gemm_kernel<scalar_t><<<grid_x, block, 0, stream>>>(
-        gc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), grad_xs.data_ptr<scalar_t>(), dev_offsets.data_ptr<int64_t>(),
-        d_in, d_out, d_out * d_in, 1, d_in);
+    const dim3 grid_x(static_cast<unsigned>((max_rows + kTile - 1) / kTile),
+                      static_cast<unsigned>((d_in + kTile - 1) / kTile), static_cast<unsigned>(experts));
+    grouped_gemm_kernel<scalar_t>
+        <<<grid_x, block, 0, stream>>>(gc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), grad_xs.data_ptr<scalar_t>(),
+                                       dev_offsets.data_ptr<int64_t>(), d_in, d_out, d_out * d_in, 1, d_in);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const dim3 grid_w(static_cast<unsigned>((d_in + kTile - 1) / kTile), static_cast<unsigned>((d_out + kTile - 1) / kTile),
-                      static_cast<unsigned>(experts));
-    grouped_weight_grad_kernel<scalar_t><<<grid_w, block, 0, stream>>>(
-        gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), grad_w.data_ptr<scalar_t>(), dev_offsets.data_ptr<int64_t>(),
-        d_out, d_in);
+    const dim3 grid_w(static_cast<unsigned>((d_in + kTile - 1) / kTile),
+                      static_cast<unsigned>((d_out + kTile - 1) / kTile), static_cast<unsigned>(experts));
+    grouped_weight_grad_kernel<scalar_t><<<grid_w, block, 0, stream>>>(gc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
+                                                                       grad_w.data_ptr<scalar_t>(),
+                                                                       dev_offsets.data_ptr<int64_t>(), d_out, d_in);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_xs, grad_w};

@@ -35,8 +35,8 @@ TEST(MoeDispatch, PermuteAndUnpermuteMatchHandComputedValues) {
   const auto x = torch::tensor({1.0, 10.0, 2.0, 20.0, 3.0, 30.0}, torch::kDouble).view({3, 2});
   const auto xs = moe_permute_forward(x, order, 2);
   // Token of each sorted pair: [0, 2, 0, 1, 1, 2].
-  const auto want_xs = torch::tensor({1.0, 10.0, 3.0, 30.0, 1.0, 10.0, 2.0, 20.0, 2.0, 20.0, 3.0, 30.0},
-                                     torch::kDouble).view({6, 2});
+  const auto want_xs =
+      torch::tensor({1.0, 10.0, 3.0, 30.0, 1.0, 10.0, 2.0, 20.0, 2.0, 20.0, 3.0, 30.0}, torch::kDouble).view({6, 2});
   EXPECT_TRUE(torch::equal(xs, want_xs));
   // Expert outputs: sorted row i scaled by i + 1. Token 0: 0.5 * 3 x0 + 0.25 * 1 x0 = 1.75 x0;
   // token 1: 1 * 5 x1 + 2 * 4 x1 = 13 x1; token 2: 3 * 2 x2 - 1 * 6 x2 = 0.
@@ -45,8 +45,8 @@ TEST(MoeDispatch, PermuteAndUnpermuteMatchHandComputedValues) {
   const auto want_y = torch::tensor({1.75, 17.5, 26.0, 260.0, 0.0, 0.0}, torch::kDouble).view({3, 2});
   expect_close(moe_unpermute_forward(ys, weight, order, 2), want_y, 1e-12, 1e-12, "unpermute");
   // Float32 combine weights with bf16 rows, as the model has them.
-  expect_close(moe_unpermute_reference(ys.to(torch::kBFloat16), weight.to(torch::kFloat), order, 2), want_y, 1e-6,
-               1e-6, "unpermute bf16");
+  expect_close(moe_unpermute_reference(ys.to(torch::kBFloat16), weight.to(torch::kFloat), order, 2), want_y, 1e-6, 1e-6,
+               "unpermute bf16");
 }
 
 TEST(MoeDispatch, GroupedLinearMatchesPerRowProducts) {
@@ -74,8 +74,7 @@ TEST(MoeDispatch, ZeroTokens) {
   const auto x = torch::zeros({0, 8});
   const auto order = torch::zeros({0}, torch::kLong);
   EXPECT_EQ(moe_permute(x, order, 2).sizes(), (std::vector<int64_t>{0, 8}));
-  EXPECT_EQ(moe_unpermute(torch::zeros({0, 8}), torch::zeros({0, 2}), order, 2).sizes(),
-            (std::vector<int64_t>{0, 8}));
+  EXPECT_EQ(moe_unpermute(torch::zeros({0, 8}), torch::zeros({0, 2}), order, 2).sizes(), (std::vector<int64_t>{0, 8}));
   const auto offsets = torch::zeros({4}, torch::kLong);
   EXPECT_EQ(grouped_linear(x, torch::ones({3, 5, 8}), offsets).sizes(), (std::vector<int64_t>{0, 5}));
   const auto [gx, gw] = grouped_linear_backward(torch::zeros({0, 5}), x, torch::ones({3, 5, 8}), offsets);
@@ -107,27 +106,42 @@ TEST(MoeDispatch, ExplicitBackwardsMatchFiniteDifferences) {
 
   const auto xv = x.clone().requires_grad_();
   (moe_permute(xv, order, 2) * g4).sum().backward();
-  expect_close(xv.grad(), finite_differences([&](const torch::Tensor& t) {
-                 return (moe_permute_reference(t, order, 2) * g4).sum().item<double>();
-               }, x), 1e-7, 1e-7, "permute grad_x");
+  expect_close(
+      xv.grad(),
+      finite_differences(
+          [&](const torch::Tensor& t) { return (moe_permute_reference(t, order, 2) * g4).sum().item<double>(); }, x),
+      1e-7, 1e-7, "permute grad_x");
 
   const auto ysv = ys.clone().requires_grad_(), wv = weight.clone().requires_grad_();
   (moe_unpermute(ysv, wv, order, 2) * g3).sum().backward();
-  expect_close(ysv.grad(), finite_differences([&](const torch::Tensor& t) {
-                 return (moe_unpermute_reference(t, weight, order, 2) * g3).sum().item<double>();
-               }, ys), 1e-7, 1e-7, "unpermute grad_ys");
-  expect_close(wv.grad(), finite_differences([&](const torch::Tensor& t) {
-                 return (moe_unpermute_reference(ys, t, order, 2) * g3).sum().item<double>();
-               }, weight), 1e-7, 1e-7, "unpermute grad_weight");
+  expect_close(ysv.grad(),
+               finite_differences(
+                   [&](const torch::Tensor& t) {
+                     return (moe_unpermute_reference(t, weight, order, 2) * g3).sum().item<double>();
+                   },
+                   ys),
+               1e-7, 1e-7, "unpermute grad_ys");
+  expect_close(
+      wv.grad(),
+      finite_differences(
+          [&](const torch::Tensor& t) { return (moe_unpermute_reference(ys, t, order, 2) * g3).sum().item<double>(); },
+          weight),
+      1e-7, 1e-7, "unpermute grad_weight");
 
   const auto xsv = ys.clone().requires_grad_(), w3 = w.clone().requires_grad_();
   (grouped_linear(xsv, w3, offsets) * g5).sum().backward();
-  expect_close(xsv.grad(), finite_differences([&](const torch::Tensor& t) {
-                 return (grouped_linear_reference(t, w, offsets) * g5).sum().item<double>();
-               }, ys), 1e-7, 1e-7, "grouped grad_xs");
-  expect_close(w3.grad(), finite_differences([&](const torch::Tensor& t) {
-                 return (grouped_linear_reference(ys, t, offsets) * g5).sum().item<double>();
-               }, w), 1e-7, 1e-7, "grouped grad_weight");
+  expect_close(
+      xsv.grad(),
+      finite_differences(
+          [&](const torch::Tensor& t) { return (grouped_linear_reference(t, w, offsets) * g5).sum().item<double>(); },
+          ys),
+      1e-7, 1e-7, "grouped grad_xs");
+  expect_close(
+      w3.grad(),
+      finite_differences(
+          [&](const torch::Tensor& t) { return (grouped_linear_reference(ys, t, offsets) * g5).sum().item<double>(); },
+          w),
+      1e-7, 1e-7, "grouped grad_weight");
 }
 
 // The MoE layer with kernels: cuda on CPU (fused ops running their references) against the

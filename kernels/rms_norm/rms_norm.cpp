@@ -17,18 +17,18 @@ using detail::use_kernel;
 
 void check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.dim() >= 1, fn, ": x must have at least one dimension, got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), fn, ": weight must be [",
-              x.size(-1), "] (x's last dimension), got ", weight.sizes());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), fn, ": weight must be [", x.size(-1),
+              "] (x's last dimension), got ", weight.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()) && at::isFloatingType(weight.scalar_type()), fn,
               ": expected floating dtypes, got x ", x.scalar_type(), " and weight ", weight.scalar_type());
-  TORCH_CHECK(x.device() == weight.device(), fn, ": x and weight must be on one device, got ",
-              x.device(), " and ", weight.device());
+  TORCH_CHECK(x.device() == weight.device(), fn, ": x and weight must be on one device, got ", x.device(), " and ",
+              weight.device());
 }
 
 class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const at::Tensor& weight, double eps) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            double eps) {
     ctx->save_for_backward({x, weight});
     ctx->saved_data["eps"] = eps;
     return rms_norm_forward(x, weight, eps);
@@ -37,8 +37,7 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    auto [grad_x, grad_weight] =
-        rms_norm_backward(grads[0], saved[0], saved[1], ctx->saved_data["eps"].toDouble());
+    auto [grad_x, grad_weight] = rms_norm_backward(grads[0], saved[0], saved[1], ctx->saved_data["eps"].toDouble());
     return {grad_x, grad_weight, at::Tensor()};
   }
 };
@@ -52,12 +51,11 @@ at::Tensor rms_norm_reference(const at::Tensor& x, const at::Tensor& weight, dou
   return weight * normed.to(x.scalar_type());
 }
 
-std::pair<at::Tensor, at::Tensor> rms_norm_backward_reference(const at::Tensor& grad_y,
-                                                              const at::Tensor& x,
+std::pair<at::Tensor, at::Tensor> rms_norm_backward_reference(const at::Tensor& grad_y, const at::Tensor& x,
                                                               const at::Tensor& weight, double eps) {
   check_inputs("rms_norm_backward_reference", x, weight);
-  TORCH_CHECK(grad_y.sizes() == x.sizes(), "rms_norm_backward_reference: grad_y must match x ",
-              x.sizes(), ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.sizes() == x.sizes(), "rms_norm_backward_reference: grad_y must match x ", x.sizes(), ", got ",
+              grad_y.sizes());
   const int64_t h = x.size(-1);
   const auto x32 = x.to(at::kFloat).reshape({-1, h});         // [N, H]
   const auto g32 = grad_y.to(at::kFloat).reshape({-1, h});    // [N, H]

@@ -58,9 +58,9 @@ __global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __rest
 
 // grad_x [rows, h]; grad_w_partial [gridDim.x, h] float32, zero-initialised.
 template <typename T>
-__global__ void rms_norm_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ x,
-                                         const T* __restrict__ w, T* __restrict__ grad_x,
-                                         float* __restrict__ grad_w_partial, int64_t rows, int64_t h, float eps) {
+__global__ void rms_norm_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ x, const T* __restrict__ w,
+                                         T* __restrict__ grad_x, float* __restrict__ grad_w_partial, int64_t rows,
+                                         int64_t h, float eps) {
   __shared__ float shared[32];
   float* partial = grad_w_partial + blockIdx.x * h;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -94,10 +94,10 @@ int threads_for(int64_t h) {
 void check_tensors(const char* fn, const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.is_cuda() && weight.is_cuda() && x.device() == weight.device(), fn,
               ": expected x and weight on one CUDA device, got ", x.device(), " and ", weight.device());
-  TORCH_CHECK(x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(-1), fn, ": weight must be [",
-              x.size(-1), "], got ", weight.sizes());
-  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), fn, ": x and weight must share a dtype, got ",
-              x.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK(x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(-1), fn, ": weight must be [", x.size(-1),
+              "], got ", weight.sizes());
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), fn, ": x and weight must share a dtype, got ", x.scalar_type(),
+              " and ", weight.scalar_type());
 }
 
 }  // namespace
@@ -115,8 +115,7 @@ at::Tensor rms_norm_cuda(const at::Tensor& x, const at::Tensor& weight, double e
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "rms_norm_cuda", [&] {
     rms_norm_forward_kernel<scalar_t><<<static_cast<unsigned>(blocks), threads_for(h), 0, stream>>>(
-        xc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), rows, h,
-        static_cast<float>(eps));
+        xc.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), rows, h, static_cast<float>(eps));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -125,8 +124,7 @@ at::Tensor rms_norm_cuda(const at::Tensor& x, const at::Tensor& weight, double e
 std::pair<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
                                                          const at::Tensor& weight, double eps) {
   check_tensors("rms_norm_backward_cuda", x, weight);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
-                  grad_y.device() == x.device(),
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() && grad_y.device() == x.device(),
               "rms_norm_backward_cuda: grad_y must match x (", x.sizes(), " ", x.scalar_type(), "), got ",
               grad_y.sizes(), " ", grad_y.scalar_type(), " on ", grad_y.device());
   const c10::cuda::CUDAGuard guard(x.device());

@@ -29,8 +29,8 @@ TEST(RmsNorm, ReferenceMatchesHandComputedValues) {
   const double eps = 0.01;
   // Row 0: mean of squares 7.5; row 1: 2.
   const double r0 = 1.0 / std::sqrt(7.5 + eps), r1 = 1.0 / std::sqrt(2.0 + eps);
-  const auto want = torch::tensor({{1.0 * r0, 0.5 * 2 * r0, 2.0 * 3 * r0, -4.0 * r0},
-                                   {-2.0 * r1, 0.0, 0.0, -2.0 * r1}}, torch::kDouble);
+  const auto want = torch::tensor({{1.0 * r0, 0.5 * 2 * r0, 2.0 * 3 * r0, -4.0 * r0}, {-2.0 * r1, 0.0, 0.0, -2.0 * r1}},
+                                  torch::kDouble);
   expect_close(rms_norm_reference(x, w, eps), want, 1e-6, 1e-6, "float32");
 }
 
@@ -133,8 +133,7 @@ TEST(RmsNorm, ModelConfigKernelsKeyIsReadAndValidated) {
     return path;
   };
   EXPECT_EQ(model::load_model_config(preset).kernels, model::KernelBackend::automatic);  // default
-  EXPECT_EQ(model::load_model_config(write("ref.yaml", "kernels: reference")).kernels,
-            model::KernelBackend::reference);
+  EXPECT_EQ(model::load_model_config(write("ref.yaml", "kernels: reference")).kernels, model::KernelBackend::reference);
   EXPECT_EQ(model::load_model_config(write("cuda.yaml", "kernels: cuda")).kernels, model::KernelBackend::cuda);
   EXPECT_ANY_THROW(model::load_model_config(write("bad.yaml", "kernels: fast")));
   std::filesystem::remove_all(dir);

@@ -19,22 +19,21 @@ using detail::use_kernel;
 void check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   TORCH_CHECK(x.dim() == 4, fn, ": x must be [B, H, T, R], got ", x.sizes());
   TORCH_CHECK(x.size(-1) % 2 == 0, fn, ": the rope width R must be even, got ", x.size(-1));
-  TORCH_CHECK(cos.sizes() == sin.sizes(), fn, ": cos and sin must have one shape, got ", cos.sizes(),
-              " and ", sin.sizes());
-  TORCH_CHECK(cos.dim() == 3 && (cos.size(0) == x.size(0) || cos.size(0) == 1) &&
-                  cos.size(1) == x.size(2) && cos.size(2) == x.size(3),
-              fn, ": cos/sin must be [B or 1, T, R] = [", x.size(0), " or 1, ", x.size(2), ", ", x.size(3),
-              "], got ", cos.sizes());
+  TORCH_CHECK(cos.sizes() == sin.sizes(), fn, ": cos and sin must have one shape, got ", cos.sizes(), " and ",
+              sin.sizes());
+  TORCH_CHECK(cos.dim() == 3 && (cos.size(0) == x.size(0) || cos.size(0) == 1) && cos.size(1) == x.size(2) &&
+                  cos.size(2) == x.size(3),
+              fn, ": cos/sin must be [B or 1, T, R] = [", x.size(0), " or 1, ", x.size(2), ", ", x.size(3), "], got ",
+              cos.sizes());
   TORCH_CHECK(x.device() == cos.device() && x.device() == sin.device(), fn,
-              ": x, cos and sin must be on one device, got ", x.device(), ", ", cos.device(), " and ",
-              sin.device());
+              ": x, cos and sin must be on one device, got ", x.device(), ", ", cos.device(), " and ", sin.device());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), fn, ": expected a floating dtype, got ", x.scalar_type());
 }
 
 class RopeFunction : public torch::autograd::Function<RopeFunction> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const at::Tensor& cos, const at::Tensor& sin, int64_t layout) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin, int64_t layout) {
     ctx->save_for_backward({cos, sin});
     ctx->saved_data["layout"] = layout;
     return rope_forward(x, cos, sin, static_cast<RopeLayout>(layout));
@@ -50,8 +49,7 @@ class RopeFunction : public torch::autograd::Function<RopeFunction> {
 
 }  // namespace
 
-at::Tensor rope_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                          RopeLayout layout) {
+at::Tensor rope_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
   check_inputs("rope_reference", x, cos, sin);
   const int64_t half = x.size(-1) / 2;
   if (layout == RopeLayout::rotate_half) {
@@ -94,8 +92,7 @@ at::Tensor rope_backward_reference(const at::Tensor& grad_y, const at::Tensor& c
   return grad_x.to(grad_y.scalar_type());
 }
 
-at::Tensor rope_forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                        RopeLayout layout) {
+at::Tensor rope_forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
   check_inputs("rope_forward", x, cos, sin);
   if (use_kernel("rope_forward", x)) {
 #if GRPO_WITH_CUDA_KERNELS
@@ -105,8 +102,7 @@ at::Tensor rope_forward(const at::Tensor& x, const at::Tensor& cos, const at::Te
   return rope_reference(x, cos, sin, layout);
 }
 
-at::Tensor rope_backward(const at::Tensor& grad_y, const at::Tensor& cos, const at::Tensor& sin,
-                         RopeLayout layout) {
+at::Tensor rope_backward(const at::Tensor& grad_y, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout) {
   check_inputs("rope_backward", grad_y, cos, sin);
   if (use_kernel("rope_backward", grad_y)) {
 #if GRPO_WITH_CUDA_KERNELS

@@ -27,8 +27,8 @@ constexpr int kThreads = 256;
 // in, out [B, H, T, R]; cos, sin [Bc, T, R] with Bc = B or 1 (table_batch_stride = 0 for 1).
 template <typename T, bool kInterleaved, bool kInverse>
 __global__ void rope_kernel(const T* __restrict__ in, const T* __restrict__ cos, const T* __restrict__ sin,
-                            T* __restrict__ out, int64_t heads, int64_t seq, int64_t width,
-                            int64_t table_batch_stride, int64_t pairs_total) {
+                            T* __restrict__ out, int64_t heads, int64_t seq, int64_t width, int64_t table_batch_stride,
+                            int64_t pairs_total) {
   using Acc = at::opmath_type<T>;
   const int64_t half = width / 2;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < pairs_total;
@@ -69,8 +69,8 @@ at::Tensor rope_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   TORCH_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, "rope_cuda: x must be [B, H, T, R] with R even, got ", x.sizes());
   TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 3 && (cos.size(0) == x.size(0) || cos.size(0) == 1) &&
                   cos.size(1) == x.size(2) && cos.size(2) == x.size(3),
-              "rope_cuda: cos/sin must be [", x.size(0), " or 1, ", x.size(2), ", ", x.size(3), "], got ",
-              cos.sizes(), " and ", sin.sizes());
+              "rope_cuda: cos/sin must be [", x.size(0), " or 1, ", x.size(2), ", ", x.size(3), "], got ", cos.sizes(),
+              " and ", sin.sizes());
   TORCH_CHECK(cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type(),
               "rope_cuda: cos/sin must have x's dtype ", x.scalar_type(), ", got ", cos.scalar_type(), " and ",
               sin.scalar_type());

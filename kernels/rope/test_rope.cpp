@@ -30,7 +30,8 @@ TEST(Rope, ReferenceMatchesHandComputedRotations) {
   const auto half = torch::tensor({1 * c0 - 3 * s0, 2 * c1 - 4 * s1, 3 * c0 + 1 * s0, 4 * c1 + 2 * s1}, torch::kDouble);
   expect_close(rope_reference(x, cos, sin, RopeLayout::rotate_half).view({4}), half, 1e-12, 1e-12, "rotate_half");
   // Interleaved: pairs (x0, x1) by a0 and (x2, x3) by a1, written as (rotated evens, rotated odds).
-  const auto inter = torch::tensor({1 * c0 - 2 * s0, 3 * c1 - 4 * s1, 2 * c0 + 1 * s0, 4 * c1 + 3 * s1}, torch::kDouble);
+  const auto inter = torch::tensor({1 * c0 - 2 * s0, 3 * c1 - 4 * s1, 2 * c0 + 1 * s0, 4 * c1 + 3 * s1},
+                                   torch::kDouble);
   expect_close(rope_reference(x, cos, sin, RopeLayout::interleaved).view({4}), inter, 1e-12, 1e-12, "interleaved");
 }
 
@@ -63,7 +64,9 @@ TEST(Rope, ExplicitBackwardMatchesFiniteDifferences) {
       auto xp = x0.clone(), xm = x0.clone();
       xp.view({-1})[i] += h;
       xm.view({-1})[i] -= h;
-      const double fd = ((rope_reference(xp, cos, sin, layout) - rope_reference(xm, cos, sin, layout)) * w).sum().item<double>() / (2 * h);
+      const double fd =
+          ((rope_reference(xp, cos, sin, layout) - rope_reference(xm, cos, sin, layout)) * w).sum().item<double>() /
+          (2 * h);
       EXPECT_NEAR(x.grad().view({-1})[i].item<double>(), fd, 1e-7) << "element " << i;
     }
   }
@@ -71,7 +74,8 @@ TEST(Rope, ExplicitBackwardMatchesFiniteDifferences) {
 
 TEST(Rope, RejectsBadShapes) {
   const auto [cos, sin] = rope_tables(1, 3, 6);
-  EXPECT_THROW(rope_reference(torch::ones({1, 2, 3, 5}, torch::kDouble), cos, sin, RopeLayout::rotate_half), c10::Error);
+  EXPECT_THROW(rope_reference(torch::ones({1, 2, 3, 5}, torch::kDouble), cos, sin, RopeLayout::rotate_half),
+               c10::Error);
   EXPECT_THROW(rope_forward(torch::ones({1, 2, 4, 6}, torch::kDouble), cos, sin, RopeLayout::interleaved), c10::Error);
   EXPECT_THROW(rope_forward(torch::ones({2, 3, 6}, torch::kDouble), cos, sin, RopeLayout::interleaved), c10::Error);
 }

@@ -16,20 +16,18 @@ namespace {
 using detail::use_kernel;
 
 void check_inputs(const char* fn, const at::Tensor& gate, const at::Tensor& up) {
-  TORCH_CHECK(gate.sizes() == up.sizes(), fn, ": gate and up must have one shape, got ", gate.sizes(),
-              " and ", up.sizes());
-  TORCH_CHECK(gate.scalar_type() == up.scalar_type(), fn, ": gate and up must have one dtype, got ",
-              gate.scalar_type(), " and ", up.scalar_type());
-  TORCH_CHECK(gate.device() == up.device(), fn, ": gate and up must be on one device, got ",
-              gate.device(), " and ", up.device());
-  TORCH_CHECK(at::isFloatingType(gate.scalar_type()), fn, ": expected a floating dtype, got ",
-              gate.scalar_type());
+  TORCH_CHECK(gate.sizes() == up.sizes(), fn, ": gate and up must have one shape, got ", gate.sizes(), " and ",
+              up.sizes());
+  TORCH_CHECK(gate.scalar_type() == up.scalar_type(), fn, ": gate and up must have one dtype, got ", gate.scalar_type(),
+              " and ", up.scalar_type());
+  TORCH_CHECK(gate.device() == up.device(), fn, ": gate and up must be on one device, got ", gate.device(), " and ",
+              up.device());
+  TORCH_CHECK(at::isFloatingType(gate.scalar_type()), fn, ": expected a floating dtype, got ", gate.scalar_type());
 }
 
 class SwigluFunction : public torch::autograd::Function<SwigluFunction> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& gate,
-                            const at::Tensor& up) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& gate, const at::Tensor& up) {
     ctx->save_for_backward({gate, up});
     return swiglu_forward(gate, up);
   }
@@ -49,12 +47,11 @@ at::Tensor swiglu_reference(const at::Tensor& gate, const at::Tensor& up) {
   return at::silu(gate) * up;
 }
 
-std::pair<at::Tensor, at::Tensor> swiglu_backward_reference(const at::Tensor& grad_y,
-                                                            const at::Tensor& gate,
+std::pair<at::Tensor, at::Tensor> swiglu_backward_reference(const at::Tensor& grad_y, const at::Tensor& gate,
                                                             const at::Tensor& up) {
   check_inputs("swiglu_backward_reference", gate, up);
-  TORCH_CHECK(grad_y.sizes() == gate.sizes(), "swiglu_backward_reference: grad_y must match gate ",
-              gate.sizes(), ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.sizes() == gate.sizes(), "swiglu_backward_reference: grad_y must match gate ", gate.sizes(),
+              ", got ", grad_y.sizes());
   const auto compute = gate.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto g = gate.to(compute);
   const auto u = up.to(compute);

@@ -37,8 +37,8 @@ __global__ void swiglu_forward_kernel(const T* __restrict__ gate, const T* __res
 
 template <typename T>
 __global__ void swiglu_backward_kernel(const T* __restrict__ grad_y, const T* __restrict__ gate,
-                                       const T* __restrict__ up, T* __restrict__ grad_gate,
-                                       T* __restrict__ grad_up, int64_t n) {
+                                       const T* __restrict__ up, T* __restrict__ grad_gate, T* __restrict__ grad_up,
+                                       int64_t n) {
   using Acc = at::opmath_type<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

@@ -48,7 +48,9 @@ TEST(Swiglu, ExplicitBackwardMatchesFiniteDifferences) {
   (swiglu(gate, up) * w).sum().backward();  // the custom Function: explicit backward on CPU
   torch::NoGradGuard no_grad;
   const double h = 1e-6;
-  auto loss = [&](const torch::Tensor& g, const torch::Tensor& u) { return (swiglu_reference(g, u) * w).sum().item<double>(); };
+  auto loss = [&](const torch::Tensor& g, const torch::Tensor& u) {
+    return (swiglu_reference(g, u) * w).sum().item<double>();
+  };
   const auto g0 = gate.detach().clone(), u0 = up.detach().clone();
   for (int64_t i = 0; i < g0.numel(); ++i) {
     auto gp = g0.clone(), gm = g0.clone(), up_p = u0.clone(), up_m = u0.clone();

@@ -24,17 +24,17 @@ void expect_close(const torch::Tensor& got, const torch::Tensor& want, double rt
 }
 
 struct Case {
-  int64_t rows;     // N
-  int64_t width;    // D
-  int64_t vocab;    // V
-  int64_t chunk;    // Vc
+  int64_t rows;   // N
+  int64_t width;  // D
+  int64_t vocab;  // V
+  int64_t chunk;  // Vc
   double temperature;
 };
 
 std::string describe(const Case& c, torch::ScalarType dtype) {
-  return "N=" + std::to_string(c.rows) + " D=" + std::to_string(c.width) + " V=" +
-         std::to_string(c.vocab) + " chunk=" + std::to_string(c.chunk) +
-         " T=" + std::to_string(c.temperature) + " dtype=" + std::string(c10::toString(dtype));
+  return "N=" + std::to_string(c.rows) + " D=" + std::to_string(c.width) + " V=" + std::to_string(c.vocab) +
+         " chunk=" + std::to_string(c.chunk) + " T=" + std::to_string(c.temperature) +
+         " dtype=" + std::string(c10::toString(dtype));
 }
 
 struct Grads {
@@ -43,9 +43,8 @@ struct Grads {
 
 // logprobs, entropy and the gradients of sum(row_weights * logprobs) for one path.
 template <typename Fn>
-Grads run_path(Fn fn, const torch::Tensor& hidden0, const torch::Tensor& weight0,
-               const torch::Tensor& targets, const torch::Tensor& row_weights,
-               const TokenLogprobsOptions& options) {
+Grads run_path(Fn fn, const torch::Tensor& hidden0, const torch::Tensor& weight0, const torch::Tensor& targets,
+               const torch::Tensor& row_weights, const TokenLogprobsOptions& options) {
   auto hidden = hidden0.detach().clone().requires_grad_(true);
   auto weight = weight0.detach().clone().requires_grad_(true);
   const auto result = fn(hidden, weight, targets, options);
@@ -73,14 +72,10 @@ TEST(TokenLogprobs, MatchesHandComputedValues) {
     SCOPED_TRACE("chunk " + std::to_string(chunk));
     const auto g = run_path(token_logprobs, hidden0, weight0, targets, torch::ones({2}),
                             {.chunk_size = chunk, .with_entropy = true});
-    expect_close(g.logprobs, torch::tensor({-0.40760596444438, -0.40760596444438}), 1e-6, 1e-6,
-                 "logprobs");
-    expect_close(g.entropy, torch::tensor({0.83239558183994, 0.83239558183994}), 1e-6, 1e-6,
-                 "entropy");
-    expect_close(g.hidden, torch::tensor({{0.42478961739556}, {-0.42478961739556}}), 1e-6, 1e-6,
-                 "grad hidden");
-    expect_close(g.weight, torch::tensor({{-0.42478961739556}, {0.0}, {0.42478961739556}}), 1e-6,
-                 1e-6, "grad weight");
+    expect_close(g.logprobs, torch::tensor({-0.40760596444438, -0.40760596444438}), 1e-6, 1e-6, "logprobs");
+    expect_close(g.entropy, torch::tensor({0.83239558183994, 0.83239558183994}), 1e-6, 1e-6, "entropy");
+    expect_close(g.hidden, torch::tensor({{0.42478961739556}, {-0.42478961739556}}), 1e-6, 1e-6, "grad hidden");
+    expect_close(g.weight, torch::tensor({{-0.42478961739556}, {0.0}, {0.42478961739556}}), 1e-6, 1e-6, "grad weight");
     const auto hot = token_logprobs(hidden0, weight0, targets, {.temperature = 2.0, .chunk_size = chunk});
     EXPECT_NEAR(hot.logprobs[0].item<double>(), -0.68026967064173, 1e-6);
   }
@@ -89,15 +84,12 @@ TEST(TokenLogprobs, MatchesHandComputedValues) {
 TEST(TokenLogprobs, ChunkedMatchesReferenceForwardAndBackward) {
   torch::manual_seed(0);
   const std::vector<Case> cases = {
-      {5, 8, 37, 10, 1.0},    // V not a multiple of the chunk
-      {5, 8, 37, 10, 0.7},
-      {6, 4, 13, 1, 1.0},     // one vocabulary row per chunk
-      {6, 4, 13, 1, 0.7},
-      {4, 16, 29, 100, 1.0},  // chunk > V: one chunk
-      {4, 16, 29, 29, 0.7},   // chunk == V
-      {1, 8, 50, 16, 1.0},    // one row
-      {1, 8, 50, 16, 0.7},
-      {7, 8, 1, 4, 1.0},      // one-token vocabulary: logprob 0, zero gradients
+      {5, 8, 37, 10, 1.0},                            // V not a multiple of the chunk
+      {5, 8, 37, 10, 0.7},    {6, 4, 13, 1, 1.0},     // one vocabulary row per chunk
+      {6, 4, 13, 1, 0.7},     {4, 16, 29, 100, 1.0},  // chunk > V: one chunk
+      {4, 16, 29, 29, 0.7},                           // chunk == V
+      {1, 8, 50, 16, 1.0},                            // one row
+      {1, 8, 50, 16, 0.7},    {7, 8, 1, 4, 1.0},      // one-token vocabulary: logprob 0, zero gradients
       {33, 24, 300, 64, 0.7},
   };
   for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
@@ -109,11 +101,9 @@ TEST(TokenLogprobs, ChunkedMatchesReferenceForwardAndBackward) {
       auto targets = torch::randint(c.vocab, {c.rows}, torch::kLong);
       targets[0] = c.vocab - 1;  // the last (possibly partial) chunk holds a target
       const auto row_weights = torch::randn({c.rows});
-      const TokenLogprobsOptions options{.temperature = c.temperature, .chunk_size = c.chunk,
-                                         .with_entropy = true};
+      const TokenLogprobsOptions options{.temperature = c.temperature, .chunk_size = c.chunk, .with_entropy = true};
       const auto got = run_path(token_logprobs, hidden, weight, targets, row_weights, options);
-      const auto want =
-          run_path(token_logprobs_reference, hidden, weight, targets, row_weights, options);
+      const auto want = run_path(token_logprobs_reference, hidden, weight, targets, row_weights, options);
       EXPECT_EQ(got.logprobs.scalar_type(), torch::kFloat);
       EXPECT_EQ(got.hidden.scalar_type(), dtype);
       EXPECT_EQ(got.weight.scalar_type(), dtype);
@@ -143,10 +133,9 @@ TEST(TokenLogprobs, EntropyMatchesDefinition) {
     const auto want = -(p * p.log()).sum(1);
     for (int64_t chunk : {1, 5, 23, 64}) {
       const auto got = token_logprobs(hidden.to(torch::kFloat), weight.to(torch::kFloat), targets,
-                                      {.temperature = temperature, .chunk_size = chunk,
-                                       .with_entropy = true});
-      expect_close(got.entropy, want, 1e-5, 1e-5, "entropy T=" + std::to_string(temperature) +
-                                                      " chunk=" + std::to_string(chunk));
+                                      {.temperature = temperature, .chunk_size = chunk, .with_entropy = true});
+      expect_close(got.entropy, want, 1e-5, 1e-5,
+                   "entropy T=" + std::to_string(temperature) + " chunk=" + std::to_string(chunk));
       EXPECT_FALSE(token_logprobs(hidden, weight, targets, {.chunk_size = chunk}).entropy.defined());
     }
   }
@@ -254,17 +243,25 @@ TEST(TokenLogprobs, RejectsBadInputsNamingTheFunction) {
                                 TokenLogprobsOptions o = {}) {
       return chunked ? token_logprobs(h, w, t, o) : token_logprobs_reference(h, w, t, o);
     };
-    expect_error([&] { call(hidden, weight, torch::tensor({0, 5, 2}, torch::kLong)); }, fn,
-                 "targets must lie in [0, V = 5), found values from 0 to 5");
-    expect_error([&] { call(hidden, weight, torch::tensor({0, -1, 2}, torch::kLong)); }, fn,
-                 "found values from -1 to 2");
+    expect_error(
+        [&] {
+          call(hidden, weight, torch::tensor({0, 5, 2}, torch::kLong));
+        },
+        fn, "targets must lie in [0, V = 5), found values from 0 to 5");
+    expect_error(
+        [&] {
+          call(hidden, weight, torch::tensor({0, -1, 2}, torch::kLong));
+        },
+        fn, "found values from -1 to 2");
     expect_error([&] { call(hidden, torch::randn({5, 3}), targets); }, fn, "must agree on D");
-    expect_error([&] { call(hidden, weight, torch::tensor({0, 1}, torch::kLong)); }, fn,
-                 "expected targets of length N = 3");
+    expect_error(
+        [&] {
+          call(hidden, weight, torch::tensor({0, 1}, torch::kLong));
+        },
+        fn, "expected targets of length N = 3");
     expect_error([&] { call(hidden, weight, targets.to(torch::kInt)); }, fn, "expected int64 targets");
     expect_error([&] { call(hidden.unsqueeze(0), weight, targets); }, fn, "expected hidden [N, D]");
-    expect_error([&] { call(hidden, weight, targets, {.temperature = 0.0}); }, fn,
-                 "expected temperature > 0");
+    expect_error([&] { call(hidden, weight, targets, {.temperature = 0.0}); }, fn, "expected temperature > 0");
   }
   expect_error([&] { token_logprobs(hidden, weight, targets, {.chunk_size = 0}); }, "token_logprobs",
                "expected chunk_size >= 1");

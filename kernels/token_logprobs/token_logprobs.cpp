@@ -19,8 +19,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // chunked: also check options.chunk_size (the reference ignores it).
-void check_inputs(const char* fn, const at::Tensor& hidden, const at::Tensor& weight,
-                  const at::Tensor& targets, const TokenLogprobsOptions& options, bool chunked) {
+void check_inputs(const char* fn, const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                  const TokenLogprobsOptions& options, bool chunked) {
   TORCH_CHECK(hidden.defined() && weight.defined() && targets.defined(), fn,
               ": hidden, weight and targets must all be defined tensors");
   TORCH_CHECK(hidden.dim() == 2, fn, ": expected hidden [N, D], got shape ", hidden.sizes());
@@ -30,16 +30,13 @@ void check_inputs(const char* fn, const at::Tensor& hidden, const at::Tensor& we
               hidden.sizes(), " and ", weight.sizes());
   TORCH_CHECK(targets.size(0) == hidden.size(0), fn, ": expected targets of length N = ", hidden.size(0),
               " (rows of hidden), got ", targets.size(0));
-  TORCH_CHECK(weight.size(0) >= 1, fn, ": expected a vocabulary of at least one row, got weight ",
-              weight.sizes());
-  TORCH_CHECK(at::isFloatingType(hidden.scalar_type()) && at::isFloatingType(weight.scalar_type()),
-              fn, ": expected floating hidden and weight, got ", hidden.scalar_type(), " and ",
-              weight.scalar_type());
-  TORCH_CHECK(targets.scalar_type() == at::kLong, fn, ": expected int64 targets, got ",
-              targets.scalar_type());
+  TORCH_CHECK(weight.size(0) >= 1, fn, ": expected a vocabulary of at least one row, got weight ", weight.sizes());
+  TORCH_CHECK(at::isFloatingType(hidden.scalar_type()) && at::isFloatingType(weight.scalar_type()), fn,
+              ": expected floating hidden and weight, got ", hidden.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK(targets.scalar_type() == at::kLong, fn, ": expected int64 targets, got ", targets.scalar_type());
   TORCH_CHECK(hidden.device() == weight.device() && hidden.device() == targets.device(), fn,
-              ": hidden, weight and targets must be on one device, got ", hidden.device(), ", ",
-              weight.device(), " and ", targets.device());
+              ": hidden, weight and targets must be on one device, got ", hidden.device(), ", ", weight.device(),
+              " and ", targets.device());
   TORCH_CHECK(options.temperature > 0.0, fn, ": expected temperature > 0, got ", options.temperature);
   TORCH_CHECK(!chunked || options.chunk_size >= 1, fn, ": expected chunk_size >= 1, got ", options.chunk_size);
   if (targets.numel() > 0) {
@@ -53,8 +50,7 @@ void check_inputs(const char* fn, const at::Tensor& hidden, const at::Tensor& we
 
 // float64 when either input is float64, else float32 (bf16 / half inputs are upcast).
 at::ScalarType compute_dtype(const at::Tensor& hidden, const at::Tensor& weight) {
-  return hidden.scalar_type() == at::kDouble || weight.scalar_type() == at::kDouble ? at::kDouble
-                                                                                    : at::kFloat;
+  return hidden.scalar_type() == at::kDouble || weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 // Per-row running softmax state over the chunks seen so far, all [N] in the compute dtype.
@@ -67,8 +63,8 @@ struct RunningState {
 
 // Plain-ATen version of token_logprobs_chunk_forward_cuda. logits [N, Vc] is the raw chunk
 // hidden @ weight_chunk^T; it is overwritten.
-void chunk_forward_aten(at::Tensor& logits, double inv_temperature, const at::Tensor& targets,
-                        int64_t chunk_start, bool first_chunk, RunningState& state) {
+void chunk_forward_aten(at::Tensor& logits, double inv_temperature, const at::Tensor& targets, int64_t chunk_start,
+                        bool first_chunk, RunningState& state) {
   const int64_t width = logits.size(1);
   if (inv_temperature != 1.0) logits.mul_(inv_temperature);
   const at::Tensor local = targets - chunk_start;
@@ -97,15 +93,14 @@ void chunk_forward_aten(at::Tensor& logits, double inv_temperature, const at::Te
 
 // Plain-ATen version of token_logprobs_chunk_backward_cuda: logits [N, Vc] (raw chunk) becomes
 // d loss / d (hidden @ weight_chunk^T) = grad * (onehot - p) / T, in place.
-void chunk_backward_aten(at::Tensor& logits, double inv_temperature, const at::Tensor& targets,
-                         int64_t chunk_start, const at::Tensor& logsumexp, const at::Tensor& grad) {
+void chunk_backward_aten(at::Tensor& logits, double inv_temperature, const at::Tensor& targets, int64_t chunk_start,
+                         const at::Tensor& logsumexp, const at::Tensor& grad) {
   const int64_t width = logits.size(1);
   if (inv_temperature != 1.0) logits.mul_(inv_temperature);
   logits.sub_(logsumexp.unsqueeze(1)).exp_().mul_(grad.neg().unsqueeze(1));  // -grad * p
   const at::Tensor local = targets - chunk_start;
   const at::Tensor in_chunk = local.ge(0).logical_and(local.lt(width));
-  logits.scatter_add_(1, local.clamp(0, width - 1).unsqueeze(1),
-                      (grad * in_chunk.to(grad.scalar_type())).unsqueeze(1));
+  logits.scatter_add_(1, local.clamp(0, width - 1).unsqueeze(1), (grad * in_chunk.to(grad.scalar_type())).unsqueeze(1));
   if (inv_temperature != 1.0) logits.mul_(inv_temperature);
 }
 
@@ -126,8 +121,8 @@ class TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFunc
  public:
   // Returns {logprobs [N], entropy [N] (or [0] when not asked)}.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                               const at::Tensor& targets, double temperature, int64_t chunk_size,
-                               bool with_entropy, bool kernels_requested) {
+                               const at::Tensor& targets, double temperature, int64_t chunk_size, bool with_entropy,
+                               bool kernels_requested) {
     const int64_t rows = hidden.size(0);
     const int64_t vocab = weight.size(0);
     const auto compute = compute_dtype(hidden, weight);
@@ -145,11 +140,11 @@ class TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFunc
     for (int64_t start = 0; start < vocab; start += chunk_size) {
       const int64_t width = std::min(chunk_size, vocab - start);
       const at::Tensor weight_chunk = weight.narrow(0, start, width).to(compute);  // [Vc, D]
-      at::Tensor logits = at::mm(hidden_c, weight_chunk.t());                       // [N, Vc]
+      at::Tensor logits = at::mm(hidden_c, weight_chunk.t());                      // [N, Vc]
       if (kernels) {
 #if GRPO_WITH_CUDA_KERNELS
-        token_logprobs_chunk_forward_cuda(logits, inv_temperature, targets_c, start, state.max,
-                                          state.sum, state.plogp, state.target_logit);
+        token_logprobs_chunk_forward_cuda(logits, inv_temperature, targets_c, start, state.max, state.sum, state.plogp,
+                                          state.target_logit);
 #endif
       } else {
         chunk_forward_aten(logits, inv_temperature, targets_c, start, start == 0, state);
@@ -187,12 +182,13 @@ class TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFunc
     at::Tensor grad_hidden;  // [N, D] compute dtype, accumulated over chunks
     at::Tensor grad_weight;  // [V, D] weight dtype, one slice per chunk
     if (need_hidden) grad_hidden = at::zeros(hidden.sizes(), hidden_c.options());
-    if (need_weight) grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+    if (need_weight)
+      grad_weight = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
     if (need_hidden || need_weight) {
       for (int64_t start = 0; start < vocab; start += chunk_size) {
         const int64_t width = std::min(chunk_size, vocab - start);
         const at::Tensor weight_chunk = weight.narrow(0, start, width).to(compute);  // [Vc, D]
-        at::Tensor logits = at::mm(hidden_c, weight_chunk.t());                       // [N, Vc]
+        at::Tensor logits = at::mm(hidden_c, weight_chunk.t());                      // [N, Vc]
         if (kernels) {
 #if GRPO_WITH_CUDA_KERNELS
           token_logprobs_chunk_backward_cuda(logits, inv_temperature, targets, start, logsumexp, grad);
@@ -220,8 +216,7 @@ class TokenLogprobsFunction : public torch::autograd::Function<TokenLogprobsFunc
 }  // namespace
 
 TokenLogprobsResult token_logprobs_reference(const at::Tensor& hidden, const at::Tensor& weight,
-                                             const at::Tensor& targets,
-                                             const TokenLogprobsOptions& options) {
+                                             const at::Tensor& targets, const TokenLogprobsOptions& options) {
   check_inputs("token_logprobs_reference", hidden, weight, targets, options, /*chunked=*/false);
   const auto compute = compute_dtype(hidden, weight);
   at::Tensor logits = at::mm(hidden.to(compute), weight.to(compute).t());  // [N, V]
@@ -237,12 +232,11 @@ TokenLogprobsResult token_logprobs_reference(const at::Tensor& hidden, const at:
   return result;
 }
 
-TokenLogprobsResult token_logprobs(const at::Tensor& hidden, const at::Tensor& weight,
-                                   const at::Tensor& targets, const TokenLogprobsOptions& options) {
+TokenLogprobsResult token_logprobs(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                                   const TokenLogprobsOptions& options) {
   check_inputs("token_logprobs", hidden, weight, targets, options, /*chunked=*/true);
-  const auto outputs = TokenLogprobsFunction::apply(hidden, weight, targets, options.temperature,
-                                                    options.chunk_size, options.with_entropy,
-                                                    options.use_cuda_kernels);
+  const auto outputs = TokenLogprobsFunction::apply(hidden, weight, targets, options.temperature, options.chunk_size,
+                                                    options.with_entropy, options.use_cuda_kernels);
   TokenLogprobsResult result;
   result.logprobs = outputs[0];
   if (options.with_entropy) result.entropy = outputs[1];

@@ -67,12 +67,10 @@ __device__ __forceinline__ SoftmaxState shuffle_down(SoftmaxState s, int offset)
 }
 
 // grid: one block per row; block: kThreads.
-__global__ void chunk_forward_kernel(const float* __restrict__ logits, int64_t chunk_width,
-                                     float inv_temperature, const int64_t* __restrict__ targets,
-                                     int64_t chunk_start, float* __restrict__ running_max,
-                                     float* __restrict__ running_sum,
-                                     float* __restrict__ running_plogp,
-                                     float* __restrict__ target_logit) {
+__global__ void chunk_forward_kernel(const float* __restrict__ logits, int64_t chunk_width, float inv_temperature,
+                                     const int64_t* __restrict__ targets, int64_t chunk_start,
+                                     float* __restrict__ running_max, float* __restrict__ running_sum,
+                                     float* __restrict__ running_plogp, float* __restrict__ target_logit) {
   const int64_t row = blockIdx.x;
   const float* row_logits = logits + row * chunk_width;
   SoftmaxState state{-INFINITY, 0.f, 0.f};
@@ -93,8 +91,7 @@ __global__ void chunk_forward_kernel(const float* __restrict__ logits, int64_t c
     state = merge_states(state, shuffle_down(state, offset));
   }
   if (lane != 0) return;
-  const SoftmaxState previous{running_max[row], running_sum[row],
-                              running_plogp != nullptr ? running_plogp[row] : 0.f};
+  const SoftmaxState previous{running_max[row], running_sum[row], running_plogp != nullptr ? running_plogp[row] : 0.f};
   const SoftmaxState merged = merge_states(previous, state);
   running_max[row] = merged.max;
   running_sum[row] = merged.sum;
@@ -106,10 +103,9 @@ __global__ void chunk_forward_kernel(const float* __restrict__ logits, int64_t c
 }
 
 // grid: one block per row; block: kThreads. In place on logits.
-__global__ void chunk_backward_kernel(float* __restrict__ logits, int64_t chunk_width,
-                                      float inv_temperature, const int64_t* __restrict__ targets,
-                                      int64_t chunk_start, const float* __restrict__ logsumexp,
-                                      const float* __restrict__ grad) {
+__global__ void chunk_backward_kernel(float* __restrict__ logits, int64_t chunk_width, float inv_temperature,
+                                      const int64_t* __restrict__ targets, int64_t chunk_start,
+                                      const float* __restrict__ logsumexp, const float* __restrict__ grad) {
   const int64_t row = blockIdx.x;
   float* row_logits = logits + row * chunk_width;
   const float lse = logsumexp[row];
@@ -122,25 +118,19 @@ __global__ void chunk_backward_kernel(float* __restrict__ logits, int64_t chunk_
   }
 }
 
-void check_row_vector(const char* fn, const char* name, const at::Tensor& t, int64_t n,
-                      at::ScalarType dtype, const at::Tensor& logits) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, fn, ": expected ", name, " of shape [", n,
-              "], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dtype, fn, ": expected ", name, " of dtype ", dtype, ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.device() == logits.device(), fn, ": expected ", name, " on ", logits.device(),
-              ", got ", t.device());
+void check_row_vector(const char* fn, const char* name, const at::Tensor& t, int64_t n, at::ScalarType dtype,
+                      const at::Tensor& logits) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, fn, ": expected ", name, " of shape [", n, "], got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == dtype, fn, ": expected ", name, " of dtype ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == logits.device(), fn, ": expected ", name, " on ", logits.device(), ", got ", t.device());
   TORCH_CHECK(t.is_contiguous(), fn, ": expected ", name, " contiguous");
 }
 
-void check_logits(const char* fn, const at::Tensor& logits, const at::Tensor& targets,
-                  int64_t chunk_start) {
+void check_logits(const char* fn, const at::Tensor& logits, const at::Tensor& targets, int64_t chunk_start) {
   TORCH_CHECK(logits.is_cuda(), fn, ": expected CUDA logits, got ", logits.device());
   TORCH_CHECK(logits.dim() == 2, fn, ": expected logits [N, Vc], got ", logits.sizes());
-  TORCH_CHECK(logits.scalar_type() == at::kFloat, fn, ": expected float32 logits, got ",
-              logits.scalar_type());
-  TORCH_CHECK(logits.is_contiguous(), fn, ": expected contiguous logits, got strides ",
-              logits.strides());
+  TORCH_CHECK(logits.scalar_type() == at::kFloat, fn, ": expected float32 logits, got ", logits.scalar_type());
+  TORCH_CHECK(logits.is_contiguous(), fn, ": expected contiguous logits, got strides ", logits.strides());
   TORCH_CHECK(logits.size(0) <= 0x7fffffffLL, fn, ": at most 2^31 - 1 rows, got ", logits.size(0));
   TORCH_CHECK(chunk_start >= 0, fn, ": expected chunk_start >= 0, got ", chunk_start);
   check_row_vector(fn, "targets", targets, logits.size(0), at::kLong, logits);
@@ -148,10 +138,9 @@ void check_logits(const char* fn, const at::Tensor& logits, const at::Tensor& ta
 
 }  // namespace
 
-void token_logprobs_chunk_forward_cuda(const at::Tensor& logits, double inv_temperature,
-                                       const at::Tensor& targets, int64_t chunk_start,
-                                       const at::Tensor& running_max, const at::Tensor& running_sum,
-                                       const at::Tensor& running_plogp,
+void token_logprobs_chunk_forward_cuda(const at::Tensor& logits, double inv_temperature, const at::Tensor& targets,
+                                       int64_t chunk_start, const at::Tensor& running_max,
+                                       const at::Tensor& running_sum, const at::Tensor& running_plogp,
                                        const at::Tensor& target_logit) {
   constexpr const char* fn = "token_logprobs_chunk_forward_cuda";
   check_logits(fn, logits, targets, chunk_start);
@@ -164,17 +153,14 @@ void token_logprobs_chunk_forward_cuda(const at::Tensor& logits, double inv_temp
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   chunk_forward_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-      logits.data_ptr<float>(), logits.size(1), static_cast<float>(inv_temperature),
-      targets.data_ptr<int64_t>(), chunk_start, running_max.data_ptr<float>(),
-      running_sum.data_ptr<float>(),
-      running_plogp.defined() ? running_plogp.data_ptr<float>() : nullptr,
-      target_logit.data_ptr<float>());
+      logits.data_ptr<float>(), logits.size(1), static_cast<float>(inv_temperature), targets.data_ptr<int64_t>(),
+      chunk_start, running_max.data_ptr<float>(), running_sum.data_ptr<float>(),
+      running_plogp.defined() ? running_plogp.data_ptr<float>() : nullptr, target_logit.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void token_logprobs_chunk_backward_cuda(const at::Tensor& logits, double inv_temperature,
-                                        const at::Tensor& targets, int64_t chunk_start,
-                                        const at::Tensor& logsumexp, const at::Tensor& grad) {
+void token_logprobs_chunk_backward_cuda(const at::Tensor& logits, double inv_temperature, const at::Tensor& targets,
+                                        int64_t chunk_start, const at::Tensor& logsumexp, const at::Tensor& grad) {
   constexpr const char* fn = "token_logprobs_chunk_backward_cuda";
   check_logits(fn, logits, targets, chunk_start);
   const int64_t n = logits.size(0);
@@ -184,9 +170,8 @@ void token_logprobs_chunk_backward_cuda(const at::Tensor& logits, double inv_tem
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   chunk_backward_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-      logits.data_ptr<float>(), logits.size(1), static_cast<float>(inv_temperature),
-      targets.data_ptr<int64_t>(), chunk_start, logsumexp.data_ptr<float>(),
-      grad.data_ptr<float>());
+      logits.data_ptr<float>(), logits.size(1), static_cast<float>(inv_temperature), targets.data_ptr<int64_t>(),
+      chunk_start, logsumexp.data_ptr<float>(), grad.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

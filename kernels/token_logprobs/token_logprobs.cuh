@@ -20,18 +20,16 @@ namespace grpo::kernels {
 //   target_logit    [N] float32: set to z[row, targets[row] - chunk_start] when the target lies in
 //                   this chunk, left alone otherwise
 // where z = logits * inv_temperature. All state tensors are updated in place.
-void token_logprobs_chunk_forward_cuda(const at::Tensor& logits, double inv_temperature,
-                                       const at::Tensor& targets, int64_t chunk_start,
-                                       const at::Tensor& running_max, const at::Tensor& running_sum,
-                                       const at::Tensor& running_plogp,
+void token_logprobs_chunk_forward_cuda(const at::Tensor& logits, double inv_temperature, const at::Tensor& targets,
+                                       int64_t chunk_start, const at::Tensor& running_max,
+                                       const at::Tensor& running_sum, const at::Tensor& running_plogp,
                                        const at::Tensor& target_logit);
 
 // Turns one logits chunk into the gradient of the loss with respect to those logits, in place:
 //   logits[row, j] <- grad[row] * (onehot(targets[row] - chunk_start == j) - p) * inv_temperature,
 //   p = exp(logits[row, j] * inv_temperature - logsumexp[row]).
 //   logits [N, Vc] float32 CUDA contiguous; targets [N] int64; logsumexp, grad [N] float32.
-void token_logprobs_chunk_backward_cuda(const at::Tensor& logits, double inv_temperature,
-                                        const at::Tensor& targets, int64_t chunk_start,
-                                        const at::Tensor& logsumexp, const at::Tensor& grad);
+void token_logprobs_chunk_backward_cuda(const at::Tensor& logits, double inv_temperature, const at::Tensor& targets,
+                                        int64_t chunk_start, const at::Tensor& logsumexp, const at::Tensor& grad);
 
 }  // namespace grpo::kernels

@@ -26,9 +26,7 @@ std::string Location::str() const {
   return out;
 }
 
-void fail(const Location& loc, const std::string& message) {
-  throw ConfigError(loc.str() + ": " + message);
-}
+void fail(const Location& loc, const std::string& message) { throw ConfigError(loc.str() + ": " + message); }
 
 Value Value::make_scalar(std::string text, bool quoted, Location loc) {
   Value v;
@@ -61,9 +59,7 @@ const Value* Value::find(std::string_view key) const {
   return nullptr;
 }
 
-Value* Value::find(std::string_view key) {
-  return const_cast<Value*>(static_cast<const Value&>(*this).find(key));
-}
+Value* Value::find(std::string_view key) { return const_cast<Value*>(static_cast<const Value&>(*this).find(key)); }
 
 std::string Value::describe() const {
   switch (kind) {
@@ -254,8 +250,7 @@ void apply_override(Value& root, std::string_view assignment, const std::string&
       }
       node = child;
     } else {
-      fail(loc, "'" + walked + "' is a single value (" + node->describe() +
-                    "), so it has no key '" + seg + "'");
+      fail(loc, "'" + walked + "' is a single value (" + node->describe() + "), so it has no key '" + seg + "'");
     }
     walked += (walked.empty() ? "" : ".") + seg;
     if (last) *node = std::move(value);
@@ -288,8 +283,8 @@ std::string Check::describe() const {
     parts.push_back(s);
   }
   if (lo && hi) {
-    parts.push_back(std::string("in ") + (lo_open ? "(" : "[") + double_to_text(*lo) + ", " +
-                    double_to_text(*hi) + (hi_open ? ")" : "]"));
+    parts.push_back(std::string("in ") + (lo_open ? "(" : "[") + double_to_text(*lo) + ", " + double_to_text(*hi) +
+                    (hi_open ? ")" : "]"));
   } else if (lo) {
     parts.push_back(std::string(lo_open ? "> " : ">= ") + double_to_text(*lo));
   } else if (hi) {

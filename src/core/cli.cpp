@@ -16,8 +16,7 @@ JobArgs parse_job_args(int argc, const char* const argv[]) {
       return argv[++i];
     };
     auto is_flag = [&](std::string_view flag) {
-      return a == flag || (a.size() > flag.size() && a.compare(0, flag.size(), flag) == 0 &&
-                           a[flag.size()] == '=');
+      return a == flag || (a.size() > flag.size() && a.compare(0, flag.size(), flag) == 0 && a[flag.size()] == '=');
     };
     if (is_flag("--config")) {
       if (args.config_path) throw std::invalid_argument("--config given twice");
@@ -47,12 +46,11 @@ std::string job_usage(std::string_view program, std::string_view description) {
     s.append(description);
     s += '\n';
   }
-  s +=
-      "\n  --config FILE      YAML configuration (see docs/config.md)\n"
-      "  --set key=value    override one key, e.g. --set run.seed=7 (repeatable)\n"
-      "  --resume           continue from the run folder's last checkpoint\n"
-      "  --print-config     print the effective configuration and exit\n"
-      "  --help             this text\n";
+  s += "\n  --config FILE      YAML configuration (see docs/config.md)\n"
+       "  --set key=value    override one key, e.g. --set run.seed=7 (repeatable)\n"
+       "  --resume           continue from the run folder's last checkpoint\n"
+       "  --print-config     print the effective configuration and exit\n"
+       "  --help             this text\n";
   return s;
 }
 

@@ -7,8 +7,7 @@ namespace grpo::detail {
 namespace {
 
 [[noreturn]] void throw_bad_format(std::string_view fmt, std::string_view why) {
-  throw std::invalid_argument("grpo::format: " + std::string(why) + " in format string \"" +
-                              std::string(fmt) + "\"");
+  throw std::invalid_argument("grpo::format: " + std::string(why) + " in format string \"" + std::string(fmt) + "\"");
 }
 
 // Reads a run of decimal digits starting at `i`; returns -1 when there is none.
@@ -48,8 +47,7 @@ FormatSpec parse_format_spec(std::string_view fmt, std::string_view spec) {
   return out;
 }
 
-bool next_format_field(std::string_view fmt, std::size_t& pos, std::ostream& out,
-                       std::string_view& spec) {
+bool next_format_field(std::string_view fmt, std::size_t& pos, std::ostream& out, std::string_view& spec) {
   while (pos < fmt.size()) {
     const char c = fmt[pos];
     if (c == '{') {
@@ -79,8 +77,7 @@ bool next_format_field(std::string_view fmt, std::size_t& pos, std::ostream& out
 }
 
 void throw_format_arg_count(std::string_view fmt, std::size_t given) {
-  throw_bad_format(fmt, "the number of fields does not match the " + std::to_string(given) +
-                            " argument(s) given");
+  throw_bad_format(fmt, "the number of fields does not match the " + std::to_string(given) + " argument(s) given");
 }
 
 }  // namespace grpo::detail

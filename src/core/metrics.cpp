@@ -51,8 +51,7 @@ void MetricsWriter::write(std::int64_t step, const std::vector<Metric>& metrics)
   row["time"] = std::chrono::duration<double>(now).count();
   for (const auto& m : metrics) {
     if (row.contains(m.name)) {
-      throw std::invalid_argument("metric '" + m.name + "' given twice (or reserved) at step " +
-                                  std::to_string(step));
+      throw std::invalid_argument("metric '" + m.name + "' given twice (or reserved) at step " + std::to_string(step));
     }
     std::visit(
         [&](const auto& v) {
@@ -91,8 +90,7 @@ std::vector<MetricsRow> read_metrics(const std::string& path) {
     try {
       j = nlohmann::ordered_json::parse(line);
     } catch (const std::exception& e) {
-      throw std::runtime_error(path + ":" + std::to_string(line_number) +
-                               ": malformed metrics line: " + e.what());
+      throw std::runtime_error(path + ":" + std::to_string(line_number) + ": malformed metrics line: " + e.what());
     }
     if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) {
       throw std::runtime_error(path + ":" + std::to_string(line_number) +

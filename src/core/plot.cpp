@@ -191,9 +191,7 @@ class Canvas {
       for (int col = 0; col < kGlyphWidth; ++col) {
         for (int row = 0; row < kGlyphHeight; ++row) {
           if ((g[col] >> row) & 1) {
-            fill({x + col * scale, top + row * scale, x + col * scale + scale - 1,
-                  top + row * scale + scale - 1},
-                 c);
+            fill({x + col * scale, top + row * scale, x + col * scale + scale - 1, top + row * scale + scale - 1}, c);
           }
         }
       }
@@ -311,8 +309,8 @@ double nice_step(double range, int target_count) {
 
 // `lo`/`hi` from the data (NaN when there is none); `fixed_lo`/`fixed_hi` override them and are
 // kept exactly, the other ends get a margin of `pad` times the range, so lines do not hug the frame.
-Axis make_axis(double lo, double hi, std::optional<double> fixed_lo, std::optional<double> fixed_hi,
-               double pad, int target_count) {
+Axis make_axis(double lo, double hi, std::optional<double> fixed_lo, std::optional<double> fixed_hi, double pad,
+               int target_count) {
   if (std::isnan(lo)) lo = hi = 0.0;
   if (fixed_lo) lo = *fixed_lo;
   if (fixed_hi) hi = *fixed_hi;
@@ -391,21 +389,20 @@ struct LegendEntry {
 void validate(const std::vector<PlotPanel>& panels, const PlotOptions& options) {
   if (panels.empty()) throw std::invalid_argument("plot: no panels to draw");
   const long long height = static_cast<long long>(options.panel_height) * panels.size();
-  if (options.width < kMinWidth || options.panel_height < kMinPanelHeight ||
-      options.width > kMaxSide || height > kMaxSide) {
-    throw std::invalid_argument(
-        "plot: image of width " + std::to_string(options.width) + " and panel height " +
-        std::to_string(options.panel_height) + " x " + std::to_string(panels.size()) +
-        " panels is outside " + std::to_string(kMinWidth) + ".." + std::to_string(kMaxSide) +
-        " wide, " + std::to_string(kMinPanelHeight) + " per panel, " + std::to_string(kMaxSide) +
-        " in all");
+  if (options.width < kMinWidth || options.panel_height < kMinPanelHeight || options.width > kMaxSide ||
+      height > kMaxSide) {
+    throw std::invalid_argument("plot: image of width " + std::to_string(options.width) + " and panel height " +
+                                std::to_string(options.panel_height) + " x " + std::to_string(panels.size()) +
+                                " panels is outside " + std::to_string(kMinWidth) + ".." + std::to_string(kMaxSide) +
+                                " wide, " + std::to_string(kMinPanelHeight) + " per panel, " +
+                                std::to_string(kMaxSide) + " in all");
   }
   for (const auto& panel : panels) {
     for (const auto& s : panel.series) {
       if (s.x.size() != s.y.size()) {
-        throw std::invalid_argument("plot: series '" + s.name + "' of panel '" + panel.title +
-                                    "' has " + std::to_string(s.x.size()) + " x values but " +
-                                    std::to_string(s.y.size()) + " y values");
+        throw std::invalid_argument("plot: series '" + s.name + "' of panel '" + panel.title + "' has " +
+                                    std::to_string(s.x.size()) + " x values but " + std::to_string(s.y.size()) +
+                                    " y values");
       }
     }
     if ((panel.y_min && !std::isfinite(*panel.y_min)) || (panel.y_max && !std::isfinite(*panel.y_max)) ||
@@ -418,8 +415,8 @@ void validate(const std::vector<PlotPanel>& panels, const PlotOptions& options) 
   }
 }
 
-void draw_panel(Canvas& canvas, const PlotPanel& panel, int top, int plot_left, const Axis& y_axis,
-                int width, int panel_height) {
+void draw_panel(Canvas& canvas, const PlotPanel& panel, int top, int plot_left, const Axis& y_axis, int width,
+                int panel_height) {
   const int bottom = top + panel_height - 1;
 
   // Title, then legend entries flowing after it and wrapping onto further rows.
@@ -449,8 +446,7 @@ void draw_panel(Canvas& canvas, const PlotPanel& panel, int top, int plot_left, 
   const int plot_width = frame.right - frame.left, plot_height = frame.bottom - frame.top;
 
   const DataRange range = data_range(panel);
-  const Axis x_axis = make_axis(range.x_lo, range.x_hi, std::nullopt, std::nullopt, 0.0,
-                                std::max(2, plot_width / 90));
+  const Axis x_axis = make_axis(range.x_lo, range.x_hi, std::nullopt, std::nullopt, 0.0, std::max(2, plot_width / 90));
   // The axis ranges map onto the inside of the frame less one pixel at the right and bottom, so
   // the 2-pixel line brush stays visible at the ends of a fixed range (an accuracy of 0 or 1).
   const auto to_px = [&](double v) {
@@ -475,8 +471,8 @@ void draw_panel(Canvas& canvas, const PlotPanel& panel, int top, int plot_left, 
     const PlotSeries& s = panel.series[i];
     const Colour colour = plot_series_colour(i);
     const auto finite = [&](std::size_t j) {
-      return j < s.x.size() && std::isfinite(s.x[j]) && std::isfinite(s.y[j]) &&
-             std::isfinite(to_px(s.x[j])) && std::isfinite(to_py(s.y[j]));
+      return j < s.x.size() && std::isfinite(s.x[j]) && std::isfinite(s.y[j]) && std::isfinite(to_px(s.x[j])) &&
+             std::isfinite(to_py(s.y[j]));
     };
     for (std::size_t j = 0; j < s.x.size(); ++j) {
       if (!finite(j)) continue;
@@ -497,14 +493,13 @@ void draw_panel(Canvas& canvas, const PlotPanel& panel, int top, int plot_left, 
   for (std::size_t k = 0; k < x_axis.ticks.size(); ++k) {
     const int px = static_cast<int>(std::lround(to_px(x_axis.ticks[k])));
     canvas.vline(px, frame.bottom + 1, frame.bottom + kTickLength, kFrame);
-    canvas.text(px - text_width(x_axis.labels[k], 1) / 2, frame.bottom + kTickLength + 3, x_axis.labels[k],
-                kText);
+    canvas.text(px - text_width(x_axis.labels[k], 1) / 2, frame.bottom + kTickLength + 3, x_axis.labels[k], kText);
   }
   for (std::size_t k = 0; k < y_axis.ticks.size(); ++k) {
     const int py = static_cast<int>(std::lround(to_py(y_axis.ticks[k])));
     canvas.hline(frame.left - kTickLength, frame.left - 1, py, kFrame);
-    canvas.text(frame.left - kTickLength - 3 - text_width(y_axis.labels[k], 1), py - kGlyphHeight / 2,
-                y_axis.labels[k], kText);
+    canvas.text(frame.left - kTickLength - 3 - text_width(y_axis.labels[k], 1), py - kGlyphHeight / 2, y_axis.labels[k],
+                kText);
   }
 
   // Axis labels.
@@ -598,8 +593,8 @@ PlotImage render_plot(const std::vector<PlotPanel>& panels, const PlotOptions& o
   int widest_label = 0;
   for (const auto& panel : panels) {
     const DataRange range = data_range(panel);
-    y_axes.push_back(make_axis(range.y_lo, range.y_hi, panel.y_min, panel.y_max, 0.05,
-                               std::max(2, (panel_height - 110) / 45)));
+    y_axes.push_back(
+        make_axis(range.y_lo, range.y_hi, panel.y_min, panel.y_max, 0.05, std::max(2, (panel_height - 110) / 45)));
     for (const auto& label : y_axes.back().labels) widest_label = std::max(widest_label, text_width(label, 1));
   }
   const int plot_left = std::min(kPad + kGlyphHeight + 6 + widest_label + 3 + kTickLength, width / 2);

@@ -41,9 +41,9 @@ std::string Progress::format_duration(double seconds) {
 
 std::string Progress::line(std::int64_t done, std::string_view extra) const {
   const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
-  std::string s = grpo::format("{} {}/{} ({:.1f}%) | {:.2f} step/s | elapsed {} | ETA {}", label_,
-                               done, total_, 100.0 * static_cast<double>(done) / total_, rate(),
-                               format_duration(elapsed), format_duration(eta_seconds(done)));
+  std::string s = grpo::format("{} {}/{} ({:.1f}%) | {:.2f} step/s | elapsed {} | ETA {}", label_, done, total_,
+                               100.0 * static_cast<double>(done) / total_, rate(), format_duration(elapsed),
+                               format_duration(eta_seconds(done)));
   if (!extra.empty()) s += " | " + std::string(extra);
   return s;
 }
@@ -55,8 +55,7 @@ bool Progress::update(std::int64_t done, std::string_view extra) {
     first_update_ = now;
   }
   last_done_ = done;
-  const bool due = !logged_ || done >= total_ ||
-                   std::chrono::duration<double>(now - last_log_).count() >= interval_;
+  const bool due = !logged_ || done >= total_ || std::chrono::duration<double>(now - last_log_).count() >= interval_;
   if (!due) return false;
   log::info("{}", line(done, extra));
   last_log_ = now;

@@ -8,8 +8,7 @@
 namespace grpo {
 namespace fs = std::filesystem;
 
-Run::Run(const RunConfig& cfg, std::string_view effective_config_yaml)
-    : cfg_(cfg), dir_(cfg.output_dir) {
+Run::Run(const RunConfig& cfg, std::string_view effective_config_yaml) : cfg_(cfg), dir_(cfg.output_dir) {
   log::set_level(log::parse_level(cfg.log_level));
   std::error_code ec;
   fs::create_directories(dir_, ec);

@@ -409,21 +409,11 @@ std::string translate_pattern(std::string_view p, const std::string& where) {
         continue;
       }
       switch (d) {
-        case 's':
-          out += "\\p{White_Space}";
-          break;
-        case 'S':
-          out += "\\P{White_Space}";
-          break;
-        case 'h':
-          out += "\\p{AHex}";
-          break;
-        case 'H':
-          out += "\\P{AHex}";
-          break;
-        default:
-          out += c;
-          out += d;
+        case 's': out += "\\p{White_Space}"; break;
+        case 'S': out += "\\P{White_Space}"; break;
+        case 'h': out += "\\p{AHex}"; break;
+        case 'H': out += "\\P{AHex}"; break;
+        default: out += c; out += d;
       }
       continue;
     }
@@ -468,8 +458,8 @@ class Regex {
     int error = 0;
     PCRE2_SIZE offset = 0;
     const uint32_t options = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE;
-    code_ =
-        pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(), options, &error, &offset, cc);
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(), options, &error, &offset,
+                          cc);
     pcre2_compile_context_free(cc);
     if (code_ == nullptr) {
       PCRE2_UCHAR message[256];
@@ -558,10 +548,8 @@ bool is_white_space(char32_t c) {  // \s: White_Space
     case 0x2029:
     case 0x202F:
     case 0x205F:
-    case 0x3000:
-      return true;
-    default:
-      return c >= 0x2000 && c <= 0x200A;
+    case 0x3000: return true;
+    default: return c >= 0x2000 && c <= 0x200A;
   }
 }
 
@@ -661,7 +649,8 @@ std::string nfc_normalize(std::string_view s) {
   if (ascii) return std::string(s);
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(status);
-  if (U_FAILURE(status)) throw std::runtime_error(std::string("ICU NFC normalizer unavailable: ") + u_errorName(status));
+  if (U_FAILURE(status))
+    throw std::runtime_error(std::string("ICU NFC normalizer unavailable: ") + u_errorName(status));
   const icu::UnicodeString u = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(s.size())));
   if (nfc->isNormalized(u, status) && U_SUCCESS(status)) return std::string(s);
   status = U_ZERO_ERROR;
@@ -874,8 +863,8 @@ void BpeTokenizer::Impl::load_model(const json& model) {
       } else {
         fail("model.merges[" + std::to_string(i) + "] must be \"a b\" or [\"a\", \"b\"], found " + m.dump());
       }
-      const std::string where =
-          "model.merges[" + std::to_string(i) + "] (" + quote_json(a) + ", " + quote_json(b) + "): ";
+      const std::string where = "model.merges[" + std::to_string(i) + "] (" + quote_json(a) + ", " + quote_json(b) +
+                                "): ";
       const auto ia = vocab.find(a), ib = vocab.find(b), iab = vocab.find(a + b);
       if (ia == vocab.end()) fail(where + quote_json(a) + " is not in the vocabulary");
       if (ib == vocab.end()) fail(where + quote_json(b) + " is not in the vocabulary");
@@ -950,9 +939,9 @@ void BpeTokenizer::Impl::load_pre_tokenizer(const json& pre) {
     const json& s = *steps[i];
     const std::string type = type_of(s);
     const bool last = i + 1 == steps.size();
-    const std::string where =
-        "pre_tokenizer" +
-        (steps.size() > 1 || type_of(pre) == "Sequence" ? ".pretokenizers[" + std::to_string(i) + "]" : std::string());
+    const std::string where = "pre_tokenizer" + (steps.size() > 1 || type_of(pre) == "Sequence"
+                                                     ? ".pretokenizers[" + std::to_string(i) + "]"
+                                                     : std::string());
     if (type == "ByteLevel") {
       if (!last) fail(where + " ByteLevel must be the last step " + expected);
       add_prefix_space = get_bool(s, "add_prefix_space", true, source + ": " + where);
@@ -1164,9 +1153,7 @@ void BpeTokenizer::Impl::pre_tokenize(std::string_view text, size_t step, std::v
   std::vector<Piece> kept;  // NormalizedString::split: (offsets, remove)
   bool previous_match = false;
   switch (split.behavior) {
-    case SplitBehavior::removed:
-      kept = pieces;
-      break;
+    case SplitBehavior::removed: kept = pieces; break;
     case SplitBehavior::contiguous:
       for (const Piece& p : pieces) {
         if (p.match == previous_match && !kept.empty()) {
@@ -1198,8 +1185,7 @@ void BpeTokenizer::Impl::pre_tokenize(std::string_view text, size_t step, std::v
       }
       std::reverse(kept.begin(), kept.end());
       break;
-    case SplitBehavior::isolated:
-      break;
+    case SplitBehavior::isolated: break;
   }
   for (const Piece& p : kept) {
     if (!p.match && p.end > p.start) pre_tokenize(text.substr(p.start, p.end - p.start), step + 1, out);

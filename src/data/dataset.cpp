@@ -122,9 +122,7 @@ Record parse_record(const std::string& line, const DatasetConfig& cfg) {
   const std::string answer = string_or_number_field(j, f.answer, "answer");
   if (f.reasoning) r.reasoning = string_field(j, *f.reasoning, "reasoning");
   switch (cfg.answer_extract) {
-    case AnswerExtract::none:
-      r.answer = trim(answer);
-      break;
+    case AnswerExtract::none: r.answer = trim(answer); break;
     case AnswerExtract::gsm8k: {
       const auto mark = answer.rfind("####");
       if (mark == std::string::npos) {
@@ -218,7 +216,8 @@ std::optional<Record> JsonlReader::next() {
       }
     }
   }
-  if (in_.bad()) throw std::runtime_error("cannot read dataset '" + cfg_.path + "' after line " + std::to_string(line_));
+  if (in_.bad())
+    throw std::runtime_error("cannot read dataset '" + cfg_.path + "' after line " + std::to_string(line_));
   return std::nullopt;
 }
 
@@ -247,8 +246,8 @@ void write_jsonl(const std::string& path, const std::vector<Record>& records) {
     if (r.reasoning) j["reasoning"] = *r.reasoning;
     for (const auto& [key, value] : r.extra) {
       if (key == "prompt" || key == "answer" || key == "reasoning") {
-        throw std::invalid_argument("write_jsonl: record " + std::to_string(i) + " has an extra field named '" +
-                                    key + "', which is a Record member");
+        throw std::invalid_argument("write_jsonl: record " + std::to_string(i) + " has an extra field named '" + key +
+                                    "', which is a Record member");
       }
       auto parsed = nlohmann::ordered_json::parse(value, nullptr, /*allow_exceptions=*/false);
       j[key] = (parsed.is_discarded() || parsed.is_string()) ? nlohmann::ordered_json(value) : std::move(parsed);
@@ -269,14 +268,12 @@ void write_jsonl(const std::string& path, const std::vector<Record>& records) {
 
 namespace {
 
-
-
 int64_t json_int(const json& j, const char* key, int64_t lo) {
   auto it = j.find(key);
   if (it == j.end()) throw std::runtime_error(std::string("data order state: missing key '") + key + "'");
   if (!it->is_number_integer() || it->get<int64_t>() < lo) {
-    throw std::runtime_error(std::string("data order state: '") + key + "' must be an integer >= " +
-                             std::to_string(lo) + ", found " + it->dump());
+    throw std::runtime_error(std::string("data order state: '") + key +
+                             "' must be an integer >= " + std::to_string(lo) + ", found " + it->dump());
   }
   return it->get<int64_t>();
 }
@@ -325,8 +322,8 @@ DataOrder::DataOrder(int64_t dataset_size, DataOrderConfig cfg, uint64_t seed, i
     throw std::invalid_argument("DataOrder: batch_size must be >= 1, found " + std::to_string(cfg_.batch_size));
   }
   if (size_ < world_size_) {
-    throw std::invalid_argument("DataOrder: a dataset of " + std::to_string(size_) +
-                                " records cannot be shared by " + std::to_string(world_size_) + " ranks");
+    throw std::invalid_argument("DataOrder: a dataset of " + std::to_string(size_) + " records cannot be shared by " +
+                                std::to_string(world_size_) + " ranks");
   }
   per_rank_ = size_ / world_size_;
   if (cfg_.drop_last && per_rank_ < cfg_.batch_size) {
@@ -370,9 +367,7 @@ std::vector<int64_t> DataOrder::next_batch() {
   return batch;
 }
 
-DataOrderState DataOrder::state() const {
-  return DataOrderState{epoch_, offset_, seed_, size_, world_size_};
-}
+DataOrderState DataOrder::state() const { return DataOrderState{epoch_, offset_, seed_, size_, world_size_}; }
 
 void DataOrder::restore(const DataOrderState& s) {
   if (s.dataset_size != size_) {

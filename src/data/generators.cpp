@@ -14,7 +14,6 @@ namespace grpo::data {
 
 namespace {
 
-
 // Uniform in [lo, hi] by rejection: the same on every standard library.
 int64_t draw(std::mt19937_64& rng, int64_t lo, int64_t hi) {
   const uint64_t n = static_cast<uint64_t>(hi - lo) + 1;
@@ -47,9 +46,9 @@ std::string join(const std::vector<int64_t>& numbers, const char* sep) {
 // Arithmetic
 
 const char* place_name(std::size_t i) {
-  static const char* const names[] = {"ones",          "tens",         "hundreds",          "thousands",
-                                      "ten thousands", "hundred thousands", "millions",     "ten millions",
-                                      "hundred millions", "billions",  "ten billions"};
+  static const char* const names[] = {
+      "ones",     "tens",         "hundreds",         "thousands", "ten thousands", "hundred thousands",
+      "millions", "ten millions", "hundred millions", "billions",  "ten billions"};
   return i < std::size(names) ? names[i] : "next";
 }
 
@@ -272,8 +271,7 @@ void search(std::vector<Term>& terms, std::vector<std::string>& steps, int64_t l
       // The larger first, so that - and / stay positive and exact.
       const Term& big = terms[i].value >= terms[j].value ? terms[i] : terms[j];
       const Term& small = terms[i].value >= terms[j].value ? terms[j] : terms[i];
-      std::vector<std::pair<char, int64_t>> results = {{'+', big.value + small.value},
-                                                      {'*', big.value * small.value}};
+      std::vector<std::pair<char, int64_t>> results = {{'+', big.value + small.value}, {'*', big.value * small.value}};
       if (big.value > small.value) results.push_back({'-', big.value - small.value});
       if (big.value % small.value == 0) results.push_back({'/', big.value / small.value});
       for (const auto& [op, value] : results) {
@@ -381,10 +379,9 @@ std::vector<Record> generate(const GeneratorConfig& cfg) {
   int64_t draws = 0;
   while (static_cast<int64_t>(records.size()) < cfg.count) {
     if (draws++ >= max_draws) {
-      throw std::runtime_error("generator " + kind + ": found only " + std::to_string(records.size()) +
-                               " distinct " + (want_eval ? "eval" : "train") + " problems in " +
-                               std::to_string(max_draws) + " draws, " + std::to_string(cfg.count) +
-                               " asked; ask for fewer or widen the ranges");
+      throw std::runtime_error("generator " + kind + ": found only " + std::to_string(records.size()) + " distinct " +
+                               (want_eval ? "eval" : "train") + " problems in " + std::to_string(max_draws) +
+                               " draws, " + std::to_string(cfg.count) + " asked; ask for fewer or widen the ranges");
     }
     std::optional<Problem> p;
     if (cfg.kind == GeneratorKind::arithmetic) {

@@ -16,10 +16,8 @@ std::string format_prompt(const PromptConfig& cfg, const Record& record) {
 
 std::string format_answer(const PromptConfig& cfg, const std::string& answer) {
   switch (cfg.answer_style) {
-    case AnswerStyle::boxed:
-      return "\\boxed{" + answer + "}";
-    case AnswerStyle::answer_tags:
-      break;
+    case AnswerStyle::boxed: return "\\boxed{" + answer + "}";
+    case AnswerStyle::answer_tags: break;
   }
   return cfg.answer_open + cfg.separator + answer + cfg.separator + cfg.answer_close;
 }
@@ -33,8 +31,8 @@ std::string format_completion(const PromptConfig& cfg, const Record& record) {
   return out;
 }
 
-TokenizedExample tokenize_example(const Tokenizer& tokenizer, const PromptConfig& cfg,
-                                  const Record& record, int64_t max_length) {
+TokenizedExample tokenize_example(const Tokenizer& tokenizer, const PromptConfig& cfg, const Record& record,
+                                  int64_t max_length) {
   if (max_length < 1) {
     throw std::invalid_argument("tokenize_example: max_length must be >= 1, found " + std::to_string(max_length));
   }
@@ -93,10 +91,11 @@ TokenizeReport tokenize_examples(const Tokenizer& tokenizer, const PromptConfig&
   }
   report.kept = static_cast<int64_t>(report.examples.size());
   if (first_long != nullptr) {
-    log::warn("tokenize: {} of {} records longer than max_length {}: {} dropped, {} truncated "
-              "(truncation: {}); the first is {} with {} tokens",
-              report.dropped + report.truncated, records.size(), max_length, report.dropped,
-              report.truncated, config::enum_name(cfg.truncation), first_long->where(), first_long_length);
+    log::warn(
+        "tokenize: {} of {} records longer than max_length {}: {} dropped, {} truncated "
+        "(truncation: {}); the first is {} with {} tokens",
+        report.dropped + report.truncated, records.size(), max_length, report.dropped, report.truncated,
+        config::enum_name(cfg.truncation), first_long->where(), first_long_length);
   }
   return report;
 }

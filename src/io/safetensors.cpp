@@ -41,10 +41,18 @@ struct DtypeName {
 
 // The dtypes grpo reads and writes. Every element size is a whole number of bytes.
 constexpr DtypeName kDtypes[] = {
-    {"F64", at::kDouble},   {"F32", at::kFloat},          {"F16", at::kHalf},
-    {"BF16", at::kBFloat16}, {"I64", at::kLong},          {"I32", at::kInt},
-    {"I16", at::kShort},    {"I8", at::kChar},            {"U8", at::kByte},
-    {"BOOL", at::kBool},    {"F8_E4M3", at::kFloat8_e4m3fn}, {"F8_E5M2", at::kFloat8_e5m2},
+    {"F64", at::kDouble},
+    {"F32", at::kFloat},
+    {"F16", at::kHalf},
+    {"BF16", at::kBFloat16},
+    {"I64", at::kLong},
+    {"I32", at::kInt},
+    {"I16", at::kShort},
+    {"I8", at::kChar},
+    {"U8", at::kByte},
+    {"BOOL", at::kBool},
+    {"F8_E4M3", at::kFloat8_e4m3fn},
+    {"F8_E5M2", at::kFloat8_e5m2},
 };
 
 std::string known_dtypes() {
@@ -82,9 +90,7 @@ std::string clip(const std::string& text, std::size_t max = 200) {
 std::string quote(const std::string& name) { return "'" + clip(name) + "'"; }
 
 // A JSON value as found in a file, for messages: its type and its text, cut short.
-std::string describe(const json& value) {
-  return std::string(value.type_name()) + " " + clip(value.dump(), 80);
-}
+std::string describe(const json& value) { return std::string(value.type_name()) + " " + clip(value.dump(), 80); }
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
@@ -102,7 +108,7 @@ class ReadFile {
   explicit ReadFile(const std::string& path) : path_(path) {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) fail(path, std::string("cannot open for reading: ") + std::strerror(errno));
-    struct stat st {};
+    struct stat st = {};
     if (::fstat(fd_, &st) != 0) {
       const std::string why = std::strerror(errno);
       ::close(fd_);
@@ -216,14 +222,12 @@ bool to_u64(const json& value, uint64_t& out) {
 }
 
 // Parses and checks one header entry; offsets are checked against the data section's size.
-TensorInfo parse_tensor(const std::string& path, const std::string& name, const json& entry,
-                        uint64_t data_bytes) {
+TensorInfo parse_tensor(const std::string& path, const std::string& name, const json& entry, uint64_t data_bytes) {
   const std::string where = "tensor " + quote(name) + ": ";
   if (!entry.is_object())
     fail(path, where + "expected an object with dtype, shape and data_offsets, found " + describe(entry));
   for (const char* field : {"dtype", "shape", "data_offsets"})
-    if (!entry.contains(field))
-      fail(path, where + "expected fields dtype, shape and data_offsets, found no " + field);
+    if (!entry.contains(field)) fail(path, where + "expected fields dtype, shape and data_offsets, found no " + field);
 
   TensorInfo info;
   info.name = name;
@@ -250,13 +254,12 @@ TensorInfo parse_tensor(const std::string& path, const std::string& name, const 
     if (dim < 0) fail(path, where + "expected non-negative dimensions, found shape " + shape_text(info.shape));
 
   const json& offsets = entry["data_offsets"];
-  if (!offsets.is_array() || offsets.size() != 2 || !to_u64(offsets[0], info.begin) ||
-      !to_u64(offsets[1], info.end))
-    fail(path, where + "expected data_offsets to be two non-negative integers [begin, end], found " +
-                   describe(offsets));
+  if (!offsets.is_array() || offsets.size() != 2 || !to_u64(offsets[0], info.begin) || !to_u64(offsets[1], info.end))
+    fail(path,
+         where + "expected data_offsets to be two non-negative integers [begin, end], found " + describe(offsets));
   if (info.begin > info.end)
-    fail(path, where + "expected data_offsets with begin <= end, found [" + std::to_string(info.begin) +
-                   ", " + std::to_string(info.end) + "]");
+    fail(path, where + "expected data_offsets with begin <= end, found [" + std::to_string(info.begin) + ", " +
+                   std::to_string(info.end) + "]");
   if (info.end > data_bytes)
     fail(path, "truncated: tensor " + quote(name) + " ends at byte " + std::to_string(info.end) +
                    " but the data section has only " + std::to_string(data_bytes) + " bytes");
@@ -270,8 +273,8 @@ TensorInfo parse_tensor(const std::string& path, const std::string& name, const 
     fail(path, where + "expected a shape whose size fits in 64 bits, found shape " + shape_text(info.shape));
   if (info.end - info.begin != bytes)
     fail(path, where + "expected " + std::to_string(bytes) + " bytes (shape " + shape_text(info.shape) + " of " +
-                   known->name + ", " + std::to_string(element_size) + " bytes each), found data_offsets " +
-                   "[" + std::to_string(info.begin) + ", " + std::to_string(info.end) + "] spanning " +
+                   known->name + ", " + std::to_string(element_size) + " bytes each), found data_offsets " + "[" +
+                   std::to_string(info.begin) + ", " + std::to_string(info.end) + "] spanning " +
                    std::to_string(info.end - info.begin) + " bytes");
   return info;
 }
@@ -296,8 +299,9 @@ std::vector<const char*> check_tensors(const std::string& path,
   std::vector<const char*> names;
   for (const auto& [name, tensor] : tensors) {
     if (name == kMetadataKey)
-      fail(path, "expected tensor names other than '__metadata__' (the header's metadata key), found a "
-                 "tensor named so");
+      fail(path,
+           "expected tensor names other than '__metadata__' (the header's metadata key), found a "
+           "tensor named so");
     if (!seen.insert(name).second) fail(path, "duplicate tensor name " + quote(name) + " (expected unique names)");
     if (!tensor.defined()) fail(path, "tensor " + quote(name) + ": expected a defined tensor, found an undefined one");
     if (tensor.is_meta()) fail(path, "tensor " + quote(name) + ": expected a tensor with data, found a meta tensor");
@@ -315,8 +319,7 @@ bool is_shard_file_name(const std::string& name) {
   const std::string pattern = "model-#####-of-#####.safetensors";
   if (name.size() != pattern.size()) return false;
   for (std::size_t i = 0; i < name.size(); ++i) {
-    if (pattern[i] == '#' ? !std::isdigit(static_cast<unsigned char>(name[i])) : name[i] != pattern[i])
-      return false;
+    if (pattern[i] == '#' ? !std::isdigit(static_cast<unsigned char>(name[i])) : name[i] != pattern[i]) return false;
   }
   return true;
 }
@@ -333,8 +336,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   const ReadFile file(path);
   const uint64_t file_size = file.size();
   if (file_size < 8)
-    fail(path, "expected at least 8 bytes (the header length), found a file of " + std::to_string(file_size) +
-                   " bytes");
+    fail(path,
+         "expected at least 8 bytes (the header length), found a file of " + std::to_string(file_size) + " bytes");
   unsigned char length_bytes[8];
   if (file.read_at(0, length_bytes, 8) != 8) fail(path, "truncated: cannot read the 8-byte header length");
   uint64_t header_bytes = 0;
@@ -372,14 +375,12 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     if (why.rfind("[json.exception", 0) == 0 && bracket != std::string::npos) why = why.substr(bracket + 2);
     fail(path, "expected the header to be JSON, found invalid JSON (" + clip(why) + ")");
   }
-  if (!header.is_object())
-    fail(path, "expected the header to be a JSON object, found " + describe(header));
+  if (!header.is_object()) fail(path, "expected the header to be a JSON object, found " + describe(header));
 
   for (const auto& [key, value] : header.items()) {
     if (key == kMetadataKey) {
       if (value.is_null()) continue;
-      if (!value.is_object())
-        fail(path, "expected __metadata__ to be an object of strings, found " + describe(value));
+      if (!value.is_object()) fail(path, "expected __metadata__ to be an object of strings, found " + describe(value));
       for (const auto& [meta_key, meta_value] : value.items()) {
         if (!meta_value.is_string())
           fail(path, "__metadata__ " + quote(meta_key) + ": expected a string value, found " + describe(meta_value));
@@ -516,14 +517,14 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const std::string& dir) : dir_(dir)
     if (it == file_of_shard.end()) {
       const fs::path shard_path = fs::path(dir) / shard;
       if (!fs::exists(shard_path, ec))
-        fail(index_file, "shard " + quote(shard) + " (listed for tensor " + quote(name) + ") does not exist: expected " +
-                             shard_path.string());
+        fail(index_file, "shard " + quote(shard) + " (listed for tensor " + quote(name) +
+                             ") does not exist: expected " + shard_path.string());
       files_.emplace_back(shard_path.string());
       it = file_of_shard.emplace(shard, files_.size() - 1).first;
     }
     if (!files_[it->second].contains(name))
-      fail(index_file, "tensor " + quote(name) + " is listed in shard " + quote(shard) +
-                           ", but that shard has no such tensor");
+      fail(index_file,
+           "tensor " + quote(name) + " is listed in shard " + quote(shard) + ", but that shard has no such tensor");
     where_[name] = it->second;
   }
 }
@@ -538,8 +539,8 @@ std::vector<std::string> SafetensorsCheckpoint::names() const {
 const SafetensorsFile& SafetensorsCheckpoint::file_of(const std::string& name) const {
   const auto it = where_.find(name);
   if (it == where_.end())
-    fail(dir_, "no tensor " + quote(name) + " in the checkpoint (it has " + std::to_string(where_.size()) +
-                   " tensors)");
+    fail(dir_,
+         "no tensor " + quote(name) + " in the checkpoint (it has " + std::to_string(where_.size()) + " tensors)");
   return files_[it->second];
 }
 

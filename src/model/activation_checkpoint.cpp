@@ -25,8 +25,8 @@ struct FnHolder : torch::CustomClassHolder {
 struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
   // Runs with gradients off (autograd's rule for custom forwards): nothing inside fn is recorded.
   // tensors: fn's inputs, then its parameters.
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                at::TensorList tensors, c10::IValue holder) {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::TensorList tensors,
+                                                c10::IValue holder) {
     const auto* h = static_cast<FnHolder*>(holder.toCapsule().get());
     ctx->save_for_backward(std::vector<torch::Tensor>(tensors.begin(), tensors.end()));
     ctx->saved_data["fn"] = holder;
@@ -53,8 +53,8 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
       RecomputeScope scope;
       outputs = h->fn(inputs);
     }
-    TORCH_CHECK(outputs.size() == grad_outputs.size(), "checkpoint: the recomputation returned ",
-                outputs.size(), " outputs, the first run ", grad_outputs.size());
+    TORCH_CHECK(outputs.size() == grad_outputs.size(), "checkpoint: the recomputation returned ", outputs.size(),
+                " outputs, the first run ", grad_outputs.size());
     std::vector<torch::Tensor> roots, grads;
     for (size_t i = 0; i < outputs.size(); ++i) {
       if (outputs[i].requires_grad() && grad_outputs[i].defined()) {

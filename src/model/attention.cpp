@@ -8,12 +8,12 @@
 
 namespace grpo::model {
 
-torch::Tensor causal_mask(const torch::Tensor& attention_mask, int64_t batch, int64_t q_len,
-                          int64_t past, torch::ScalarType dtype, const torch::Device& device) {
+torch::Tensor causal_mask(const torch::Tensor& attention_mask, int64_t batch, int64_t q_len, int64_t past,
+                          torch::ScalarType dtype, const torch::Device& device) {
   const int64_t keys = past + q_len;
   const auto opts = torch::TensorOptions().device(device);
-  const auto q_pos = torch::arange(past, keys, opts.dtype(torch::kLong)).unsqueeze(1);  // [T, 1]
-  const auto k_pos = torch::arange(0, keys, opts.dtype(torch::kLong)).unsqueeze(0);     // [1, S]
+  const auto q_pos = torch::arange(past, keys, opts.dtype(torch::kLong)).unsqueeze(1);        // [T, 1]
+  const auto k_pos = torch::arange(0, keys, opts.dtype(torch::kLong)).unsqueeze(0);           // [1, S]
   auto allowed = (k_pos <= q_pos).unsqueeze(0).unsqueeze(0).expand({batch, 1, q_len, keys});  // [B,1,T,S]
   if (attention_mask.defined()) {
     TORCH_CHECK(attention_mask.dim() == 2 && attention_mask.size(0) == batch && attention_mask.size(1) == keys,
@@ -26,7 +26,7 @@ torch::Tensor causal_mask(const torch::Tensor& attention_mask, int64_t batch, in
     const auto seg_q = seg.narrow(1, past, q_len).view({batch, 1, q_len, 1});
     allowed = allowed.logical_and(seg_k.ne(0)).logical_and(seg_k.eq(seg_q));
   }
-  const double lowest = dtype == torch::kDouble ? std::numeric_limits<double>::lowest()
+  const double lowest = dtype == torch::kDouble     ? std::numeric_limits<double>::lowest()
                         : dtype == torch::kBFloat16 ? -3.3895313892515355e38
                         : dtype == torch::kHalf     ? -65504.0
                                                     : static_cast<double>(std::numeric_limits<float>::lowest());

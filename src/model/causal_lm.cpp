@@ -17,14 +17,13 @@ MtpModuleImpl::MtpModuleImpl(const ModelConfig& cfg, int64_t layer_index, double
   shared_head_norm = register_module("shared_head_norm", RMSNorm(d, cfg.rms_norm_eps, options));
 }
 
-torch::Tensor MtpModuleImpl::forward(const torch::Tensor& h_prev, const torch::Tensor& emb,
-                                     const AttentionContext& ctx, const torch::Tensor& valid) {
+torch::Tensor MtpModuleImpl::forward(const torch::Tensor& h_prev, const torch::Tensor& emb, const AttentionContext& ctx,
+                                     const torch::Tensor& valid) {
   const auto combined = eh_proj(torch::cat({enorm(emb), hnorm(h_prev)}, -1));
   return block(combined, ctx, valid);
 }
 
-CausalLMImpl::CausalLMImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
-    : cfg_(cfg), rope_(cfg) {
+CausalLMImpl::CausalLMImpl(const ModelConfig& cfg, const torch::TensorOptions& options) : cfg_(cfg), rope_(cfg) {
   const std::string problem = cfg.validate();
   TORCH_CHECK(problem.empty(), "CausalLM: invalid ModelConfig: ", problem);
   embed_tokens = register_parameter("embed_tokens", torch::empty({cfg.vocab_size, cfg.hidden_size}, options));
@@ -74,8 +73,8 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch:
                        .unsqueeze(0)
                        .expand({b, t});
   }
-  TORCH_CHECK(position_ids.sizes() == input_ids.sizes(), "CausalLM::forward: position_ids ",
-              position_ids.sizes(), " must match input_ids ", input_ids.sizes());
+  TORCH_CHECK(position_ids.sizes() == input_ids.sizes(), "CausalLM::forward: position_ids ", position_ids.sizes(),
+              " must match input_ids ", input_ids.sizes());
 
   AttentionContext ctx;
   std::tie(ctx.cos, ctx.sin) = rope_.cos_sin(position_ids.to(device), dtype);
@@ -87,8 +86,7 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch:
 
   auto h = torch::embedding(embed_tokens, input_ids.to(device));
   ForwardOutput out;
-  const bool recompute = activation_checkpointing && is_training() && cache == nullptr &&
-                         torch::GradMode::is_enabled();
+  const bool recompute = activation_checkpointing && is_training() && cache == nullptr && torch::GradMode::is_enabled();
   std::vector<torch::Tensor> balance(cfg_.num_hidden_layers);  // each MoE block's balance loss
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     ctx.cache_layer = l;
@@ -136,16 +134,16 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch:
 }
 
 std::unique_ptr<KVCache> CausalLMImpl::make_cache(int64_t batch, int64_t max_length) const {
-  return std::make_unique<KVCache>(cfg_, batch, max_length,
-                                   torch::TensorOptions().dtype(embed_tokens.scalar_type()).device(embed_tokens.device()),
-                                   cfg_.num_hidden_layers);
+  return std::make_unique<KVCache>(
+      cfg_, batch, max_length, torch::TensorOptions().dtype(embed_tokens.scalar_type()).device(embed_tokens.device()),
+      cfg_.num_hidden_layers);
 }
 
 std::unique_ptr<KVCache> CausalLMImpl::make_mtp_cache(int64_t batch, int64_t max_length) const {
   TORCH_CHECK(cfg_.num_nextn_predict_layers > 0, "CausalLM::make_mtp_cache: the model has no MTP modules");
-  return std::make_unique<KVCache>(cfg_, batch, max_length,
-                                   torch::TensorOptions().dtype(embed_tokens.scalar_type()).device(embed_tokens.device()),
-                                   1);
+  return std::make_unique<KVCache>(
+      cfg_, batch, max_length, torch::TensorOptions().dtype(embed_tokens.scalar_type()).device(embed_tokens.device()),
+      1);
 }
 
 torch::Tensor CausalLMImpl::mtp_draft_logits(const torch::Tensor& trunk, const torch::Tensor& next_ids,

@@ -93,9 +93,9 @@ std::string mtp_modules_text(int64_t n) { return std::to_string(n) + (n == 1 ? "
 // "has no MTP weights (the model has 1 MTP module)".
 std::string no_mtp_text(int64_t n, bool from_config_json) {
   return std::string("has no MTP weights (") +
-         (from_config_json ? "config.json asks for " + mtp_modules_text(n) +
-                                 ", as HF transformers writes DeepSeek-V3 checkpoints"
-                           : "the model has " + mtp_modules_text(n)) +
+         (from_config_json
+              ? "config.json asks for " + mtp_modules_text(n) + ", as HF transformers writes DeepSeek-V3 checkpoints"
+              : "the model has " + mtp_modules_text(n)) +
          ")";
 }
 
@@ -159,7 +159,8 @@ void load_weights(CausalLM& model, const io::SafetensorsCheckpoint& ckpt, const 
     used.insert(t.name);
     const auto& info = ckpt.info(t.name);
     if (info.shape != t.tensor.sizes().vec()) {
-      shape_errors.push_back(t.name + ": checkpoint " + shape_text(info.shape) + ", model " + shape_text(t.tensor.sizes()));
+      shape_errors.push_back(t.name + ": checkpoint " + shape_text(info.shape) + ", model " +
+                             shape_text(t.tensor.sizes()));
       continue;
     }
     const bool fp8 = info.dtype == at::kFloat8_e4m3fn;
@@ -201,12 +202,14 @@ void load_weights(CausalLM& model, const io::SafetensorsCheckpoint& ckpt, const 
       if (from_config_json) {
         msg += ": load option missing_mtp: drop loads it without MTP, init keeps freshly initialised MTP modules";
       } else if (missing_mtp == MissingMtp::drop) {
-        msg += " and load_hf_weights cannot drop the MTP modules of an existing model: build the model with "
-               "num_nextn_predict_layers 0, or load it with load_hf_checkpoint (load option missing_mtp: drop), "
-               "or pass missing_mtp init to keep the model's MTP modules as they are";
+        msg +=
+            " and load_hf_weights cannot drop the MTP modules of an existing model: build the model with "
+            "num_nextn_predict_layers 0, or load it with load_hf_checkpoint (load option missing_mtp: drop), "
+            "or pass missing_mtp init to keep the model's MTP modules as they are";
       } else {
-        msg += ": missing_mtp init keeps the model's MTP modules as they are; or build the model with "
-               "num_nextn_predict_layers 0";
+        msg +=
+            ": missing_mtp init keeps the model's MTP modules as they are; or build the model with "
+            "num_nextn_predict_layers 0";
       }
     }
     throw std::runtime_error(msg);
@@ -228,9 +231,10 @@ void load_weights(CausalLM& model, const io::SafetensorsCheckpoint& ckpt, const 
   if (keep_mtp) {
     const int64_t n = cfg.num_nextn_predict_layers;
     if (from_config_json) {
-      log::info("checkpoint '{}' {}: kept {} freshly initialised (load option missing_mtp: init; drop loads it "
-                "without MTP)",
-                dir, no_mtp_text(n, true), mtp_modules_text(n));
+      log::info(
+          "checkpoint '{}' {}: kept {} freshly initialised (load option missing_mtp: init; drop loads it "
+          "without MTP)",
+          dir, no_mtp_text(n, true), mtp_modules_text(n));
     } else {
       log::info("checkpoint '{}' {}: left the model's MTP modules as they were (missing_mtp: init)", dir,
                 no_mtp_text(n, false));
@@ -255,15 +259,17 @@ CausalLM load_hf_checkpoint(const std::string& dir, const LoadOptions& options) 
   CausalLM model(cfg, torch::TensorOptions().dtype(options.dtype));
   load_weights(model, ckpt, dir, options.allow_unexpected, options.missing_mtp, /*from_config_json=*/true);
   if (drop_mtp) {
-    log::info("checkpoint '{}' {}: loaded without MTP (load option missing_mtp: init keeps freshly initialised "
-              "MTP modules)",
-              dir, no_mtp_text(asked_mtp, true));
+    log::info(
+        "checkpoint '{}' {}: loaded without MTP (load option missing_mtp: init keeps freshly initialised "
+        "MTP modules)",
+        dir, no_mtp_text(asked_mtp, true));
   }
   model->to(options.device);
   {
     // The router bias stays float32 whatever the parameters' dtype.
     torch::NoGradGuard no_grad;
-    for (auto& moe : model->moe_layers()) moe->e_score_correction_bias.set_data(moe->e_score_correction_bias.to(torch::kFloat));
+    for (auto& moe : model->moe_layers())
+      moe->e_score_correction_bias.set_data(moe->e_score_correction_bias.to(torch::kFloat));
   }
   return model;
 }

@@ -10,13 +10,13 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, bool moe_layer, doubl
   } else {
     gqa = register_module("self_attn", GqaAttention(cfg, options));
   }
-  post_attention_layernorm =
-      register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, options));
+  post_attention_layernorm = register_module("post_attention_layernorm",
+                                             RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, options));
   if (moe_layer) {
     moe = register_module("mlp", Moe(cfg, options));
   } else {
-    mlp = register_module("mlp", Mlp(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias,
-                                     cfg.initializer_range, options));
+    mlp = register_module("mlp",
+                          Mlp(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, cfg.initializer_range, options));
   }
 }
 

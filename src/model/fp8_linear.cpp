@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
-
 #include "grpo/core/log.h"
 #include "grpo/model/layers.h"
 #include "grpo/model/moe.h"

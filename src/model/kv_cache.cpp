@@ -4,8 +4,8 @@
 
 namespace grpo::model {
 
-KVCache::KVCache(const ModelConfig& cfg, int64_t batch, int64_t max_length,
-                 const torch::TensorOptions& options, int64_t layers)
+KVCache::KVCache(const ModelConfig& cfg, int64_t batch, int64_t max_length, const torch::TensorOptions& options,
+                 int64_t layers)
     : mla_(cfg.is_mla()), max_length_(max_length) {
   const int64_t n = layers >= 0 ? layers : cfg.num_hidden_layers;
   for (int64_t l = 0; l < n; ++l) {
@@ -21,14 +21,14 @@ KVCache::KVCache(const ModelConfig& cfg, int64_t batch, int64_t max_length,
 
 std::pair<torch::Tensor, torch::Tensor> KVCache::append(int64_t layer, const torch::Tensor& first,
                                                         const torch::Tensor& second) {
-  TORCH_CHECK(layer >= 0 && layer < static_cast<int64_t>(first_.size()), "KVCache: layer ", layer,
-              " out of range [0, ", first_.size(), ")");
+  TORCH_CHECK(layer >= 0 && layer < static_cast<int64_t>(first_.size()), "KVCache: layer ", layer, " out of range [0, ",
+              first_.size(), ")");
   const int64_t dim = mla_ ? 1 : 2;
   const int64_t t = first.size(dim);
-  TORCH_CHECK(length_ + t <= max_length_, "KVCache: ", length_, " + ", t,
-              " tokens exceed the cache's max_length ", max_length_);
-  TORCH_CHECK(first.size(0) == first_[layer].size(0), "KVCache: batch ", first.size(0),
-              " does not match the cache's ", first_[layer].size(0));
+  TORCH_CHECK(length_ + t <= max_length_, "KVCache: ", length_, " + ", t, " tokens exceed the cache's max_length ",
+              max_length_);
+  TORCH_CHECK(first.size(0) == first_[layer].size(0), "KVCache: batch ", first.size(0), " does not match the cache's ",
+              first_[layer].size(0));
   first_[layer].narrow(dim, length_, t).copy_(first);
   second_[layer].narrow(dim, length_, t).copy_(second);
   return {first_[layer].narrow(dim, 0, length_ + t), second_[layer].narrow(dim, 0, length_ + t)};

@@ -55,12 +55,9 @@ torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
 
 bool use_fused_kernels(KernelBackend backend, const torch::Tensor& x) {
   switch (backend) {
-    case KernelBackend::reference:
-      return false;
-    case KernelBackend::cuda:
-      return true;
-    case KernelBackend::automatic:
-      return x.is_cuda() && GRPO_WITH_CUDA_KERNELS;
+    case KernelBackend::reference: return false;
+    case KernelBackend::cuda: return true;
+    case KernelBackend::automatic: return x.is_cuda() && GRPO_WITH_CUDA_KERNELS;
   }
   return false;
 }

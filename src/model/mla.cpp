@@ -28,8 +28,8 @@ MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& cfg, double softmax_scale_
   } else {
     q_proj = register_module("q_proj", Linear(d, q_out, false, std, options));
   }
-  kv_a_proj_with_mqa =
-      register_module("kv_a_proj_with_mqa", Linear(d, latent_ + rope_, cfg.attention_bias, std, options));
+  kv_a_proj_with_mqa = register_module("kv_a_proj_with_mqa",
+                                       Linear(d, latent_ + rope_, cfg.attention_bias, std, options));
   kv_a_layernorm = register_module("kv_a_layernorm", RMSNorm(latent_, 1e-6, options));
   kv_b_proj = register_module("kv_b_proj", Linear(latent_, heads_ * (nope_ + v_dim_), false, std, options));
   o_proj = register_module("o_proj", Linear(heads_ * v_dim_, d, cfg.attention_bias, std, options));
@@ -42,8 +42,8 @@ torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x, const AttentionC
   const auto q_nope = q.narrow(-1, 0, nope_);
   auto q_rope = q.narrow(-1, nope_, rope_);
 
-  const auto compressed = kv_a_proj_with_mqa(x);                  // [B, T, C+Dr]
-  auto latent = kv_a_layernorm(compressed.narrow(-1, 0, latent_));  // [B, T, C]
+  const auto compressed = kv_a_proj_with_mqa(x);                     // [B, T, C+Dr]
+  auto latent = kv_a_layernorm(compressed.narrow(-1, 0, latent_));   // [B, T, C]
   auto k_rope = compressed.narrow(-1, latent_, rope_).unsqueeze(1);  // [B, 1, T, Dr]
   if (interleave_) {
     q_rope = apply_rope_interleaved(q_rope, ctx.cos, ctx.sin, ctx.kernels);
@@ -66,10 +66,10 @@ torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x, const AttentionC
     out = eager_attention(q_full, k, v, ctx.mask, scale_);
   } else {
     const auto w = kv_b_proj->weight.view({heads_, nope_ + v_dim_, latent_});
-    const auto w_key = w.narrow(1, 0, nope_);        // [H, Dn, C]
-    const auto w_value = w.narrow(1, nope_, v_dim_);  // [H, Dv, C]
-    const auto q_latent = torch::matmul(q_nope, w_key);  // [B, H, T, C]
-    auto scores = torch::matmul(q_latent, latent.unsqueeze(1).transpose(-2, -1));            // [B, H, T, S]
+    const auto w_key = w.narrow(1, 0, nope_);                                      // [H, Dn, C]
+    const auto w_value = w.narrow(1, nope_, v_dim_);                               // [H, Dv, C]
+    const auto q_latent = torch::matmul(q_nope, w_key);                            // [B, H, T, C]
+    auto scores = torch::matmul(q_latent, latent.unsqueeze(1).transpose(-2, -1));  // [B, H, T, S]
     scores = scores + torch::matmul(q_rope, k_rope_flat.unsqueeze(1).transpose(-2, -1));
     scores = scores * scale_;
     if (ctx.mask.defined()) scores = scores + ctx.mask;

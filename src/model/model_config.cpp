@@ -83,8 +83,8 @@ RopeConfig read_rope(const JsonReader& top, const std::string& file) {
   }
   rope.type = *rope_type;
   rope.factor = r.number("factor", 1.0);
-  rope.original_max_position_embeddings =
-      r.integer("original_max_position_embeddings", top.integer("max_position_embeddings", 4096));
+  rope.original_max_position_embeddings = r.integer("original_max_position_embeddings",
+                                                    top.integer("max_position_embeddings", 4096));
   rope.beta_fast = r.number("beta_fast", 32.0);
   rope.beta_slow = r.number("beta_slow", 1.0);
   rope.mscale = r.number("mscale", 0.0);
@@ -120,15 +120,16 @@ std::string ModelConfig::validate() const {
   if (n_routed_experts > 0) {
     if (moe_intermediate_size < 1) return "moe_intermediate_size must be >= 1 when n_routed_experts > 0";
     if (num_experts_per_tok < 1 || num_experts_per_tok > n_routed_experts) {
-      return "num_experts_per_tok must be in [1, n_routed_experts=" + std::to_string(n_routed_experts) +
-             "], found " + std::to_string(num_experts_per_tok);
+      return "num_experts_per_tok must be in [1, n_routed_experts=" + std::to_string(n_routed_experts) + "], found " +
+             std::to_string(num_experts_per_tok);
     }
     if (n_routed_experts % n_group != 0) {
       return "n_routed_experts (" + std::to_string(n_routed_experts) + ") must be a multiple of n_group (" +
              std::to_string(n_group) + ")";
     }
     if (topk_group > n_group) {
-      return "topk_group (" + std::to_string(topk_group) + ") must not exceed n_group (" + std::to_string(n_group) + ")";
+      return "topk_group (" + std::to_string(topk_group) + ") must not exceed n_group (" + std::to_string(n_group) +
+             ")";
     }
     const int64_t per_group = n_routed_experts / n_group;
     if (n_group > 1 && per_group < 2) return "group-limited routing needs at least 2 experts per group";

@@ -45,16 +45,16 @@ std::string describe(const ModelConfig& cfg, const ModelStats& s) {
   out << "active per token:        " << billions(s.active_parameters)
       << " (chosen and shared experts, attention, dense MLPs, head, one embedding row)\n";
   out << "embedding + head:        " << billions(s.embedding_parameters) << "\n";
-  out << "layers:                  " << cfg.num_hidden_layers << " (" << s.dense_layers << " dense, "
-      << s.moe_layers << " MoE) + " << cfg.num_nextn_predict_layers << " MTP\n";
+  out << "layers:                  " << cfg.num_hidden_layers << " (" << s.dense_layers << " dense, " << s.moe_layers
+      << " MoE) + " << cfg.num_nextn_predict_layers << " MTP\n";
   if (cfg.n_routed_experts > 0) {
     out << "experts:                 " << cfg.n_routed_experts << " routed (" << cfg.num_experts_per_tok
-        << " per token, " << cfg.n_group << " groups, " << cfg.topk_group << " kept) + "
-        << cfg.n_shared_experts << " shared\n";
+        << " per token, " << cfg.n_group << " groups, " << cfg.topk_group << " kept) + " << cfg.n_shared_experts
+        << " shared\n";
   }
   out << "attention:               "
-      << (cfg.is_mla() ? grpo::format("MLA, {} heads, latent {} + rope {}", cfg.num_attention_heads,
-                                      cfg.kv_lora_rank, cfg.qk_rope_head_dim)
+      << (cfg.is_mla() ? grpo::format("MLA, {} heads, latent {} + rope {}", cfg.num_attention_heads, cfg.kv_lora_rank,
+                                      cfg.qk_rope_head_dim)
                        : grpo::format("GQA, {} heads, {} kv heads, head dim {}", cfg.num_attention_heads,
                                       cfg.kv_heads(), cfg.dense_head_dim()))
       << "\n";

@@ -23,8 +23,8 @@ MoeImpl::MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
   const int64_t d = cfg.hidden_size, f = cfg.moe_intermediate_size;
   const double std = cfg.initializer_range;
   gate_weight = register_parameter("gate_weight", torch::empty({experts_, d}, options));
-  e_score_correction_bias = register_buffer(
-      "e_score_correction_bias", torch::zeros({experts_}, options.dtype(torch::kFloat)));
+  e_score_correction_bias = register_buffer("e_score_correction_bias",
+                                            torch::zeros({experts_}, options.dtype(torch::kFloat)));
   experts_gate = register_parameter("experts_gate", torch::empty({experts_, f, d}, options));
   experts_up = register_parameter("experts_up", torch::empty({experts_, f, d}, options));
   experts_down = register_parameter("experts_down", torch::empty({experts_, d, f}, options));
@@ -33,8 +33,7 @@ MoeImpl::MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
     for (auto* p : {&gate_weight, &experts_gate, &experts_up, &experts_down}) p->normal_(0.0, std);
   }
   if (cfg.n_shared_experts > 0) {
-    shared_experts = register_module(
-        "shared_experts", Mlp(d, f * cfg.n_shared_experts, false, std, options));
+    shared_experts = register_module("shared_experts", Mlp(d, f * cfg.n_shared_experts, false, std, options));
     shared_experts->kernel_backend = cfg.kernels;
   }
   load_ = torch::zeros({experts_}, torch::kDouble);
@@ -75,9 +74,9 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
   if (use_fused_kernels(kernel_backend_, x)) {
     routed = routed_fused(x_flat, r.weight, order, counts);
   } else {
-    const auto token = order.div(top_k_, "floor");                      // [N*K]
+    const auto token = order.div(top_k_, "floor");                           // [N*K]
     const auto pair_weight = r.weight.reshape({-1}).index_select(0, order);  // [N*K]
-    const auto gathered = x_flat.index_select(0, token);                // [N*K, D]
+    const auto gathered = x_flat.index_select(0, token);                     // [N*K, D]
     std::vector<torch::Tensor> outputs;
     const auto* count = counts.data_ptr<int64_t>();
     int64_t offset = 0;
@@ -108,8 +107,10 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
     const int64_t b = x.size(0), t = x.size(1);
     const auto mask = valid.defined() ? valid.to(torch::kFloat) : torch::ones({b, t}, x.options().dtype(torch::kFloat));
     const auto tokens = mask.sum(1).clamp_min(1);  // [B]
-    const auto chosen = torch::zeros({n, experts_}, mask.options()).scatter_(1, r.expert_index, 1.0).view({b, t, experts_});
-    const auto f = (chosen * mask.unsqueeze(-1)).sum(1) * (static_cast<double>(experts_) / top_k_) / tokens.unsqueeze(1);
+    const auto chosen =
+        torch::zeros({n, experts_}, mask.options()).scatter_(1, r.expert_index, 1.0).view({b, t, experts_});
+    const auto f = (chosen * mask.unsqueeze(-1)).sum(1) * (static_cast<double>(experts_) / top_k_) /
+                   tokens.unsqueeze(1);
     const auto normed = r.scores / r.scores.sum(-1, true);
     const auto p = (normed.view({b, t, experts_}) * mask.unsqueeze(-1)).sum(1) / tokens.unsqueeze(1);
     balance_loss_ = alpha_ * (f * p).sum(1).mean();
@@ -118,10 +119,10 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
 }
 
 torch::Tensor MoeImpl::routed_fused(const torch::Tensor& x_flat, const torch::Tensor& weight,
-                                   const torch::Tensor& order, const torch::Tensor& counts) {
+                                    const torch::Tensor& order, const torch::Tensor& counts) {
   const auto offsets = torch::cat({torch::zeros({1}, counts.options()), counts.cumsum(0)});  // [E+1] CPU
-  const auto xs = grpo::kernels::moe_permute(x_flat, order, top_k_);  // [N*K, D] expert-sorted
-  torch::Tensor ys;                                                   // [N*K, D]
+  const auto xs = grpo::kernels::moe_permute(x_flat, order, top_k_);                         // [N*K, D] expert-sorted
+  torch::Tensor ys;                                                                          // [N*K, D]
   if (!fp8) {
     const auto gate = grpo::kernels::grouped_linear(xs, experts_gate, offsets);  // [N*K, F]
     const auto up = grpo::kernels::grouped_linear(xs, experts_up, offsets);

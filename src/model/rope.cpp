@@ -11,9 +11,7 @@
 namespace grpo::model {
 namespace {
 
-double yarn_mscale(double scale, double mscale) {
-  return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
-}
+double yarn_mscale(double scale, double mscale) { return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0; }
 
 // HF's find_correction_dim: the dimension whose wavelength makes `rotations` turns over the
 // original context.
@@ -33,12 +31,8 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& cfg) {
   const int64_t dim = cfg.rope_dim();
   const RopeConfig& r = cfg.rope;
   switch (r.type) {
-    case RopeType::standard:
-      inv_freq = default_inv_freq(r.theta, dim);
-      break;
-    case RopeType::linear:
-      inv_freq = default_inv_freq(r.theta, dim) / r.factor;
-      break;
+    case RopeType::standard: inv_freq = default_inv_freq(r.theta, dim); break;
+    case RopeType::linear: inv_freq = default_inv_freq(r.theta, dim) / r.factor; break;
     case RopeType::llama3: {
       auto base = default_inv_freq(r.theta, dim);
       const double old_len = static_cast<double>(r.original_max_position_embeddings);
@@ -61,8 +55,7 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& cfg) {
       } else {
         attention_scaling = yarn_mscale(factor, 1.0);
       }
-      const auto pos_freqs =
-          torch::pow(r.theta, torch::arange(0, dim, 2, torch::kFloat) / static_cast<double>(dim));
+      const auto pos_freqs = torch::pow(r.theta, torch::arange(0, dim, 2, torch::kFloat) / static_cast<double>(dim));
       const auto extrapolation = 1.0 / pos_freqs;
       const auto interpolation = 1.0 / (factor * pos_freqs);
       double low = correction_dim(r.beta_fast, dim, r.theta, r.original_max_position_embeddings);
@@ -89,21 +82,20 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& cfg) {
 
 std::pair<torch::Tensor, torch::Tensor> RotaryEmbedding::cos_sin(const torch::Tensor& position_ids,
                                                                  torch::ScalarType dtype) const {
-  const auto freqs = position_ids.unsqueeze(-1).to(torch::kFloat) *
-                     inv_freq.to(position_ids.device());  // [B, T, R/2]
+  const auto freqs = position_ids.unsqueeze(-1).to(torch::kFloat) * inv_freq.to(position_ids.device());  // [B, T, R/2]
   const auto emb = torch::cat({freqs, freqs}, -1);
   return {(emb.cos() * attention_scaling).to(dtype), (emb.sin() * attention_scaling).to(dtype)};
 }
 
-torch::Tensor apply_rope_rotate_half(const torch::Tensor& x, const torch::Tensor& cos,
-                                     const torch::Tensor& sin, KernelBackend kernels) {
+torch::Tensor apply_rope_rotate_half(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                     KernelBackend kernels) {
   using grpo::kernels::RopeLayout;
   if (use_fused_kernels(kernels, x)) return grpo::kernels::rope(x, cos, sin, RopeLayout::rotate_half);
   return grpo::kernels::rope_reference(x, cos, sin, RopeLayout::rotate_half);
 }
 
-torch::Tensor apply_rope_interleaved(const torch::Tensor& x, const torch::Tensor& cos,
-                                     const torch::Tensor& sin, KernelBackend kernels) {
+torch::Tensor apply_rope_interleaved(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                     KernelBackend kernels) {
   using grpo::kernels::RopeLayout;
   if (use_fused_kernels(kernels, x)) return grpo::kernels::rope(x, cos, sin, RopeLayout::interleaved);
   return grpo::kernels::rope_reference(x, cos, sin, RopeLayout::interleaved);

@@ -46,8 +46,9 @@ CodeTests parse_code_tests(const std::string& column) {
   try {
     j = json::parse(column);
   } catch (const json::parse_error& e) {
-    throw std::invalid_argument("tests: expected a JSON list of test statements or {\"inputs\": [...], "
-                                "\"outputs\": [...]}, found text that is not JSON");
+    throw std::invalid_argument(
+        "tests: expected a JSON list of test statements or {\"inputs\": [...], "
+        "\"outputs\": [...]}, found text that is not JSON");
   }
   CodeTests tests;
   if (j.is_array()) {

@@ -68,10 +68,10 @@ enum class Tok { number, plus, minus, times, divide, open, close, frac, end };
 
 struct Token {
   Tok kind = Tok::end;
-  size_t pos = 0;         // byte offset in the text, for messages
-  int64_t value = 0;      // Tok::number
-  bool too_big = false;   // Tok::number beyond 64 bits
-  char bracket = 0;       // Tok::open / Tok::close: '(' '[' '{' / ')' ']' '}'
+  size_t pos = 0;        // byte offset in the text, for messages
+  int64_t value = 0;     // Tok::number
+  bool too_big = false;  // Tok::number beyond 64 bits
+  char bracket = 0;      // Tok::open / Tok::close: '(' '[' '{' / ')' ']' '}'
 };
 
 struct ParseError {
@@ -91,9 +91,9 @@ std::string char_at(std::string_view s, size_t pos) {
 
 std::vector<Token> tokenize(std::string_view s) {
   // Multi-byte operator signs: × ÷ · − ∗ ⋅
-  static const std::pair<std::string_view, Tok> kSigns[] = {
-      {"\xC3\x97", Tok::times},       {"\xC3\xB7", Tok::divide},      {"\xC2\xB7", Tok::times},
-      {"\xE2\x88\x92", Tok::minus},   {"\xE2\x88\x97", Tok::times},   {"\xE2\x8B\x85", Tok::times}};
+  static const std::pair<std::string_view, Tok> kSigns[] = {{"\xC3\x97", Tok::times},     {"\xC3\xB7", Tok::divide},
+                                                            {"\xC2\xB7", Tok::times},     {"\xE2\x88\x92", Tok::minus},
+                                                            {"\xE2\x88\x97", Tok::times}, {"\xE2\x8B\x85", Tok::times}};
   std::vector<Token> out;
   size_t i = 0;
   while (i < s.size()) {
@@ -108,7 +108,8 @@ std::vector<Token> tokenize(std::string_view s) {
       int64_t v = 0;
       bool big = false;
       while (i < s.size() && is_digit(s[i])) {
-        if (__builtin_mul_overflow(v, int64_t{10}, &v) || __builtin_add_overflow(v, int64_t{s[i] - '0'}, &v)) big = true;
+        if (__builtin_mul_overflow(v, int64_t{10}, &v) || __builtin_add_overflow(v, int64_t{s[i] - '0'}, &v))
+          big = true;
         ++i;
       }
       if (i + 1 < s.size() && s[i] == '.' && is_digit(s[i + 1])) {
@@ -127,8 +128,18 @@ std::vector<Token> tokenize(std::string_view s) {
       case '-': t.kind = Tok::minus; break;
       case '*': t.kind = Tok::times; break;
       case '/': t.kind = Tok::divide; break;
-      case '(': case '[': case '{': t.kind = Tok::open; t.bracket = c; break;
-      case ')': case ']': case '}': t.kind = Tok::close; t.bracket = c; break;
+      case '(':
+      case '[':
+      case '{':
+        t.kind = Tok::open;
+        t.bracket = c;
+        break;
+      case ')':
+      case ']':
+      case '}':
+        t.kind = Tok::close;
+        t.bracket = c;
+        break;
       default: break;
     }
     if (t.kind != Tok::end) {
@@ -207,7 +218,8 @@ class Parser {
     ExpressionResult result;
     if (tokens_.front().kind == Tok::end) throw ParseError{"empty expression"};
     const std::optional<Rational> v = expr();
-    if (peek().kind != Tok::end) throw ParseError{"unexpected " + describe(peek()) + " at " + std::to_string(peek().pos)};
+    if (peek().kind != Tok::end)
+      throw ParseError{"unexpected " + describe(peek()) + " at " + std::to_string(peek().pos)};
     result.parsed = true;
     result.numbers = std::move(numbers_);
     if (error_.empty()) {
@@ -316,16 +328,14 @@ class Parser {
         }
         return Rational{t.value, 1};
       }
-      case Tok::open:
-        return group();
+      case Tok::open: return group();
       case Tok::frac: {
         take();
         const Value num = group();
         const Value den = group();
         return apply(num, den, divide);
       }
-      default:
-        throw ParseError{"expected a number at " + std::to_string(t.pos) + ", found " + describe(t)};
+      default: throw ParseError{"expected a number at " + std::to_string(t.pos) + ", found " + describe(t)};
     }
   }
 

@@ -32,7 +32,8 @@ double format_score(std::string_view text, const FormatRewardConfig& cfg) {
 
   if (cfg.mode == "lenient") {
     const size_t answer = text.find(open_answer, pos);
-    if (answer != std::string_view::npos && text.find(close_answer, answer + open_answer.size()) != std::string_view::npos) {
+    if (answer != std::string_view::npos &&
+        text.find(close_answer, answer + open_answer.size()) != std::string_view::npos) {
       return 1.0;
     }
     return text.find("\\boxed{", pos) != std::string_view::npos ? 1.0 : 0.0;

@@ -100,7 +100,8 @@ class LanguageReward : public RewardFunction {
         continue;
       }
       out.scores.push_back(static_cast<double>(count.target) / static_cast<double>(count.total));
-      out.reasons.push_back(std::to_string(count.target) + " of " + std::to_string(count.total) + " words " + cfg_.script);
+      out.reasons.push_back(std::to_string(count.target) + " of " + std::to_string(count.total) + " words " +
+                            cfg_.script);
     }
     if (!batch.empty()) {
       const double n = static_cast<double>(batch.size());

@@ -20,9 +20,9 @@ class LengthReward : public RewardFunction {
     for (size_t i = 0; i < batch.size(); ++i) {
       const Sample& s = batch[i];
       if (s.completion_ids.empty() && !s.completion.empty()) {
-        throw std::invalid_argument(
-            "length reward needs the completion's token ids (Sample::completion_ids); sample " + std::to_string(i) +
-            " has " + std::to_string(s.completion.size()) + " bytes of text and no ids");
+        throw std::invalid_argument("length reward needs the completion's token ids (Sample::completion_ids); sample " +
+                                    std::to_string(i) + " has " + std::to_string(s.completion.size()) +
+                                    " bytes of text and no ids");
       }
       const auto length = static_cast<int64_t>(s.completion_ids.size());
       const std::string tokens = std::to_string(length) + " tokens";
@@ -40,8 +40,8 @@ class LengthReward : public RewardFunction {
         out.scores.push_back(dapo_overlong_penalty(length, cfg_));
         const int64_t soft = cfg_.max_length - cfg_.cache_length;
         out.reasons.push_back(tokens + (length > cfg_.max_length ? " > max_length " + std::to_string(cfg_.max_length)
-                                        : length > soft         ? " in the overlong band above " + std::to_string(soft)
-                                                                : ""));
+                                        : length > soft          ? " in the overlong band above " + std::to_string(soft)
+                                                                 : ""));
       }
       ++scored;
       total_length += length;
@@ -64,7 +64,8 @@ class LengthReward : public RewardFunction {
 
 std::string LengthRewardConfig::validate() const {
   if (cache_length >= max_length) {
-    return "cache_length (" + std::to_string(cache_length) + ") must be < max_length (" + std::to_string(max_length) + ")";
+    return "cache_length (" + std::to_string(cache_length) + ") must be < max_length (" + std::to_string(max_length) +
+           ")";
   }
   return "";
 }
@@ -78,8 +79,8 @@ double dapo_overlong_penalty(int64_t length, const LengthRewardConfig& cfg) {
 }
 
 double cosine_length_reward(int64_t length, bool correct, const LengthRewardConfig& cfg) {
-  const double progress =
-      static_cast<double>(std::clamp<int64_t>(length, 0, cfg.max_length)) / static_cast<double>(cfg.max_length);
+  const double progress = static_cast<double>(std::clamp<int64_t>(length, 0, cfg.max_length)) /
+                          static_cast<double>(cfg.max_length);
   const double cosine = std::cos(progress * std::numbers::pi);
   const double from = correct ? cfg.min_value_correct : cfg.max_value_wrong;  // value at max_length
   const double to = correct ? cfg.max_value_correct : cfg.min_value_wrong;    // value at length 0

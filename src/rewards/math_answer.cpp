@@ -97,7 +97,7 @@ std::optional<std::string> last_number(std::string_view s) {
       size_t j = s.find('{', i);
       size_t mid = j == std::string_view::npos ? j : match_brace(s, j);
       size_t end = (mid == std::string_view::npos || mid >= s.size() || s[mid] != '{') ? std::string_view::npos
-                                                                                     : match_brace(s, mid);
+                                                                                       : match_brace(s, mid);
       if (end != std::string_view::npos) {
         size_t sign = start;
         if (sign > 0 && s[sign - 1] == '-') --sign;
@@ -188,8 +188,8 @@ std::optional<ParsedNumber> add(const ParsedNumber& a, const ParsedNumber& b) {
 
 ParsedNumber divide(const ParsedNumber& a, const ParsedNumber& b) {
   if (a.exact && b.exact && b.numerator != 0) {
-    return make_rational(static_cast<i128>(a.numerator) * b.denominator,
-                         static_cast<i128>(a.denominator) * b.numerator, a.decimal || b.decimal);
+    return make_rational(static_cast<i128>(a.numerator) * b.denominator, static_cast<i128>(a.denominator) * b.numerator,
+                         a.decimal || b.decimal);
   }
   return make_inexact(a.value / b.value, a.decimal || b.decimal);
 }
@@ -358,16 +358,14 @@ std::string normalize(std::string_view raw) {
   std::string s(trim(raw));
   auto strip_pair = [&](std::string_view open, std::string_view close) {
     std::string_view t = trim(s);
-    if (t.size() >= open.size() + close.size() && starts_with(t, open) &&
-        t.substr(t.size() - close.size()) == close) {
+    if (t.size() >= open.size() + close.size() && starts_with(t, open) && t.substr(t.size() - close.size()) == close) {
       s = std::string(trim(t.substr(open.size(), t.size() - open.size() - close.size())));
       return true;
     }
     return false;
   };
   for (bool changed = true; changed;) {
-    changed = strip_pair("$$", "$$") || strip_pair("$", "$") || strip_pair("\\(", "\\)") ||
-              strip_pair("\\[", "\\]");
+    changed = strip_pair("$$", "$$") || strip_pair("$", "$") || strip_pair("\\(", "\\)") || strip_pair("\\[", "\\]");
   }
   for (std::string_view wrapper : {"\\displaystyle", "\\left", "\\right", "\\!", "\\$", "\\mathrm{}"}) {
     replace_all(s, wrapper, "");
@@ -454,7 +452,8 @@ bool numbers_equal(const ParsedNumber& a, const ParsedNumber& b, const MathAnswe
     // Float(1.0) != Integer(1) after rounding: 3 == 3.0 but 1 != 1.0000001); otherwise both sides
     // are rounded to float_rounding decimals (1/3 == 0.333333).
     auto integer_valued = [](const ParsedNumber& n, bool percent) {
-      return n.exact && !n.decimal && (static_cast<i128>(n.numerator) % (static_cast<i128>(n.denominator) * (percent ? 100 : 1))) == 0;
+      return n.exact && !n.decimal &&
+             (static_cast<i128>(n.numerator) % (static_cast<i128>(n.denominator) * (percent ? 100 : 1))) == 0;
     };
     if ((integer_valued(a, pa) || integer_valued(b, pb)) && a.exact && b.exact) return exact_equal(a, pa, b, pb);
     double va = pa ? applied(a) : a.value, vb = pb ? applied(b) : b.value;

@@ -60,7 +60,7 @@ struct HandleGuard {
 
 PluginInfo load_reward_plugin(const std::string& path, RewardRegistry& registry) {
   const std::string quoted = "'" + path + "'";
-  struct stat file{};
+  struct stat file = {};
   if (::stat(path.c_str(), &file) != 0) {
     throw std::runtime_error("cannot load reward plugin " + quoted + ": " + std::strerror(errno));
   }
@@ -109,18 +109,19 @@ PluginInfo load_reward_plugin(const std::string& path, RewardRegistry& registry)
                              std::to_string(plugin->abi_version) + ", this grpo has ABI " +
                              std::to_string(GRPO_REWARD_PLUGIN_ABI_VERSION) + ": " + rebuild_hint());
   }
-  const std::string built_with =
-      plugin->grpo_version != nullptr ? std::string(" (built with grpo ") + plugin->grpo_version + ")" : "";
+  const std::string built_with = plugin->grpo_version != nullptr
+                                     ? std::string(" (built with grpo ") + plugin->grpo_version + ")"
+                                     : "";
   if (plugin->cxx11_abi != GRPO_REWARD_PLUGIN_CXX11_ABI) {
-    throw std::runtime_error("reward plugin " + quoted + built_with + " was compiled with _GLIBCXX_USE_CXX11_ABI=" +
-                             std::to_string(plugin->cxx11_abi) + ", this grpo with _GLIBCXX_USE_CXX11_ABI=" +
-                             std::to_string(GRPO_REWARD_PLUGIN_CXX11_ABI) + ": " + rebuild_hint() +
-                             " with the same compiler");
+    throw std::runtime_error("reward plugin " + quoted + built_with +
+                             " was compiled with _GLIBCXX_USE_CXX11_ABI=" + std::to_string(plugin->cxx11_abi) +
+                             ", this grpo with _GLIBCXX_USE_CXX11_ABI=" + std::to_string(GRPO_REWARD_PLUGIN_CXX11_ABI) +
+                             ": " + rebuild_hint() + " with the same compiler");
   }
   if (plugin->sizeof_sample != sizeof(Sample)) {
-    throw std::runtime_error("reward plugin " + quoted + built_with + " has sizeof(grpo::rewards::Sample) = " +
-                             std::to_string(plugin->sizeof_sample) + ", this grpo has " +
-                             std::to_string(sizeof(Sample)) + ": " + rebuild_hint());
+    throw std::runtime_error("reward plugin " + quoted + built_with +
+                             " has sizeof(grpo::rewards::Sample) = " + std::to_string(plugin->sizeof_sample) +
+                             ", this grpo has " + std::to_string(sizeof(Sample)) + ": " + rebuild_hint());
   }
   if (plugin->register_rewards == nullptr) {
     throw std::runtime_error("reward plugin " + quoted + ": its descriptor has no register_rewards function");
@@ -136,8 +137,8 @@ PluginInfo load_reward_plugin(const std::string& path, RewardRegistry& registry)
   auto scratch = std::make_shared<RewardRegistry>();
   char error[4096] = {};
   if (plugin->register_rewards(scratch.get(), error, sizeof(error)) != 0) {
-    throw std::runtime_error(label + " failed to register its rewards: " +
-                             one_line(error[0] != '\0' ? error : "no message"));
+    throw std::runtime_error(label +
+                             " failed to register its rewards: " + one_line(error[0] != '\0' ? error : "no message"));
   }
   info.functions = scratch->names();
   if (info.functions.empty()) throw std::runtime_error(label + " registered no reward functions");

@@ -102,9 +102,8 @@ void register_builtin_rewards(RewardRegistry& registry) {
   registry.add("format", [](const config::Value& options) {
     return std::make_unique<FormatReward>(options_as<FormatRewardConfig>(options));
   });
-  registry.add("code_execution", [](const config::Value& options) {
-    return make_code_reward(options_as<CodeRewardConfig>(options));
-  });
+  registry.add("code_execution",
+               [](const config::Value& options) { return make_code_reward(options_as<CodeRewardConfig>(options)); });
   registry.add("countdown", [](const config::Value& options) {
     return make_countdown_reward(options_as<CountdownRewardConfig>(options));
   });

@@ -35,8 +35,7 @@ std::string resolve_plugin_path(const std::string& path, const std::string& conf
   return path;
 }
 
-RewardSet::RewardSet(const RewardsConfig& cfg, const std::string& config_path, RewardRegistry& registry)
-    : cfg_(cfg) {
+RewardSet::RewardSet(const RewardsConfig& cfg, const std::string& config_path, RewardRegistry& registry) : cfg_(cfg) {
   if (const std::string problem = cfg_.validate(); !problem.empty()) {
     throw config::ConfigError((config_path.empty() ? "" : config_path + ": ") + "rewards: " + problem);
   }
@@ -151,8 +150,8 @@ RewardScores RewardSet::score(const std::vector<Sample>& input) const {
       throw RewardError("reward '" + labels_[f] + "' threw on " + where + ": an exception that is not std::exception");
     }
     if (batch.scores.size() != part.size()) {
-      throw RewardError("reward '" + labels_[f] + "' returned " + std::to_string(batch.scores.size()) +
-                        " scores for " + std::to_string(part.size()) + " samples (" + where + ")");
+      throw RewardError("reward '" + labels_[f] + "' returned " + std::to_string(batch.scores.size()) + " scores for " +
+                        std::to_string(part.size()) + " samples (" + where + ")");
     }
     if (!batch.reasons.empty() && batch.reasons.size() != part.size()) {
       throw RewardError("reward '" + labels_[f] + "' returned " + std::to_string(batch.reasons.size()) +
@@ -247,7 +246,6 @@ RewardScores RewardSet::score(const std::vector<Sample>& input) const {
   out.metrics["rewards/seconds"] = seconds_since(wall0);
   return out;
 }
-
 
 void append_scores(RewardScores& into, RewardScores&& more) {
   if (into.labels.empty() && into.total.empty()) {

@@ -74,8 +74,7 @@ std::string resolve_interpreter(const std::string& name, bool other_uid) {
   if (name.find('/') != std::string::npos) {
     if (auto r = fits(name); !r.empty()) return r;
     errno = ENOENT;
-    fail("interpreter '" + name + "' is not an executable file" +
-         (other_uid ? " that uid 65534 can run" : ""));
+    fail("interpreter '" + name + "' is not an executable file" + (other_uid ? " that uid 65534 can run" : ""));
   }
   const char* path_env = std::getenv("PATH");
   std::string path = path_env ? path_env : "";
@@ -249,7 +248,8 @@ struct ChildPlan {
         if (*c != '/' && *c != '\0') continue;
         const char saved = *c;
         *c = '\0';
-        if (::mkdir(p.workdir_scratch, 0755) != 0 && errno != EEXIST) child_fail(p.error_fd, "mkdir the work dir mount point");
+        if (::mkdir(p.workdir_scratch, 0755) != 0 && errno != EEXIST)
+          child_fail(p.error_fd, "mkdir the work dir mount point");
         *c = saved;
         if (saved == '\0') break;
       }
@@ -260,14 +260,15 @@ struct ChildPlan {
       size_t len = std::strlen(fd_path);
       while (n > 0) fd_path[len++] = digits[--n];
       fd_path[len] = '\0';
-      if (::mount(fd_path, p.workdir, nullptr, MS_BIND, nullptr) != 0) child_fail(p.error_fd, "bind-mount the work dir");
+      if (::mount(fd_path, p.workdir, nullptr, MS_BIND, nullptr) != 0)
+        child_fail(p.error_fd, "bind-mount the work dir");
     }
     ::close(work_fd);
     ::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);  // best effort
   }
   if (::chdir(p.workdir) != 0) child_fail(p.error_fd, "chdir to the work dir");
   auto limit = [&](int resource, rlim_t soft, rlim_t hard, const char* step) {
-    struct rlimit rl{soft, hard};
+    const rlimit rl = {soft, hard};
     if (::setrlimit(resource, &rl) != 0) child_fail(p.error_fd, step);
   };
   // soft = hard: SIGKILL at the limit. (SIGXCPU would be ignored by PID 1 of a namespace.)
@@ -345,8 +346,11 @@ ssize_t write_without_sigpipe(int fd, const char* data, size_t size) {
   ssize_t n = ::write(fd, data, size);
   const int saved_errno = errno;
   if (n < 0 && errno == EPIPE && !was_pending) {
-    struct timespec zero{0, 0};
-    while (::sigtimedwait(&pipe_set, nullptr, &zero) < 0 && errno == EINTR) {}
+    struct timespec zero {
+      0, 0
+    };
+    while (::sigtimedwait(&pipe_set, nullptr, &zero) < 0 && errno == EINTR) {
+    }
   }
   ::pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
   errno = saved_errno;
@@ -369,8 +373,7 @@ struct Pipe {
 
 }  // namespace
 
-SandboxResult run_sandboxed(const SandboxConfig& cfg, const std::string& program_text,
-                            const std::string& stdin_text) {
+SandboxResult run_sandboxed(const SandboxConfig& cfg, const std::string& program_text, const std::string& stdin_text) {
   const auto start = std::chrono::steady_clock::now();
   const bool root = ::geteuid() == 0;
   const std::string interpreter = resolve_interpreter(cfg.interpreter, root);
@@ -408,7 +411,8 @@ SandboxResult run_sandboxed(const SandboxConfig& cfg, const std::string& program
     }
     if (pid < 0) return false;
     int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
   }();
   unsigned long ns_flags = kNamespaceFlags & ~(cfg.network ? CLONE_NEWNET : 0UL);
@@ -434,8 +438,8 @@ SandboxResult run_sandboxed(const SandboxConfig& cfg, const std::string& program
   if (is_python) args.insert(args.end(), {"-I", "-B", "-u"});  // isolated: no env, no user site
   args.push_back(script);
   std::vector<std::string> env = {"PATH=/usr/local/bin:/usr/bin:/bin",
-                                  "HOME=" + (namespaces_work ? std::string("/tmp") : workdir),
-                                  "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"};
+                                  "HOME=" + (namespaces_work ? std::string("/tmp") : workdir), "LANG=C.UTF-8",
+                                  "PYTHONDONTWRITEBYTECODE=1"};
   const std::string cgroup_procs = cleanup.cgroup.dir.empty() ? "" : cleanup.cgroup.dir + "/cgroup.procs";
 
   Pipe in, out, err, status_pipe;
@@ -496,10 +500,10 @@ SandboxResult run_sandboxed(const SandboxConfig& cfg, const std::string& program
   bool exited = false;
   bool escaped = false;  // a process outside our reach kept the output pipes open
   int status = 0;
-  struct rusage usage{};
+  struct rusage usage {};
   auto kill_all = [&] {
     if (!exited) ::kill(pid, SIGKILL);  // PID 1 of its namespace: the kernel kills the rest
-    ::kill(-pid, SIGKILL);  // its process group (setsid made pid the group id)
+    ::kill(-pid, SIGKILL);              // its process group (setsid made pid the group id)
     for (pid_t p : cleanup.cgroup.dir.empty() ? std::vector<pid_t>{} : cleanup.cgroup.members()) ::kill(p, SIGKILL);
   };
   auto drain = [&](int fd, std::string& text) {
@@ -514,7 +518,7 @@ SandboxResult run_sandboxed(const SandboxConfig& cfg, const std::string& program
       }
       if (n == 0) return true;  // EOF
       if (errno == EINTR) continue;
-      return false;             // EAGAIN
+      return false;  // EAGAIN
     }
   };
   std::chrono::steady_clock::time_point exited_at;
@@ -572,8 +576,8 @@ SandboxResult run_sandboxed(const SandboxConfig& cfg, const std::string& program
     result.reason = "timed out after " + format_seconds(cfg.wall_seconds) + " s (wall)";
   } else if (result.signal == SIGXCPU ||
              (result.signal == SIGKILL && cpu_used >= 0.9 * static_cast<double>(plan.cpu))) {
-    result.reason = std::string("killed by ") + (result.signal == SIGXCPU ? "SIGXCPU" : "SIGKILL") +
-                    ": cpu limit " + std::to_string(plan.cpu) + " s";
+    result.reason = std::string("killed by ") + (result.signal == SIGXCPU ? "SIGXCPU" : "SIGKILL") + ": cpu limit " +
+                    std::to_string(plan.cpu) + " s";
   } else if (result.signal == SIGXFSZ) {
     result.reason = "file size limit " + std::to_string(cfg.file_size_mb) + " MB exceeded";
   } else if (memory_error || ((result.signal == SIGKILL || result.signal == SIGSEGV || result.signal == SIGABRT) &&
@@ -634,8 +638,7 @@ std::optional<std::string> extract_code(std::string_view text) {
     size_t close = text.find("```", line_end + 1);
     if (close == std::string_view::npos) break;
     // The closing fence must start a line.
-    while (close != std::string_view::npos && close > 0 && text[close - 1] != '\n')
-      close = text.find("```", close + 3);
+    while (close != std::string_view::npos && close > 0 && text[close - 1] != '\n') close = text.find("```", close + 3);
     if (close == std::string_view::npos) break;
     if (tag.empty() || tag == "python" || tag == "py" || tag == "python3" || tag == "Python")
       last = std::string(text.substr(line_end + 1, close - line_end - 1));

@@ -239,8 +239,8 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
       auto* u = uniforms.data_ptr<double>();
       for (int64_t i = 0; i < n; ++i) u[i] = rows[active[static_cast<size_t>(i)]].rng.uniform();
     }
-    const auto tokens = choose_tokens(logits, cfg_.sampling, uniforms);                      // [n]
-    const auto logprobs = token_logprobs(logits, tokens, cfg_.sampling.temperature).cpu();   // [n]
+    const auto tokens = choose_tokens(logits, cfg_.sampling, uniforms);                     // [n]
+    const auto logprobs = token_logprobs(logits, tokens, cfg_.sampling.temperature).cpu();  // [n]
     const auto tokens_cpu = tokens.cpu();
     const auto* tok = tokens_cpu.data_ptr<int64_t>();
     const auto* lp = logprobs.data_ptr<float>();
@@ -313,7 +313,7 @@ void Engine::run_rows_speculative(std::vector<Row>& rows, const std::vector<Gene
   opts.logits = false;
   auto out = model_->forward(prompts.ids, prompts.positions, prompts.mask, cache.get(), opts);
   auto last_logits = model_->head(out.hidden.select(1, prompts.length - 1));  // [P, V]
-  auto first = last_logits.argmax(-1);                                         // [P]
+  auto first = last_logits.argmax(-1);                                        // [P]
   auto first_lp = token_logprobs(last_logits, first, 1.0);
   // MTP over the prompt: position i sees the token i + 1 (the last sees the first new token).
   const auto next_ids = torch::cat({prompts.ids.narrow(1, 1, prompts.length - 1), first.view({P, 1})}, 1);
@@ -361,14 +361,14 @@ void Engine::run_rows_speculative(std::vector<Row>& rows, const std::vector<Gene
 
   while (!active.empty()) {
     const int64_t n = static_cast<int64_t>(active.size());
-    const auto inputs = torch::stack({current, draft}, 1);                 // [n, 2]
-    const auto pos2 = torch::stack({positions, positions + 1}, 1);        // [n, 2]
+    const auto inputs = torch::stack({current, draft}, 1);          // [n, 2]
+    const auto pos2 = torch::stack({positions, positions + 1}, 1);  // [n, 2]
     mask = torch::cat({mask, torch::ones({n, 2}, mask.options())}, 1);
     out = model_->forward(inputs, pos2, mask, cache.get(), opts);
-    const auto logits = model_->head(out.hidden);                         // [n, 2, V]
+    const auto logits = model_->head(out.hidden);  // [n, 2, V]
     const auto y1 = logits.select(1, 0).argmax(-1), y2 = logits.select(1, 1).argmax(-1);
     const auto lp1 = token_logprobs(logits.select(1, 0), y1, 1.0), lp2 = token_logprobs(logits.select(1, 1), y2, 1.0);
-    const auto accepted = y1.eq(draft);                                   // [n] bool
+    const auto accepted = y1.eq(draft);  // [n] bool
     ++stats.steps;
     stats.drafted += n;
     stats.accepted += accepted.sum().item<int64_t>();

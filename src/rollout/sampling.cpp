@@ -43,7 +43,7 @@ torch::Tensor sample_from_probs(const torch::Tensor& probs, const torch::Tensor&
   TORCH_CHECK(probs.dim() == 2 && uniforms.dim() == 1 && uniforms.size(0) == probs.size(0),
               "sample_from_probs: expected probs [B, V] and uniforms [B], got ", probs.sizes(), " and ",
               uniforms.sizes());
-  const auto cdf = probs.to(torch::kDouble).cumsum(-1);                      // [B, V]
+  const auto cdf = probs.to(torch::kDouble).cumsum(-1);  // [B, V]
   const auto target = uniforms.to(cdf.device(), torch::kDouble).unsqueeze(1) * cdf.narrow(1, cdf.size(1) - 1, 1);
   // First index whose cumulative mass is strictly greater than the target: a token with zero
   // probability never is (its cdf equals its predecessor's).

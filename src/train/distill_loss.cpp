@@ -21,16 +21,15 @@ Divergence effective_divergence(const DistillLossConfig& cfg) {
 }
 
 void check_config(const char* fn, const DistillLossConfig& cfg, bool chunked) {
-  TORCH_CHECK(cfg.temperature > 0.0 && std::isfinite(cfg.temperature), fn,
-              ": expected temperature > 0, got ", cfg.temperature);
+  TORCH_CHECK(cfg.temperature > 0.0 && std::isfinite(cfg.temperature), fn, ": expected temperature > 0, got ",
+              cfg.temperature);
   TORCH_CHECK(cfg.beta >= 0.0 && cfg.beta <= 1.0, fn, ": expected beta in [0, 1], got ", cfg.beta);
   TORCH_CHECK(!chunked || cfg.chunk_size >= 1, fn, ": expected chunk_size >= 1, got ", cfg.chunk_size);
 }
 
 void check_floating(const char* fn, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), fn, ": ", name, " must be a defined tensor");
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), fn, ": expected a floating ", name, ", got ",
-              t.scalar_type());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), fn, ": expected a floating ", name, ", got ", t.scalar_type());
 }
 
 // float64 when any input is float64, else float32 (bf16 / half inputs are upcast).
@@ -77,7 +76,7 @@ struct TeacherInputs {
 at::Tensor chunk_logits(const at::Tensor& hidden_c, const at::Tensor& head, int64_t start, int64_t width,
                         at::ScalarType compute, double inv_temperature, at::Tensor* head_chunk_out = nullptr) {
   at::Tensor head_chunk = head.narrow(0, start, width).to(compute);  // [Vc, D]
-  at::Tensor logits = at::mm(hidden_c, head_chunk.t());                // [N, Vc]
+  at::Tensor logits = at::mm(hidden_c, head_chunk.t());              // [N, Vc]
   if (inv_temperature != 1.0) logits.mul_(inv_temperature);
   if (head_chunk_out != nullptr) *head_chunk_out = std::move(head_chunk);
   return logits;
@@ -108,7 +107,7 @@ class TokenDivergenceFunction : public torch::autograd::Function<TokenDivergence
     const at::Tensor lse_t = online_t.value();  // [N]
 
     // Pass 2: each chunk's terms of the divergence; c = sum_u p_s,u g_u for the backward.
-    at::Tensor value = at::zeros_like(lse_s);      // [N]
+    at::Tensor value = at::zeros_like(lse_s);         // [N]
     at::Tensor student_part = at::zeros_like(lse_s);  // [N]; (1 - beta) KL(p_s || m) for jsd
     for (int64_t start = 0; start < vocab; start += chunk_size) {
       const int64_t width = std::min(chunk_size, vocab - start);
@@ -117,12 +116,8 @@ class TokenDivergenceFunction : public torch::autograd::Function<TokenDivergence
       const at::Tensor logp_t =
           chunk_logits(hidden_t, teacher.head, start, width, compute, inv_temperature).sub_(lse_t.unsqueeze(1));
       switch (kind) {
-        case Divergence::forward_kl:
-          value.add_((logp_t.exp() * (logp_t - logp_s)).sum(1));
-          break;
-        case Divergence::reverse_kl:
-          value.add_((logp_s.exp() * (logp_s - logp_t)).sum(1));
-          break;
+        case Divergence::forward_kl: value.add_((logp_t.exp() * (logp_t - logp_s)).sum(1)); break;
+        case Divergence::reverse_kl: value.add_((logp_s.exp() * (logp_s - logp_t)).sum(1)); break;
         case Divergence::jsd: {
           const at::Tensor logm = log_mixture(logp_s, logp_t, beta);
           const at::Tensor teacher_term = (logp_t.exp() * (logp_t - logm)).sum(1);  // KL(p_t || m) part
@@ -173,8 +168,7 @@ class TokenDivergenceFunction : public torch::autograd::Function<TokenDivergence
       const at::Tensor hidden_t = teacher_hidden.to(compute);
       if (need_hidden) grad_hidden = at::zeros(hidden_s.sizes(), hidden_s.options());
       if (need_head) {
-        grad_head = at::empty(student_head.sizes(),
-                              student_head.options().memory_format(at::MemoryFormat::Contiguous));
+        grad_head = at::empty(student_head.sizes(), student_head.options().memory_format(at::MemoryFormat::Contiguous));
       }
       for (int64_t start = 0; start < vocab; start += chunk_size) {
         const int64_t width = std::min(chunk_size, vocab - start);
@@ -185,12 +179,8 @@ class TokenDivergenceFunction : public torch::autograd::Function<TokenDivergence
             chunk_logits(hidden_t, teacher_head, start, width, compute, inv_temperature).sub_(lse_t.unsqueeze(1));
         at::Tensor grad_logits;  // [N, Vc] d loss / d (hidden @ head_chunk^T)
         switch (kind) {
-          case Divergence::forward_kl:
-            grad_logits = logp_s.exp() - logp_t.exp();
-            break;
-          case Divergence::reverse_kl:
-            grad_logits = logp_s.exp() * (logp_s - logp_t - c);
-            break;
+          case Divergence::forward_kl: grad_logits = logp_s.exp() - logp_t.exp(); break;
+          case Divergence::reverse_kl: grad_logits = logp_s.exp() * (logp_s - logp_t - c); break;
           case Divergence::jsd: {
             const at::Tensor logm = log_mixture(logp_s, logp_t, beta);
             grad_logits = logp_s.exp() * ((1.0 - beta) * (logp_s - logm) - c);
@@ -229,8 +219,7 @@ at::Tensor token_divergence_reference(const at::Tensor& student_logits, const at
   check_config(fn, cfg, /*chunked=*/false);
   check_floating(fn, "student_logits", student_logits);
   check_floating(fn, "teacher_logits", teacher_logits);
-  TORCH_CHECK(student_logits.dim() == 2, fn, ": expected student_logits [N, V], got shape ",
-              student_logits.sizes());
+  TORCH_CHECK(student_logits.dim() == 2, fn, ": expected student_logits [N, V], got shape ", student_logits.sizes());
   TORCH_CHECK(teacher_logits.sizes() == student_logits.sizes(), fn,
               ": expected teacher_logits of the student's shape [N, V] = ", student_logits.sizes(), ", got ",
               teacher_logits.sizes());
@@ -244,10 +233,8 @@ at::Tensor token_divergence_reference(const at::Tensor& student_logits, const at
   const at::Tensor logp_s = at::log_softmax(student_logits.to(compute) / cfg.temperature, 1);           // [N, V]
   const at::Tensor logp_t = at::log_softmax(teacher_logits.detach().to(compute) / cfg.temperature, 1);  // [N, V]
   switch (effective_divergence(cfg)) {
-    case Divergence::forward_kl:
-      return (logp_t.exp() * (logp_t - logp_s)).sum(1);
-    case Divergence::reverse_kl:
-      return (logp_s.exp() * (logp_s - logp_t)).sum(1);
+    case Divergence::forward_kl: return (logp_t.exp() * (logp_t - logp_s)).sum(1);
+    case Divergence::reverse_kl: return (logp_s.exp() * (logp_s - logp_t)).sum(1);
     case Divergence::jsd: {
       const at::Tensor logm = log_mixture(logp_s, logp_t, cfg.beta);
       return cfg.beta * (logp_t.exp() * (logp_t - logm)).sum(1) +
@@ -266,11 +253,9 @@ at::Tensor token_divergence(const at::Tensor& student_hidden, const at::Tensor& 
   check_floating(fn, "student_head", student_head);
   check_floating(fn, "teacher_hidden", teacher_hidden);
   check_floating(fn, "teacher_head", teacher_head);
-  TORCH_CHECK(student_hidden.dim() == 2, fn, ": expected student_hidden [N, Ds], got shape ",
-              student_hidden.sizes());
+  TORCH_CHECK(student_hidden.dim() == 2, fn, ": expected student_hidden [N, Ds], got shape ", student_hidden.sizes());
   TORCH_CHECK(student_head.dim() == 2, fn, ": expected student_head [V, Ds], got shape ", student_head.sizes());
-  TORCH_CHECK(teacher_hidden.dim() == 2, fn, ": expected teacher_hidden [N, Dt], got shape ",
-              teacher_hidden.sizes());
+  TORCH_CHECK(teacher_hidden.dim() == 2, fn, ": expected teacher_hidden [N, Dt], got shape ", teacher_hidden.sizes());
   TORCH_CHECK(teacher_head.dim() == 2, fn, ": expected teacher_head [V, Dt], got shape ", teacher_head.sizes());
   TORCH_CHECK(student_hidden.size(1) == student_head.size(1), fn,
               ": student_hidden [N, Ds] and student_head [V, Ds] must agree on Ds, got ", student_hidden.sizes(),
@@ -278,19 +263,21 @@ at::Tensor token_divergence(const at::Tensor& student_hidden, const at::Tensor& 
   TORCH_CHECK(teacher_hidden.size(1) == teacher_head.size(1), fn,
               ": teacher_hidden [N, Dt] and teacher_head [V, Dt] must agree on Dt, got ", teacher_hidden.sizes(),
               " and ", teacher_head.sizes());
-  TORCH_CHECK(teacher_hidden.size(0) == student_hidden.size(0), fn, ": expected teacher_hidden with N = ",
-              student_hidden.size(0), " rows (those of student_hidden), got ", teacher_hidden.size(0));
-  TORCH_CHECK(teacher_head.size(0) == student_head.size(0), fn, ": expected teacher_head with V = ",
-              student_head.size(0), " rows (the student's vocabulary), got ", teacher_head.size(0));
+  TORCH_CHECK(teacher_hidden.size(0) == student_hidden.size(0), fn,
+              ": expected teacher_hidden with N = ", student_hidden.size(0), " rows (those of student_hidden), got ",
+              teacher_hidden.size(0));
+  TORCH_CHECK(teacher_head.size(0) == student_head.size(0), fn,
+              ": expected teacher_head with V = ", student_head.size(0), " rows (the student's vocabulary), got ",
+              teacher_head.size(0));
   TORCH_CHECK(student_head.size(0) >= 1, fn, ": expected a vocabulary of at least one row, got student_head ",
               student_head.sizes());
   const auto device = student_hidden.device();
-  TORCH_CHECK(student_head.device() == device && teacher_hidden.device() == device &&
-                  teacher_head.device() == device,
-              fn, ": teacher and student tensors must all be on one device (move the teacher's hidden states "
-              "and head to the student's device), got student_hidden on ", device, ", student_head on ",
-              student_head.device(), ", teacher_hidden on ", teacher_hidden.device(), ", teacher_head on ",
-              teacher_head.device());
+  TORCH_CHECK(student_head.device() == device && teacher_hidden.device() == device && teacher_head.device() == device,
+              fn,
+              ": teacher and student tensors must all be on one device (move the teacher's hidden states "
+              "and head to the student's device), got student_hidden on ",
+              device, ", student_head on ", student_head.device(), ", teacher_hidden on ", teacher_hidden.device(),
+              ", teacher_head on ", teacher_head.device());
 
   const Divergence kind = effective_divergence(cfg);
   return TokenDivergenceFunction::apply(student_hidden, student_head,

@@ -37,12 +37,18 @@ bool on_policy_step(uint64_t seed, int64_t step, double fraction) {
 
 DistillTrainer::DistillTrainer(model::CausalLM student, model::CausalLM teacher, const data::Tokenizer& tokenizer,
                                data::PromptConfig prompt, DistillConfig cfg, Run& run, std::string stage)
-    : student_(std::move(student)), teacher_(std::move(teacher)), tokenizer_(tokenizer), prompt_(std::move(prompt)),
-      cfg_(std::move(cfg)), run_(run), stage_(std::move(stage)) {
+    : student_(std::move(student)),
+      teacher_(std::move(teacher)),
+      tokenizer_(tokenizer),
+      prompt_(std::move(prompt)),
+      cfg_(std::move(cfg)),
+      run_(run),
+      stage_(std::move(stage)) {
   if (const auto problem = cfg_.validate(); !problem.empty()) throw std::invalid_argument(stage_ + ": " + problem);
   const int64_t vs = student_->lm_head.size(0), vt = teacher_->lm_head.size(0);
   if (vs != vt) {
-    throw std::invalid_argument(stage_ + ": teacher and student must share the vocabulary: the student's output head has " +
+    throw std::invalid_argument(stage_ +
+                                ": teacher and student must share the vocabulary: the student's output head has " +
                                 std::to_string(vs) + " rows, the teacher's " + std::to_string(vt));
   }
   for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
@@ -73,8 +79,10 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
   std::vector<int64_t> example_of(records.size(), -1);
   if (cfg_.on_policy_fraction < 1.0) {
     if (with_reasoning.empty()) {
-      throw std::runtime_error(stage_ + ": off-policy steps need records with reasoning (teacher traces); none of the " +
-                               std::to_string(records.size()) + " records has one (set on_policy_fraction: 1 to "
+      throw std::runtime_error(stage_ +
+                               ": off-policy steps need records with reasoning (teacher traces); none of the " +
+                               std::to_string(records.size()) +
+                               " records has one (set on_policy_fraction: 1 to "
                                "distill on the student's own samples only)");
     }
     for (size_t k = 0; k < with_reasoning.size(); ++k) {
@@ -85,8 +93,7 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     }
     if (examples.empty()) throw std::runtime_error(stage_ + ": every example is longer than max_length");
     log::info("{}: {} off-policy examples of {} records, on-policy share {:.2f}, divergence {}", stage_,
-              examples.size(), records.size(), cfg_.on_policy_fraction,
-              config::enum_name(cfg_.loss.divergence));
+              examples.size(), records.size(), cfg_.on_policy_fraction, config::enum_name(cfg_.loss.divergence));
   }
   // The records a step draws from: with off-policy steps, those with an example (an on-policy step
   // then uses their prompts); on-policy only, all.

@@ -17,7 +17,8 @@ EvalResult evaluate(model::CausalLM& model, const data::Tokenizer& tokenizer, co
   const bool was_training = model->is_training();
   model->eval();
 
-  const size_t n = cfg.max_records > 0 ? std::min(records.size(), static_cast<size_t>(cfg.max_records)) : records.size();
+  const size_t n = cfg.max_records > 0 ? std::min(records.size(), static_cast<size_t>(cfg.max_records))
+                                       : records.size();
   rollout::GenerationConfig gc;
   gc.max_new_tokens = cfg.max_new_tokens;
   gc.sampling.temperature = cfg.temperature;

@@ -5,7 +5,6 @@
 
 #include <limits>
 
-
 namespace grpo::train {
 
 std::string GrpoLossConfig::validate() const {
@@ -44,12 +43,10 @@ torch::Tensor compute_advantages(const torch::Tensor& rewards, int64_t group_siz
   const auto mean = grouped.mean(1).repeat_interleave(group_size);
   const auto centred = rewards - mean;
   switch (scaling) {
-    case RewardScaling::none:
-      return centred;
+    case RewardScaling::none: return centred;
     case RewardScaling::group:
       return centred / (bessel_std(grouped, 1).repeat_interleave(group_size) + kAdvantageEpsilon);
-    case RewardScaling::batch:
-      return centred / (bessel_std(rewards, 0) + kAdvantageEpsilon);
+    case RewardScaling::batch: return centred / (bessel_std(rewards, 0) + kAdvantageEpsilon);
   }
   TORCH_CHECK(false, "compute_advantages: unknown scaling");
 }
@@ -61,9 +58,8 @@ GrpoLossOutput grpo_loss(const GrpoLossInputs& in, const GrpoLossConfig& cfg) {
   const auto mask = in.completion_mask.to(logps.scalar_type());
   const auto old_logps = in.old_logps.defined() ? in.old_logps : logps.detach();
   check_2d(old_logps, "old_logps", logps);
-  TORCH_CHECK(in.advantages.defined() && in.advantages.size(0) == logps.size(0),
-              "grpo_loss: expected advantages [", logps.size(0), "], got ",
-              in.advantages.defined() ? in.advantages.sizes() : torch::IntArrayRef{});
+  TORCH_CHECK(in.advantages.defined() && in.advantages.size(0) == logps.size(0), "grpo_loss: expected advantages [",
+              logps.size(0), "], got ", in.advantages.defined() ? in.advantages.sizes() : torch::IntArrayRef{});
   const auto advantages = in.advantages.dim() == 1 ? in.advantages.unsqueeze(1) : in.advantages;
   const bool sequence_level = cfg.importance_sampling_level == ImportanceSamplingLevel::sequence;
   const double eps_low = cfg.epsilon_low(), eps_high = cfg.epsilon_upper();
@@ -98,9 +94,7 @@ GrpoLossOutput grpo_loss(const GrpoLossInputs& in, const GrpoLossConfig& cfg) {
       out.loss = ((per_token_loss * mask).sum(-1) / tokens_per_row.clamp_min(1.0)).sum() / rows;
       break;
     case LossType::bnpo:
-    case LossType::dapo:
-      out.loss = masked_sum / tokens.clamp_min(1.0);
-      break;
+    case LossType::dapo: out.loss = masked_sum / tokens.clamp_min(1.0); break;
     case LossType::dr_grpo:
       TORCH_CHECK(cfg.max_completion_length > 0, "grpo_loss: dr_grpo needs max_completion_length > 0");
       out.loss = masked_sum / (rows * static_cast<double>(cfg.max_completion_length));

@@ -57,7 +57,8 @@ std::string GrpoConfig::validate() const {
 }
 
 model::CausalLM frozen_copy(model::CausalLM& model) {
-  const auto opts = torch::TensorOptions().dtype(model->embed_tokens.scalar_type()).device(model->embed_tokens.device());
+  const auto opts =
+      torch::TensorOptions().dtype(model->embed_tokens.scalar_type()).device(model->embed_tokens.device());
   model::CausalLM copy(model->config(), opts);
   torch::NoGradGuard no_grad;
   auto src = model->named_parameters(), dst = copy->named_parameters();
@@ -114,8 +115,13 @@ torch::Tensor batch_logprobs(model::CausalLM& model, const GrpoBatch& batch, int
 
 GrpoTrainer::GrpoTrainer(model::CausalLM model, const data::Tokenizer& tokenizer, data::PromptConfig prompt,
                          GrpoConfig cfg, const rewards::RewardSet& rewards, Run& run, std::string stage)
-    : model_(std::move(model)), tokenizer_(tokenizer), prompt_(std::move(prompt)), cfg_(std::move(cfg)),
-      rewards_(rewards), run_(run), stage_(std::move(stage)) {
+    : model_(std::move(model)),
+      tokenizer_(tokenizer),
+      prompt_(std::move(prompt)),
+      cfg_(std::move(cfg)),
+      rewards_(rewards),
+      run_(run),
+      stage_(std::move(stage)) {
   if (const auto problem = cfg_.validate(); !problem.empty()) throw std::invalid_argument(stage_ + ": " + problem);
   if (const auto problem = cfg_.loss.validate(); !problem.empty()) {
     throw std::invalid_argument(stage_ + ".loss: " + problem);
@@ -154,11 +160,14 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
       const auto mb = batch.rows(b, m);
       const auto ids = mb.input_ids.to(device), cmask = mb.completion_mask.to(device);
       AutocastScope ac(autocast);
-      const auto f = completion_forward(model_, ids, mb.attention_mask.to(device), mb.position_ids.to(device), L,
-                                        {.temperature = temperature, .chunk_size = cfg_.logprob_chunk_size,
-                                         .mtp = has_mtp});
-      GrpoLossInputs in{.logps = f.logps, .advantages = advantages.narrow(0, b, m).to(device),
-                        .completion_mask = cmask, .rows_in_batch = static_cast<double>(n), .tokens_in_batch = tokens};
+      const auto f = completion_forward(
+          model_, ids, mb.attention_mask.to(device), mb.position_ids.to(device), L,
+          {.temperature = temperature, .chunk_size = cfg_.logprob_chunk_size, .mtp = has_mtp});
+      GrpoLossInputs in{.logps = f.logps,
+                        .advantages = advantages.narrow(0, b, m).to(device),
+                        .completion_mask = cmask,
+                        .rows_in_batch = static_cast<double>(n),
+                        .tokens_in_batch = tokens};
       if (cfg_.num_iterations > 1) in.old_logps = mb.sampler_logps.to(device);
       if (mb.ref_logps.defined()) in.ref_logps = mb.ref_logps.to(device);
       const auto out = grpo_loss(in, cfg_.loss);
@@ -179,10 +188,10 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
       s.kl = s.kl + out.kl.to(torch::kCPU) * mb_tokens * token_share * per_iteration;
       s.clip_low = s.clip_low + out.clip_ratio_low_mean.to(torch::kCPU) * mb_tokens * token_share * per_iteration;
       s.clip_high = s.clip_high + out.clip_ratio_high_mean.to(torch::kCPU) * mb_tokens * token_share * per_iteration;
-      s.clip_region =
-          s.clip_region + out.clip_ratio_region_mean.to(torch::kCPU) * mb_tokens * token_share * per_iteration;
-      s.balance_loss = s.balance_loss + (f.balance_loss().detach() * row_share).to(torch::kCPU, torch::kFloat) *
-                                            per_iteration;
+      s.clip_region = s.clip_region +
+                      out.clip_ratio_region_mean.to(torch::kCPU) * mb_tokens * token_share * per_iteration;
+      s.balance_loss = s.balance_loss +
+                       (f.balance_loss().detach() * row_share).to(torch::kCPU, torch::kFloat) * per_iteration;
       if (mtp.defined()) s.mtp_loss = s.mtp_loss + mtp.detach().to(torch::kCPU, torch::kFloat) * per_iteration;
       if (it == 0) {  // the trainer's log-probs against the sampler's, before any update
         const auto diff = (f.logps.detach().to(torch::kCPU) - mb.sampler_logps).abs() * mb.completion_mask;
@@ -196,15 +205,16 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
     } else {
       log::warn("{}: step {}: non-finite gradient norm, optimizer step skipped", stage_, step + 1);
     }
-    if (!model_->moe_layers().empty() && cfg_.router_bias_gamma > 0) model_->update_router_biases(cfg_.router_bias_gamma);
+    if (!model_->moe_layers().empty() && cfg_.router_bias_gamma > 0)
+      model_->update_router_biases(cfg_.router_bias_gamma);
   }
   s.seconds = seconds_since(t0);
   return s;
 }
 
 double GrpoTrainer::log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch,
-                           const GrpoStepStats& stats, std::vector<Metric> eval_metrics, double step_seconds,
-                           const std::vector<data::Record>& records, std::ostream& completions_log) {
+                             const GrpoStepStats& stats, std::vector<Metric> eval_metrics, double step_seconds,
+                             const std::vector<data::Record>& records, std::ostream& completions_log) {
   std::vector<double> totals;
   for (const auto& g : rollouts.groups) totals.insert(totals.end(), g.totals.begin(), g.totals.end());
   const double tokens = batch.completion_tokens();
@@ -230,7 +240,8 @@ double GrpoTrainer::log_step(int64_t step, const StepRollouts& rollouts, const G
       {"generated_groups", rollouts.generated_groups},
       {"lr", stats.lr},
       {"grad_norm", stats.grad_norm},
-      {"gen_tokens_per_s", static_cast<double>(rollouts.generated_tokens) / std::max(rollouts.generation_seconds, 1e-9)},
+      {"gen_tokens_per_s",
+       static_cast<double>(rollouts.generated_tokens) / std::max(rollouts.generation_seconds, 1e-9)},
       {"train_tokens_per_s", static_cast<double>(cfg_.num_iterations) * batch.attention_mask.sum().item<double>() /
                                  std::max(stats.seconds, 1e-9)},
       {"gen_seconds", rollouts.generation_seconds},
@@ -301,8 +312,8 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   while (step < cfg_.steps) {
     const auto t_step = std::chrono::steady_clock::now();
     model_->eval();
-    const auto rollouts =
-        sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_, seed, step);
+    const auto rollouts = sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_,
+                                      seed, step);
     auto batch = build_grpo_batch(rollouts.groups, cfg_.mask_truncated_completions);
     if (ref) {
       batch.ref_logps = batch_logprobs(*ref, batch, cfg_.micro_batch_size, cfg_.generation.sampling.temperature,
@@ -317,10 +328,10 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     const bool last = step == cfg_.steps;
     auto eval_metrics = eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0)) ? eval(step)
                                                                                                : std::vector<Metric>{};
-    result.last_reward = log_step(step, rollouts, batch, stats, std::move(eval_metrics), seconds_since(t_step),
-                                  records, completions_log);
-    progress.update(step, grpo::format("reward {:.3f} len {:.0f} kl {:.4f}", result.last_reward,
-                                       mean_of(batch.lengths), stats.kl.item<double>()));
+    result.last_reward = log_step(step, rollouts, batch, stats, std::move(eval_metrics), seconds_since(t_step), records,
+                                  completions_log);
+    progress.update(step, grpo::format("reward {:.3f} len {:.0f} kl {:.4f}", result.last_reward, mean_of(batch.lengths),
+                                       stats.kl.item<double>()));
     if (last || (cfg_.checkpoint.every_steps > 0 && step % cfg_.checkpoint.every_steps == 0)) {
       save_stage_checkpoint(checkpoint_dir(), step, model_, optimizer.get(),
                             {.values = {{"data_order", order.state().to_json()}}}, cfg_.checkpoint, stage_);

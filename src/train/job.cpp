@@ -22,7 +22,8 @@ std::string DataSection::validate() const {
 }
 
 std::string ModelSection::validate() const {
-  if (init.empty() == !config.has_value()) return "give exactly one of `init` (a checkpoint) and `config` (a new model)";
+  if (init.empty() == !config.has_value())
+    return "give exactly one of `init` (a checkpoint) and `config` (a new model)";
   return "";
 }
 
@@ -81,7 +82,8 @@ std::function<std::vector<Metric>(int64_t)> held_out_eval(model::CausalLM model,
   return [model, &tokenizer, &prompt, &records, &rewards, &cfg](int64_t) mutable {
     const auto r = evaluate(model, tokenizer, prompt, records, rewards, cfg);
     log::info("held-out accuracy {:.3f} (mean reward {:.3f}, length {:.1f})", r.accuracy, r.mean_reward, r.mean_length);
-    return std::vector<Metric>{{"eval_accuracy", r.accuracy}, {"eval_reward", r.mean_reward}, {"eval_length", r.mean_length}};
+    return std::vector<Metric>{
+        {"eval_accuracy", r.accuracy}, {"eval_reward", r.mean_reward}, {"eval_length", r.mean_length}};
   };
 }
 

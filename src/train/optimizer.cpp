@@ -55,7 +55,8 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, co
                 model.named_parameters().size() > 0 ? model.named_parameters()[0].key() : std::string("?"), ")");
   }
   ParamGroups groups = split_parameters(model, cfg);
-  TORCH_CHECK(!groups.decay.empty() || !groups.no_decay.empty(), "make_optimizer: the model has no trainable parameters");
+  TORCH_CHECK(!groups.decay.empty() || !groups.no_decay.empty(),
+              "make_optimizer: the model has no trainable parameters");
   auto options = [&](double weight_decay) {
     auto o = std::make_unique<torch::optim::AdamWOptions>(cfg.lr);
     o->betas(std::make_tuple(cfg.beta1, cfg.beta2)).eps(cfg.eps).weight_decay(weight_decay).amsgrad(false);

@@ -33,8 +33,8 @@ CompletionForward completion_forward(model::CausalLM& model, const torch::Tensor
                                      const torch::Tensor& attention_mask, const torch::Tensor& position_ids,
                                      int64_t completion_length, const CompletionForwardOptions& options) {
   TORCH_CHECK(input_ids.dim() == 2 && completion_length > 0 && completion_length < input_ids.size(1),
-              "completion_forward: expected input_ids [N, P + L] with 0 < L = ", completion_length,
-              " < P + L, got ", input_ids.sizes());
+              "completion_forward: expected input_ids [N, P + L] with 0 < L = ", completion_length, " < P + L, got ",
+              input_ids.sizes());
   TORCH_CHECK(options.temperature > 0, "completion_forward: temperature must be > 0, got ", options.temperature);
   const int64_t total = input_ids.size(1);
   const int64_t prompt = total - completion_length;

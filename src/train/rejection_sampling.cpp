@@ -305,7 +305,7 @@ class OutputFile {
   OutputFile& operator=(const OutputFile&) = delete;
 
   int64_t size() const {
-    struct stat s{};
+    struct stat s = {};
     if (::fstat(fd_, &s) != 0) fail("cannot stat");
     return static_cast<int64_t>(s.st_size);
   }
@@ -348,11 +348,12 @@ RejectionSamplingResult result_of(const State& st, int64_t resumed, double secon
 }
 
 void log_summary(const std::string& output, const RejectionSamplingResult& r) {
-  log::info("rejection sampling: {} prompts, {} completions, pass rate {:.1f}% ({} accepted); kept {} traces "
-            "for {} prompts; malformed {}, incorrect {}, below min_reward {}, duplicates {}; resumed {} prompts; "
-            "{:.1f}s -> {}",
-            r.prompts, r.completions, 100.0 * r.pass_rate, r.accepted, r.kept, r.prompts_with_trace, r.malformed,
-            r.incorrect, r.below_min_reward, r.duplicates, r.resumed_prompts, r.seconds, output);
+  log::info(
+      "rejection sampling: {} prompts, {} completions, pass rate {:.1f}% ({} accepted); kept {} traces "
+      "for {} prompts; malformed {}, incorrect {}, below min_reward {}, duplicates {}; resumed {} prompts; "
+      "{:.1f}s -> {}",
+      r.prompts, r.completions, 100.0 * r.pass_rate, r.accepted, r.kept, r.prompts_with_trace, r.malformed, r.incorrect,
+      r.below_min_reward, r.duplicates, r.resumed_prompts, r.seconds, output);
 }
 
 }  // namespace
@@ -448,8 +449,7 @@ TraceSelection select_traces(const std::vector<std::string>& completions, const 
 }
 
 RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, const data::Tokenizer& tokenizer,
-                                             const data::PromptConfig& prompt,
-                                             const std::vector<data::Record>& prompts,
+                                             const data::PromptConfig& prompt, const std::vector<data::Record>& prompts,
                                              const rewards::RewardSet& rewards, const RejectionSamplingConfig& cfg_in,
                                              const TraceProvenance& provenance, bool resume) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -459,10 +459,11 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
     throw std::invalid_argument("generate_traces: " + problem);
   }
   if (cfg.samples_per_prompt < 1 || cfg.prompts_per_batch < 1 || cfg.max_prompts < 0 || cfg.max_per_prompt < 1) {
-    throw std::invalid_argument("generate_traces: samples_per_prompt, prompts_per_batch and max_per_prompt must be "
-                                ">= 1 and max_prompts >= 0, found " +
-                                std::to_string(cfg.samples_per_prompt) + ", " + std::to_string(cfg.prompts_per_batch) +
-                                ", " + std::to_string(cfg.max_per_prompt) + ", " + std::to_string(cfg.max_prompts));
+    throw std::invalid_argument(
+        "generate_traces: samples_per_prompt, prompts_per_batch and max_per_prompt must be "
+        ">= 1 and max_prompts >= 0, found " +
+        std::to_string(cfg.samples_per_prompt) + ", " + std::to_string(cfg.prompts_per_batch) + ", " +
+        std::to_string(cfg.max_per_prompt) + ", " + std::to_string(cfg.max_prompts));
   }
   if (cfg.output.empty()) throw std::invalid_argument("generate_traces: output (the JSONL path) is empty");
   reward_index(rewards.labels(), cfg.accuracy_reward, "generate_traces: accuracy_reward");
@@ -499,12 +500,13 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
                 cfg.output);
       out->truncate(st.bytes);
     }
-    log::info("generate_traces: resuming '{}' at prompt {} of {} ({} traces kept so far)", cfg.output,
-              st.prompts_done, n, st.counts.kept);
+    log::info("generate_traces: resuming '{}' at prompt {} of {} ({} traces kept so far)", cfg.output, st.prompts_done,
+              n, st.counts.kept);
   } else {
     if (resume && std::filesystem::exists(cfg.output) && std::filesystem::file_size(cfg.output) > 0) {
-      throw std::runtime_error("generate_traces: cannot resume '" + cfg.output + "': it exists but has no state file '" +
-                               state_path + "' (not written by a resumable run); start without resume to replace it");
+      throw std::runtime_error("generate_traces: cannot resume '" + cfg.output +
+                               "': it exists but has no state file '" + state_path +
+                               "' (not written by a resumable run); start without resume to replace it");
     }
     st.done = n == 0;
     // The state first: should we stop between the two, it says 0 bytes, which a resume accepts.
@@ -599,11 +601,11 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
     st.prompts_done = end;
     st.done = end == n;
     write_file_atomic(state_path, state_json(st, fp));
-    const double pass = st.counts.completions > 0
-                            ? 100.0 * static_cast<double>(st.counts.accepted) / static_cast<double>(st.counts.completions)
-                            : 0.0;
-    progress.update(end - resumed, grpo::format("pass {:.1f}% | kept {} | malformed {}", pass, st.counts.kept,
-                                                st.counts.malformed));
+    const double pass = st.counts.completions > 0 ? 100.0 * static_cast<double>(st.counts.accepted) /
+                                                        static_cast<double>(st.counts.completions)
+                                                  : 0.0;
+    progress.update(end - resumed,
+                    grpo::format("pass {:.1f}% | kept {} | malformed {}", pass, st.counts.kept, st.counts.malformed));
   }
   const auto r = result_of(st, resumed, elapsed());
   log_summary(cfg.output, r);

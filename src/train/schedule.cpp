@@ -19,8 +19,8 @@ std::string ScheduleConfig::validate() const {
     return "kind: must be one of: cosine, linear, constant, found '" + kind + "'";
   }
   if (warmup_steps > 0 && warmup_ratio > 0) {
-    return "warmup_steps (" + std::to_string(warmup_steps) + ") and warmup_ratio (" + config::double_to_text(warmup_ratio) +
-           ") are alternatives: set one of them";
+    return "warmup_steps (" + std::to_string(warmup_steps) + ") and warmup_ratio (" +
+           config::double_to_text(warmup_ratio) + ") are alternatives: set one of them";
   }
   if (kind == "constant" && min_lr_ratio > 0) {
     return "min_lr_ratio applies to the cosine and linear schedules, not to constant";
@@ -38,7 +38,8 @@ double lr_at(const ScheduleConfig& cfg, double peak_lr, int64_t step, int64_t to
     throw std::invalid_argument("learning-rate schedule: " + problem);
   }
   if (total_steps < 1) {
-    throw std::invalid_argument("learning-rate schedule: total_steps must be >= 1, found " + std::to_string(total_steps));
+    throw std::invalid_argument("learning-rate schedule: total_steps must be >= 1, found " +
+                                std::to_string(total_steps));
   }
   if (step < 0) throw std::invalid_argument("learning-rate schedule: step must be >= 0, found " + std::to_string(step));
   const int64_t warmup = warmup_steps_for(cfg, total_steps);

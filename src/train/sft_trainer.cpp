@@ -102,20 +102,26 @@ torch::Tensor sft_token_loss_sum(const torch::Tensor& logits, const SftBatch& ba
   const auto device = logits.device();
   const auto mask = batch.attention_mask.to(device);
   // Position i predicts token i + 1 when that token is trained on and in the same document.
-  const auto target_ok = batch.loss_mask.to(device).narrow(1, 1, t - 1).to(torch::kBool)
+  const auto target_ok = batch.loss_mask.to(device)
+                             .narrow(1, 1, t - 1)
+                             .to(torch::kBool)
                              .logical_and(mask.narrow(1, 1, t - 1).eq(mask.narrow(1, 0, t - 1)))
                              .logical_and(mask.narrow(1, 0, t - 1).ne(0));
   const auto idx = target_ok.reshape({-1}).nonzero().squeeze(1);
   if (idx.numel() == 0) return logits.sum() * 0.0;
   const auto flat = logits.narrow(1, 0, t - 1).reshape({-1, logits.size(2)}).index_select(0, idx);
   const auto targets = batch.input_ids.to(device).narrow(1, 1, t - 1).reshape({-1}).index_select(0, idx);
-  return torch::nn::functional::cross_entropy(
-      flat.to(torch::kFloat), targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  return torch::nn::functional::cross_entropy(flat.to(torch::kFloat), targets,
+                                              torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
 }
 
 SftTrainer::SftTrainer(model::CausalLM model, const data::Tokenizer& tokenizer, data::PromptConfig prompt,
                        SftConfig cfg, Run& run, std::string stage)
-    : model_(std::move(model)), tokenizer_(tokenizer), prompt_(std::move(prompt)), cfg_(std::move(cfg)), run_(run),
+    : model_(std::move(model)),
+      tokenizer_(tokenizer),
+      prompt_(std::move(prompt)),
+      cfg_(std::move(cfg)),
+      run_(run),
       stage_(std::move(stage)) {}
 
 std::string SftTrainer::checkpoint_dir() const { return run_.path("checkpoints/" + stage_); }
@@ -212,7 +218,8 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
       const auto ce = sft_token_loss_sum(out.logits, b);
       auto loss = ce / static_cast<double>(std::max<int64_t>(step_completion, 1));
       ce_sum += ce.item<double>();
-      const double share = static_cast<double>(b.completion_tokens) / static_cast<double>(std::max<int64_t>(step_completion, 1));
+      const double share = static_cast<double>(b.completion_tokens) /
+                           static_cast<double>(std::max<int64_t>(step_completion, 1));
       if (has_mtp) {
         const auto mtp = model::mtp_loss(out, b.input_ids.to(device), b.loss_mask.to(device), cfg_.mtp_weight);
         loss = loss + mtp * share;

@@ -77,8 +77,8 @@ std::optional<StageSummary> StageLedger::finished(const std::string& stage,
     s.numbers = j.value("numbers", std::map<std::string, double>{});
     s.texts = j.value("texts", std::map<std::string, std::string>{});
   } catch (const std::exception& e) {
-    throw std::runtime_error(file + ": not a stage summary (" + e.what() +
-                             "); delete it to run stage '" + stage + "' again");
+    throw std::runtime_error(file + ": not a stage summary (" + e.what() + "); delete it to run stage '" + stage +
+                             "' again");
   }
   for (const auto& [section, text] : inputs) {
     const auto it = s.inputs.find(section);

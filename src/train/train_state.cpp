@@ -337,8 +337,8 @@ TrainState load_checkpoint(const std::string& path, model::CausalLM& model, torc
     if (!fs::is_regular_file(optimizer_path, ec)) fail(optimizer_path, "missing");
     std::vector<torch::optim::OptimizerParamGroup> groups;
     for (auto& g : adamw->param_groups()) groups.emplace_back(g.params(), g.options().clone());
-    loaded = std::make_unique<torch::optim::AdamW>(
-        std::move(groups), static_cast<const torch::optim::AdamWOptions&>(adamw->defaults()));
+    loaded = std::make_unique<torch::optim::AdamW>(std::move(groups),
+                                                   static_cast<const torch::optim::AdamWOptions&>(adamw->defaults()));
     try {
       torch::serialize::InputArchive archive;
       archive.load_from(optimizer_path.string());

@@ -57,8 +57,8 @@ struct TrainConfig {
   }
   std::string validate() const {
     if (warmup_steps >= steps) {
-      return "warmup_steps (" + std::to_string(warmup_steps) + ") must be less than steps (" +
-             std::to_string(steps) + ")";
+      return "warmup_steps (" + std::to_string(warmup_steps) + ") must be less than steps (" + std::to_string(steps) +
+             ")";
     }
     return "";
   }
@@ -178,9 +178,8 @@ TEST_F(ConfigTest, FractionForAnInteger) {
 
 TEST_F(ConfigTest, IntegerTooLargeForTheField) {
   const std::string path = write("model:\n  preset: tiny\ntrain:\n  steps: 3000000000\n");
-  GRPO_EXPECT_THROW_MESSAGE(
-      load<JobConfig>(path), ConfigError,
-      path + ":4:10: train.steps: 3000000000 does not fit in this field's 32-bit integer");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
+                            path + ":4:10: train.steps: 3000000000 does not fit in this field's 32-bit integer");
 }
 
 TEST_F(ConfigTest, WrongBoolean) {
@@ -209,8 +208,7 @@ TEST_F(ConfigTest, BadListElementIsNamedByIndex) {
 
 TEST_F(ConfigTest, ValueOutOfRange) {
   const std::string path = write("model:\n  preset: tiny\noptim:\n  lr: -1\n");
-  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
-                            path + ":4:7: optim.lr: must be > 0, found -1");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError, path + ":4:7: optim.lr: must be > 0, found -1");
 }
 
 TEST_F(ConfigTest, ListElementOutOfRange) {
@@ -221,9 +219,9 @@ TEST_F(ConfigTest, ListElementOutOfRange) {
 
 TEST_F(ConfigTest, StringNotAmongChoicesSuggestsOne) {
   const std::string path = write("model:\n  preset: tiny\noptim:\n  name: adamww\n");
-  GRPO_EXPECT_THROW_MESSAGE(
-      load<JobConfig>(path), ConfigError,
-      path + ":4:9: optim.name: expected one of adamw, sgd, found 'adamww' (did you mean 'adamw'?)");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
+                            path +
+                                ":4:9: optim.name: expected one of adamw, sgd, found 'adamww' (did you mean 'adamw'?)");
 }
 
 TEST_F(ConfigTest, UnknownEnumName) {
@@ -236,33 +234,27 @@ TEST_F(ConfigTest, UnknownEnumName) {
 
 TEST_F(ConfigTest, MissingRequiredKeyInAnAbsentSection) {
   const std::string path = write("optim:\n  lr: 0.1\n");
-  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
-                            path + ":1:1: missing required key 'model.preset'");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError, path + ":1:1: missing required key 'model.preset'");
 }
 
 TEST_F(ConfigTest, MissingRequiredKeyPointsAtItsSection) {
   const std::string path = write("optim:\n  lr: 0.1\nmodel:\n  q_lora_rank: 4\n");
-  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
-                            path + ":3:1: missing required key 'model.preset'");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError, path + ":3:1: missing required key 'model.preset'");
 }
 
 TEST_F(ConfigTest, MissingRequiredKeyInAListItem) {
-  const std::string path =
-      write("model:\n  preset: tiny\nrewards:\n  - name: a\n  - weight: 2\n");
-  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
-                            path + ":5:5: missing required key 'rewards[1].name'");
+  const std::string path = write("model:\n  preset: tiny\nrewards:\n  - name: a\n  - weight: 2\n");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError, path + ":5:5: missing required key 'rewards[1].name'");
 }
 
 TEST_F(ConfigTest, EmptyRequiredString) {
   const std::string path = write("model:\n  preset: \"\"\n");
-  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
-                            path + ":2:11: model.preset: must not be empty");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError, path + ":2:11: model.preset: must not be empty");
 }
 
 TEST_F(ConfigTest, MissingFile) {
   const std::string path = dir.path("nope.yaml");
-  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
-                            "config file '" + path + "' does not exist");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError, "config file '" + path + "' does not exist");
 }
 
 TEST_F(ConfigTest, DirectoryInsteadOfFile) {
@@ -295,11 +287,9 @@ TEST_F(ConfigTest, TopLevelMustBeAMapping) {
 }
 
 TEST_F(ConfigTest, CrossFieldValidationNamesTheSection) {
-  const std::string path =
-      write("model:\n  preset: tiny\ntrain:\n  steps: 100\n  warmup_steps: 200\n");
-  GRPO_EXPECT_THROW_MESSAGE(
-      load<JobConfig>(path), ConfigError,
-      path + ":4:3: train: warmup_steps (200) must be less than steps (100)");
+  const std::string path = write("model:\n  preset: tiny\ntrain:\n  steps: 100\n  warmup_steps: 200\n");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
+                            path + ":4:3: train: warmup_steps (200) must be less than steps (100)");
 }
 
 TEST_F(ConfigTest, OverridesReplaceAndAddKeys) {
@@ -313,13 +303,11 @@ TEST_F(ConfigTest, OverridesReplaceAndAddKeys) {
 }
 
 TEST_F(ConfigTest, OverrideIntoAListItem) {
-  const std::string path =
-      write("model:\n  preset: tiny\nrewards:\n  - name: a\n  - name: b\n");
+  const std::string path = write("model:\n  preset: tiny\nrewards:\n  - name: a\n  - name: b\n");
   const auto cfg = load<JobConfig>(path, {"rewards.1.weight=0.5"});
   EXPECT_DOUBLE_EQ(cfg.rewards[1].weight, 0.5);
-  GRPO_EXPECT_THROW_MESSAGE(
-      load<JobConfig>(path, {"rewards.2.weight=0.5"}), ConfigError,
-      "--set rewards.2.weight=0.5: index 2 is out of range for 'rewards', which has 2 item(s)");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path, {"rewards.2.weight=0.5"}), ConfigError,
+                            "--set rewards.2.weight=0.5: index 2 is out of range for 'rewards', which has 2 item(s)");
 }
 
 TEST_F(ConfigTest, OverrideWithoutAFileUsesDefaults) {

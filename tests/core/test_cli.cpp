@@ -29,8 +29,7 @@ TEST(Cli, RejectsUnknownAndIncompleteArguments) {
                             "unknown argument '--cofnig' (expected --config FILE, --set key=value, "
                             "--resume, --print-config or --help)");
   GRPO_EXPECT_THROW_MESSAGE(parse({"--set"}), std::invalid_argument, "--set needs a value");
-  GRPO_EXPECT_THROW_MESSAGE(parse({"--config", "a", "--config", "b"}), std::invalid_argument,
-                            "--config given twice");
+  GRPO_EXPECT_THROW_MESSAGE(parse({"--config", "a", "--config", "b"}), std::invalid_argument, "--config given twice");
 }
 
 }  // namespace

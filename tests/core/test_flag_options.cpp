@@ -86,13 +86,22 @@ const std::string kFlagList =
     "--ignore-eos, --no-cache, --dtype float32|bfloat16, --json, --config FILE, --set KEY=VALUE";
 
 TEST(FlagOptions, FreeTextArrivesVerbatim) {
-  const auto o = parse({"--model", "dir: with [brackets] # and", "--prompt", "a: b", "--prompt", "[x]",
-                        "--prompt", "# c", "--prompt", "  leading and trailing  ", "--prompt", "", "--prompt",
-                        "true", "--prompt", "1e3", "--prompt=k=v", "--stop", "</answer>", "--stop", "{y}",
-                        "--stop", "- item", "--dtype", "bfloat16"});
+  const auto o = parse({"--model",      "dir: with [brackets] # and",
+                        "--prompt",     "a: b",
+                        "--prompt",     "[x]",
+                        "--prompt",     "# c",
+                        "--prompt",     "  leading and trailing  ",
+                        "--prompt",     "",
+                        "--prompt",     "true",
+                        "--prompt",     "1e3",
+                        "--prompt=k=v", "--stop",
+                        "</answer>",    "--stop",
+                        "{y}",          "--stop",
+                        "- item",       "--dtype",
+                        "bfloat16"});
   EXPECT_EQ(o.model, "dir: with [brackets] # and");
-  EXPECT_EQ(o.prompts, (std::vector<std::string>{"a: b", "[x]", "# c", "  leading and trailing  ", "", "true",
-                                                 "1e3", "k=v"}));
+  EXPECT_EQ(o.prompts,
+            (std::vector<std::string>{"a: b", "[x]", "# c", "  leading and trailing  ", "", "true", "1e3", "k=v"}));
   EXPECT_EQ(o.generation.stop_strings, (std::vector<std::string>{"</answer>", "{y}", "- item"}));
   EXPECT_EQ(o.dtype, "bfloat16");
 }
@@ -116,7 +125,8 @@ TEST(FlagOptions, NumbersSwitchesAndIdsSetTheirKeys) {
 }
 
 TEST(FlagOptions, LaterFlagsOverrideEarlierOnesAndSetReachesEveryKey) {
-  EXPECT_EQ(parse({"--model", "m", "--top-k", "3", "--set", "generation.sampling.top_k=7"}).generation.sampling.top_k, 7);
+  EXPECT_EQ(parse({"--model", "m", "--top-k", "3", "--set", "generation.sampling.top_k=7"}).generation.sampling.top_k,
+            7);
   EXPECT_EQ(parse({"--model", "m", "--set=generation.sampling.top_k=7", "--top-k", "2"}).generation.sampling.top_k, 2);
   EXPECT_EQ(parse({"--set", "model=x"}).model, "x");
   EXPECT_EQ(parse({"--model", "m", "--set", "generation.stop_strings=[a, b]", "--stop", "c"}).generation.stop_strings,
@@ -182,8 +192,8 @@ TEST(FlagOptions, HelpAndCustomFlagsAreLeftToTheProgram) {
 // file's own errors at the file's lines.
 TEST(FlagOptions, ASeededSectionKeepsItsLocationsAndTheFlagsGoOnTop) {
   config::Value root = flag_tree(kFlags);
-  node_at(root, "generation", command_line_location()) =
-      config::parse_yaml_string("max_new_tokens: 256\nstop_strings: [\"</s>\"]\n", "gen.yaml");
+  node_at(root, "generation", command_line_location()) = config::parse_yaml_string(
+      "max_new_tokens: 256\nstop_strings: [\"</s>\"]\n", "gen.yaml");
   ensure_flag_maps(root, kFlags);
   apply_flags(root, scan({"--model", "m", "--stop", "x", "--top-p", "0.5"}));
   const auto o = bind_tree<Opts>(root, kFlags);

@@ -209,8 +209,8 @@ PlotSeries line_series(std::string name, int n, double (*f)(double)) {
 // --- Encoder. ----------------------------------------------------------------------------------
 
 TEST(PlotPng, SmallImageRoundTrips) {
-  const std::vector<std::uint8_t> rgb = {255, 0,  0,  0,  255, 0,  0,  0,   255,  // row 0: red green blue
-                                         0,   0,  0,  10, 20,  30, 255, 255, 255};  // row 1
+  const std::vector<std::uint8_t> rgb = {255, 0, 0, 0,  255, 0,  0,   0,   255,   // row 0: red green blue
+                                         0,   0, 0, 10, 20,  30, 255, 255, 255};  // row 1
   const std::string png = encode_png_rgb(3, 2, rgb);
   const DecodedPng decoded = decode_png(png);
   EXPECT_EQ(decoded.width, 3);
@@ -364,11 +364,13 @@ TEST(PlotRender, HandlesEdgeCases) {
 TEST(PlotRender, RejectsBadInput) {
   GRPO_EXPECT_THROW_MESSAGE(render_plot({}), std::invalid_argument, "plot: no panels to draw");
   GRPO_EXPECT_THROW_MESSAGE(render_plot({{"reward", "", "", {{"mean", {1, 2, 3}, {1, 2}}}, {}, {}}}),
-                            std::invalid_argument, "plot: series 'mean' of panel 'reward' has 3 x values but 2 y values");
+                            std::invalid_argument,
+                            "plot: series 'mean' of panel 'reward' has 3 x values but 2 y values");
   GRPO_EXPECT_THROW_MESSAGE(render_plot({{"acc", "", "", {}, 1.0, 0.0}}), std::invalid_argument,
                             "plot: panel 'acc' has y_min 1 and y_max 0: expected finite values with y_min < y_max");
-  GRPO_EXPECT_THROW_MESSAGE(render_plot({{"acc", "", "", {}, kNaN, std::nullopt}}), std::invalid_argument,
-                            "plot: panel 'acc' has y_min nan and y_max unset: expected finite values with y_min < y_max");
+  GRPO_EXPECT_THROW_MESSAGE(
+      render_plot({{"acc", "", "", {}, kNaN, std::nullopt}}), std::invalid_argument,
+      "plot: panel 'acc' has y_min nan and y_max unset: expected finite values with y_min < y_max");
   EXPECT_THROW(render_plot({PlotPanel{}}, {100, 320}), std::invalid_argument);
   EXPECT_THROW(render_plot({PlotPanel{}}, {900, 50}), std::invalid_argument);
 }

@@ -17,8 +17,8 @@ TEST(Progress, FormatsDurations) {
 
 TEST(Progress, LogsFirstDueAndLastSteps) {
   Progress p("sft", 4, /*interval_seconds=*/3600);
-  EXPECT_TRUE(p.update(1, "loss 1.0"));   // first
-  EXPECT_FALSE(p.update(2));              // not due
+  EXPECT_TRUE(p.update(1, "loss 1.0"));  // first
+  EXPECT_FALSE(p.update(2));             // not due
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_FALSE(p.update(3));
   EXPECT_GT(p.rate(), 0.0);

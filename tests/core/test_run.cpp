@@ -39,8 +39,7 @@ TEST(Run, UnusableFolderIsNamed) {
     grpo::Run run(cfg, "");
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
-    EXPECT_EQ(std::string(e.what()).rfind("cannot create run folder '" + cfg.output_dir + "'", 0), 0u)
-        << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind("cannot create run folder '" + cfg.output_dir + "'", 0), 0u) << e.what();
   }
 }
 

@@ -35,7 +35,8 @@ TEST(ThreadPool, WorkOverlapsAcrossThreads) {
     while (now > seen && !peak.compare_exchange_weak(seen, now)) {
     }
     const auto t0 = std::chrono::steady_clock::now();
-    while (peak.load() < 4 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5)) std::this_thread::yield();
+    while (peak.load() < 4 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5))
+      std::this_thread::yield();
     --active;
   });
   EXPECT_EQ(peak.load(), 4);

@@ -128,8 +128,8 @@ TEST(BpeTokenizer, UnknownBytesBecomeUnkOrAreDropped) {
 
 TEST(BpeTokenizer, AddedTokensAreSplitOutLongestFirstAndNeverMerged) {
   json j = make_tokenizer({"<a", "<a>"}, json::array({"< a", "<a >"}));
-  j["added_tokens"] =
-      json::array({added_token("<a>", 257, true), added_token("<a><b>", 258, true), added_token("end", 259, false)});
+  j["added_tokens"] = json::array(
+      {added_token("<a>", 257, true), added_token("<a><b>", 258, true), added_token("end", 259, false)});
   auto tok = load(j);
   EXPECT_EQ(tok->vocab_size(), 260);
   // "<a><b>" is longer than "<a>" at the same position; "<a>" keeps its model id.

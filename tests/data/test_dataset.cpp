@@ -119,7 +119,8 @@ TEST(Dataset, ConfigRequiresAPathAndKnowsItsKeys) {
                             ConfigError, "d.yaml:1:1: missing required key 'path'");
   GRPO_EXPECT_THROW_MESSAGE(
       grpo::config::from_value<DatasetConfig>(parse_yaml_string("path: x.jsonl\nanswer_extract: gsm\n", "d.yaml")),
-      ConfigError, "d.yaml:2:17: answer_extract: expected one of none, gsm8k, boxed, found 'gsm' (did you mean 'gsm8k'?)");
+      ConfigError,
+      "d.yaml:2:17: answer_extract: expected one of none, gsm8k, boxed, found 'gsm' (did you mean 'gsm8k'?)");
   const auto cfg = grpo::config::from_value<DatasetConfig>(
       parse_yaml_string("path: x.jsonl\nfields: {prompt: q, answer: a, reasoning: r, extra: [x.y]}\n", "d.yaml"));
   EXPECT_EQ(cfg.fields.reasoning, "r");
@@ -167,7 +168,8 @@ TEST(Dataset, MissingFieldNamesTheMapping) {
 TEST(Dataset, WrongTypesAndAllowedCoercions) {
   EXPECT_EQ(load_error("{\"q\": \"x\", \"a\": {\"v\": 1}}\n"),
             "d.jsonl:1: field 'a' must be a string or number, found an object");
-  EXPECT_EQ(load_error("{\"q\": \"x\", \"a\": [1]}\n"), "d.jsonl:1: field 'a' must be a string or number, found a list");
+  EXPECT_EQ(load_error("{\"q\": \"x\", \"a\": [1]}\n"),
+            "d.jsonl:1: field 'a' must be a string or number, found a list");
   EXPECT_EQ(load_error("{\"q\": \"x\", \"a\": true}\n"),
             "d.jsonl:1: field 'a' must be a string or number, found a boolean");
   EXPECT_EQ(load_error("{\"q\": \"x\", \"a\": null}\n"), "d.jsonl:1: field 'a' must be a string or number, found null");
@@ -209,9 +211,10 @@ TEST(Dataset, ExtractionFailuresAreLineErrors) {
 TEST(Dataset, NestedPathsAndMappedReasoning) {
   TempDir dir;
   DatasetConfig cfg;
-  cfg.path = dir.write("n.jsonl",
-                       "{\"meta\": {\"question\": \"Q1\"}, \"turns\": [{\"text\": \"hi\"}, {\"text\": \"2 + 2 = 4 #### 4\"}], "
-                       "\"why\": \"explicit\"}\n");
+  cfg.path = dir.write(
+      "n.jsonl",
+      "{\"meta\": {\"question\": \"Q1\"}, \"turns\": [{\"text\": \"hi\"}, {\"text\": \"2 + 2 = 4 #### 4\"}], "
+      "\"why\": \"explicit\"}\n");
   cfg.fields.prompt = "meta.question";
   cfg.fields.answer = "turns.1.text";
   cfg.fields.reasoning = "why";
@@ -301,7 +304,8 @@ TEST(Dataset, WriteJsonlReadsBackTheSameRecords) {
   grpo::data::write_jsonl(path, records);
   const std::string text = grpo::test::read_text(path);
   EXPECT_EQ(text.substr(0, text.find('\n')),
-            "{\"prompt\":\"Using the numbers [3, 7], make 21.\",\"answer\":\"7 * 3\",\"reasoning\":\"7 * 3 = 21\\n\\\"quoted\\\" "
+            "{\"prompt\":\"Using the numbers [3, 7], make 21.\",\"answer\":\"7 * 3\",\"reasoning\":\"7 * 3 = "
+            "21\\n\\\"quoted\\\" "
             "and ünïcode\",\"kind\":\"countdown\",\"numbers\":[3,7],\"target\":21}");
 
   DatasetConfig cfg;
@@ -360,8 +364,7 @@ TEST(DataOrder, EpochPermutationDependsOnlyOnSeedAndEpoch) {
   EXPECT_NE(b.epoch_indices(0), b.epoch_indices(1));
   EXPECT_NE(b.epoch_indices(0), DataOrder(50, order_config(7), 43).epoch_indices(0));
   // Pinned values: the order must not change with the standard library or a refactor.
-  EXPECT_EQ(DataOrder(10, order_config(4), 7).epoch_indices(0),
-            (std::vector<int64_t>{7, 8, 0, 4, 1, 6, 9, 5, 2, 3}));
+  EXPECT_EQ(DataOrder(10, order_config(4), 7).epoch_indices(0), (std::vector<int64_t>{7, 8, 0, 4, 1, 6, 9, 5, 2, 3}));
 
   DataOrder plain(5, order_config(2, /*shuffle=*/false), 1);
   EXPECT_EQ(plain.epoch_indices(9), (std::vector<int64_t>{0, 1, 2, 3, 4}));

@@ -201,7 +201,7 @@ TEST(Generator, ArithmeticReasoningReadsAsColumnSteps) {
   cfg.arithmetic.ops = {"+"};
   const auto add = grpo::data::generate(cfg)[0];
   EXPECT_EQ(add.prompt, "What is 292 + 154?");
-  EXPECT_EQ(*add.reasoning, 
+  EXPECT_EQ(*add.reasoning,
             "Add column by column from the right, carrying the tens.\n"
             "ones: 2 + 4 = 6, write 6\n"
             "tens: 9 + 5 = 14, write 4, carry 1\n"
@@ -210,7 +210,7 @@ TEST(Generator, ArithmeticReasoningReadsAsColumnSteps) {
   cfg.arithmetic.ops = {"-"};
   const auto sub = grpo::data::generate(cfg)[0];
   EXPECT_EQ(sub.prompt, "What is 292 - 154?");
-  EXPECT_EQ(*sub.reasoning, 
+  EXPECT_EQ(*sub.reasoning,
             "Subtract column by column from the right, borrowing when a column is negative.\n"
             "ones: 2 - 4 = -2, borrow 10: -2 + 10 = 8, write 8\n"
             "tens: 9 - 5 - 1 = 3, write 3\n"
@@ -219,7 +219,7 @@ TEST(Generator, ArithmeticReasoningReadsAsColumnSteps) {
   cfg.arithmetic.ops = {"*"};
   const auto mul = grpo::data::generate(cfg)[0];
   EXPECT_EQ(mul.prompt, "What is 292 * 154?");
-  EXPECT_EQ(*mul.reasoning, 
+  EXPECT_EQ(*mul.reasoning,
             "Multiply by each digit of 154 and add the parts.\n"
             "292 * 4 = 1168\n"
             "292 * 50 = 14600\n"
@@ -299,7 +299,8 @@ TEST(Generator, CountdownWithThreeNumbersAndRlPrompts) {
 std::string arithmetic_key(const Record& r) {
   const Expression e = parse_expression(r.extra.at("expression"));
   const bool commutes = e.op != '-';
-  return std::to_string(commutes ? std::min(e.a, e.b) : e.a) + e.op + std::to_string(commutes ? std::max(e.a, e.b) : e.b);
+  return std::to_string(commutes ? std::min(e.a, e.b) : e.a) + e.op +
+         std::to_string(commutes ? std::max(e.a, e.b) : e.b);
 }
 
 std::string countdown_key(const Record& r) {
@@ -353,13 +354,14 @@ TEST(Generator, TooSmallASpaceIsAnError) {
   int available = 0;  // canonical 1-digit additions a <= b outside the held-out share
   for (int a = 0; a <= 9; ++a) {
     for (int b = a; b <= 9; ++b) {
-      available += !grpo::data::in_holdout(GeneratorKind::arithmetic,
-                                           std::to_string(a) + "+" + std::to_string(b), cfg.holdout_fraction);
+      available += !grpo::data::in_holdout(GeneratorKind::arithmetic, std::to_string(a) + "+" + std::to_string(b),
+                                           cfg.holdout_fraction);
     }
   }
-  GRPO_EXPECT_THROW_MESSAGE(grpo::data::generate(cfg), std::runtime_error,
-                            "generator arithmetic: found only " + std::to_string(available) +
-                                " distinct train problems in 110000 draws, 1000 asked; ask for fewer or widen the ranges");
+  GRPO_EXPECT_THROW_MESSAGE(
+      grpo::data::generate(cfg), std::runtime_error,
+      "generator arithmetic: found only " + std::to_string(available) +
+          " distinct train problems in 110000 draws, 1000 asked; ask for fewer or widen the ranges");
   cfg.count = available;
   EXPECT_EQ(grpo::data::generate(cfg).size(), static_cast<std::size_t>(available));
 }
@@ -374,13 +376,13 @@ TEST(Generator, ShippedConfigsLoadAndBadRangesAreReported) {
   EXPECT_FALSE(grpo::data::generate(cd)[0].reasoning.has_value());
 
   using grpo::config::ConfigError;
-  GRPO_EXPECT_THROW_MESSAGE(
-      grpo::config::load<GeneratorConfig>(dir + "arithmetic.yaml", {"arithmetic.min_digits=4"}), ConfigError,
-      dir + "arithmetic.yaml:10:3: arithmetic: min_digits (4) must be <= max_digits (3)");
-  GRPO_EXPECT_THROW_MESSAGE(grpo::config::load<GeneratorConfig>(dir + "arithmetic.yaml", {"arithmetic.ops=['/']"}),
+  GRPO_EXPECT_THROW_MESSAGE(grpo::config::load<GeneratorConfig>(dir + "arithmetic.yaml", {"arithmetic.min_digits=4"}),
                             ConfigError,
-                            "--set arithmetic.ops=['/']: arithmetic.ops[0]: expected one of +, -, *, found the string \"/\" "
-                            "(did you mean '+'?)");
+                            dir + "arithmetic.yaml:10:3: arithmetic: min_digits (4) must be <= max_digits (3)");
+  GRPO_EXPECT_THROW_MESSAGE(
+      grpo::config::load<GeneratorConfig>(dir + "arithmetic.yaml", {"arithmetic.ops=['/']"}), ConfigError,
+      "--set arithmetic.ops=['/']: arithmetic.ops[0]: expected one of +, -, *, found the string \"/\" "
+      "(did you mean '+'?)");
   GRPO_EXPECT_THROW_MESSAGE(
       grpo::config::load<GeneratorConfig>(dir + "countdown.yaml", {"split=eval", "holdout_fraction=0"}), ConfigError,
       dir + "countdown.yaml:4:1: split eval needs holdout_fraction > 0");
@@ -510,10 +512,11 @@ TEST(Generator, CarrySlipsForgetEveryCarryInTheirShareOfAdditions) {
     // Forgotten carry: the ones digit of the ones sum, the tens sum written without the carry.
     const int64_t forgot = (a % 10 + b % 10) % 10 + 10 * (a / 10 + b / 10);
     EXPECT_EQ(r.answer, std::to_string(forgot)) << expr;
-    const std::string tens = std::to_string(a / 10) + "+" + std::to_string(b / 10) + "=" + std::to_string(a / 10 + b / 10);
+    const std::string tens = std::to_string(a / 10) + "+" + std::to_string(b / 10) + "=" +
+                             std::to_string(a / 10 + b / 10);
     const std::string expected = std::to_string(a % 10) + "+" + std::to_string(b % 10) + "=" +
-                                 std::to_string(a % 10 + b % 10) + ", " + tens + ", " +
-                                 std::to_string(a) + "+" + std::to_string(b) + "=" + std::to_string(forgot);
+                                 std::to_string(a % 10 + b % 10) + ", " + tens + ", " + std::to_string(a) + "+" +
+                                 std::to_string(b) + "=" + std::to_string(forgot);
     EXPECT_EQ(*r.reasoning, expected);
   }
   EXPECT_GT(with_carry, 600);

@@ -260,7 +260,7 @@ TEST(Prompt, TokenizeExamplesReportsKeptTruncatedAndDropped) {
   cfg.system = "";
   std::vector<Record> records(3, sum_record());
   records[1].reasoning = std::string(200, 'x');  // longer than max_length
-  records[2].prompt = std::string(300, 'q');      // prompt alone longer than max_length
+  records[2].prompt = std::string(300, 'q');     // prompt alone longer than max_length
   const int64_t max_length = 120;
 
   auto report = tokenize_examples(tok, cfg, records, max_length);

@@ -62,8 +62,10 @@ Named every_dtype() {
   t.emplace_back("f16", at::tensor({1.0 / 3, 6e-8, 65504.0, inf, -0.0}, f64).to(at::kHalf));
   t.emplace_back("bf16", at::tensor({1.0 / 3, -1e-39, 3.0e38, -inf}, f64).to(at::kBFloat16).reshape({2, 2}));
   t.emplace_back("i64", at::tensor({std::numeric_limits<int64_t>::min(), int64_t{-1}, int64_t{0},
-                                    std::numeric_limits<int64_t>::max()}, at::kLong));
-  t.emplace_back("i32", at::tensor({std::numeric_limits<int32_t>::min(), 7, std::numeric_limits<int32_t>::max()}, at::kInt));
+                                    std::numeric_limits<int64_t>::max()},
+                                   at::kLong));
+  t.emplace_back("i32",
+                 at::tensor({std::numeric_limits<int32_t>::min(), 7, std::numeric_limits<int32_t>::max()}, at::kInt));
   t.emplace_back("i16", at::tensor({-32768, 0, 32767}, at::kInt).to(at::kShort));
   t.emplace_back("i8", at::tensor({-128, -1, 0, 127}, at::kInt).to(at::kChar).reshape({2, 2}));
   t.emplace_back("u8", at::tensor({0, 128, 255}, at::kInt).to(at::kByte));
@@ -122,9 +124,8 @@ TEST(Safetensors, WritesTheHeaderAsTheReferenceLibraryDoes) {
   const std::string path = dir.path("small.safetensors");
   save_safetensors(path, {{"b", at::ones({2}, at::kFloat)}, {"a", at::zeros({1, 1}, at::kBFloat16)}},
                    {{"format", "pt"}});
-  const std::string header =
-      R"({"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-      R"("a":{"dtype":"BF16","shape":[1,1],"data_offsets":[8,10]}})";
+  const std::string header = R"({"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                             R"("a":{"dtype":"BF16","shape":[1,1],"data_offsets":[8,10]}})";
   ASSERT_EQ(header.size(), 142u);
   const std::string padded = header + "  ";  // to 144 bytes
   const std::string expected = le64(padded.size()) + padded + std::string("\0\0\x80\x3f\0\0\x80\x3f\0\0", 10);
@@ -177,12 +178,13 @@ TEST(Safetensors, ReadsTensorsInDataOffsetOrderWhateverTheHeaderOrder) {
 TEST(Safetensors, SaveRejectsDuplicatesAndUnstorableTensorsLeavingNothingBehind) {
   TempDir dir;
   const std::string path = dir.path("bad.safetensors");
-  GRPO_EXPECT_THROW_MESSAGE(save_safetensors(path, {{"w", at::ones({2})}, {"w", at::ones({3})}}),
-                            std::runtime_error, path + ": duplicate tensor name 'w' (expected unique names)");
+  GRPO_EXPECT_THROW_MESSAGE(save_safetensors(path, {{"w", at::ones({2})}, {"w", at::ones({3})}}), std::runtime_error,
+                            path + ": duplicate tensor name 'w' (expected unique names)");
   GRPO_EXPECT_THROW_MESSAGE(
       save_safetensors(path, {{"c", at::ones({2}, at::kComplexFloat)}}), std::runtime_error,
-      path + ": tensor 'c': dtype ComplexFloat cannot be stored (expected one of F64, F32, F16, BF16, I64, "
-             "I32, I16, I8, U8, BOOL, F8_E4M3, F8_E5M2)");
+      path +
+          ": tensor 'c': dtype ComplexFloat cannot be stored (expected one of F64, F32, F16, BF16, I64, "
+          "I32, I16, I8, U8, BOOL, F8_E4M3, F8_E5M2)");
   GRPO_EXPECT_THROW_MESSAGE(save_safetensors(path, {{"u", at::Tensor()}}), std::runtime_error,
                             path + ": tensor 'u': expected a defined tensor, found an undefined one");
   GRPO_EXPECT_THROW_MESSAGE(
@@ -276,7 +278,8 @@ TEST(Safetensors, RejectsEveryKindOfBrokenHeaderWithAOneLineMessage) {
   TempDir dir;
   for (std::size_t i = 0; i < cases.size(); ++i) {
     SCOPED_TRACE(cases[i].label);
-    const std::string path = write_raw(dir, "case" + std::to_string(i) + ".safetensors", cases[i].header, cases[i].data);
+    const std::string path = write_raw(dir, "case" + std::to_string(i) + ".safetensors", cases[i].header,
+                                       cases[i].data);
     GRPO_EXPECT_THROW_MESSAGE(SafetensorsFile{path}, std::runtime_error, path + ": " + cases[i].message);
   }
 
@@ -302,19 +305,22 @@ TEST(Safetensors, RejectsBrokenFramingWithAOneLineMessage) {
 
   const std::string long_header = dir.write("long.safetensors", le64(1000) + "{}");
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsFile{long_header}, std::runtime_error,
-                            long_header + ": truncated: the header length is 1000 bytes but only 2 bytes follow the "
-                                          "8-byte length");
+                            long_header +
+                                ": truncated: the header length is 1000 bytes but only 2 bytes follow the "
+                                "8-byte length");
   const std::string huge_length = dir.write("huge.safetensors", le64(~0ull) + "{}");
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsFile{huge_length}, std::runtime_error,
-                            huge_length + ": truncated: the header length is 18446744073709551615 bytes but only 2 "
-                                          "bytes follow the 8-byte length");
+                            huge_length +
+                                ": truncated: the header length is 18446744073709551615 bytes but only 2 "
+                                "bytes follow the 8-byte length");
 
   // A header over the 100 MB cap is refused before it is read (the file is sparse, nothing is allocated).
   const std::string capped = dir.write("capped.safetensors", le64(100'000'001));
   fs::resize_file(capped, 8 + 100'000'001 + 16);
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsFile{capped}, std::runtime_error,
-                            capped + ": expected a header of at most 100000000 bytes, found a header length of "
-                                     "100000001");
+                            capped +
+                                ": expected a header of at most 100000000 bytes, found a header length of "
+                                "100000001");
 
   const std::string not_json = write_raw(dir, "text.safetensors", "{\"w\": nope}");
   try {
@@ -328,7 +334,8 @@ TEST(Safetensors, RejectsBrokenFramingWithAOneLineMessage) {
   }
 
   // Nesting a million levels deep must fail cleanly, not overflow the stack.
-  const std::string deep = write_raw(dir, "deep.safetensors", std::string(1'000'000, '[') + std::string(1'000'000, ']'));
+  const std::string deep = write_raw(dir, "deep.safetensors",
+                                     std::string(1'000'000, '[') + std::string(1'000'000, ']'));
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsFile{deep}, std::runtime_error,
                             deep + ": expected the header to nest at most 64 levels deep, found deeper nesting");
 }
@@ -345,7 +352,8 @@ TEST(Safetensors, EveryTruncationOfAValidFileFailsCleanly) {
   // Cut inside the data: the truncation message names the first tensor that no longer fits.
   const std::string cut_path = dir.write("cut.safetensors", bytes.substr(0, bytes.size() - 4));
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsFile{cut_path}, std::runtime_error,
-                            cut_path + ": truncated: tensor 'b' ends at byte 30 but the data section has only 26 bytes");
+                            cut_path +
+                                ": truncated: tensor 'b' ends at byte 30 but the data section has only 26 bytes");
 
   for (std::size_t size = 0; size < bytes.size(); ++size) {
     SCOPED_TRACE(size);
@@ -397,8 +405,9 @@ TEST(Safetensors, LoadNoticesAFileThatShrankAndBadBools) {
   fs::resize_file(path, fs::file_size(path) - 2);
   expect_identical(at::arange(4, at::kFloat), file.load("a"), "a");
   GRPO_EXPECT_THROW_MESSAGE(file.load("b"), std::runtime_error,
-                            path + ": truncated: tensor 'b' ends at byte 32 but the data section has only 30 bytes "
-                                   "(the file changed since its header was read)");
+                            path +
+                                ": truncated: tensor 'b' ends at byte 32 but the data section has only 30 bytes "
+                                "(the file changed since its header was read)");
 
   const std::string bools = write_raw(dir, "bools.safetensors",
                                       R"({"m":{"dtype":"BOOL","shape":[3],"data_offsets":[0,3]}})",
@@ -516,26 +525,31 @@ TEST(SafetensorsCheckpoint, RejectsBrokenFolders) {
 
   fs::rename(ckpt_dir + "/model-00002-of-00003.safetensors", dir.path("away"));
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsCheckpoint{ckpt_dir}, std::runtime_error,
-                            index + ": shard 'model-00002-of-00003.safetensors' (listed for tensor 'c') does not "
-                                    "exist: expected " + ckpt_dir + "/model-00002-of-00003.safetensors");
+                            index +
+                                ": shard 'model-00002-of-00003.safetensors' (listed for tensor 'c') does not "
+                                "exist: expected " +
+                                ckpt_dir + "/model-00002-of-00003.safetensors");
   fs::rename(dir.path("away"), ckpt_dir + "/model-00002-of-00003.safetensors");
 
   const std::string good_index = read_text(index);
   auto with_index = [&](const std::string& text) { dir.write("ckpt/model.safetensors.index.json", text); };
   with_index(R"({"weight_map": {"a": "model-00001-of-00003.safetensors", "b": "model-00001-of-00003.safetensors"}})");
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsCheckpoint{ckpt_dir}, std::runtime_error,
-                            index + ": tensor 'b' is listed in shard 'model-00001-of-00003.safetensors', but that "
-                                    "shard has no such tensor");
+                            index +
+                                ": tensor 'b' is listed in shard 'model-00001-of-00003.safetensors', but that "
+                                "shard has no such tensor");
   with_index(R"({"weight_map": {"a": "../model-00001-of-00003.safetensors"}})");
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsCheckpoint{ckpt_dir}, std::runtime_error,
-                            index + ": tensor 'a': expected a file name in the folder, found "
-                                    "'../model-00001-of-00003.safetensors'");
+                            index +
+                                ": tensor 'a': expected a file name in the folder, found "
+                                "'../model-00001-of-00003.safetensors'");
   with_index(R"({"weight_map": {"a": 1}})");
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsCheckpoint{ckpt_dir}, std::runtime_error,
                             index + ": tensor 'a': expected a shard file name, found number 1");
   with_index(R"({"metadata": {}})");
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsCheckpoint{ckpt_dir}, std::runtime_error,
-                            index + ": expected an object with a \"weight_map\" object, found object {\"metadata\":{}}");
+                            index +
+                                ": expected an object with a \"weight_map\" object, found object {\"metadata\":{}}");
   with_index("{oops");
   EXPECT_THROW(SafetensorsCheckpoint{ckpt_dir}, std::runtime_error);
 
@@ -543,17 +557,26 @@ TEST(SafetensorsCheckpoint, RejectsBrokenFolders) {
   with_index(good_index);
   dir.write("ckpt/model-00003-of-00003.safetensors", "short");
   GRPO_EXPECT_THROW_MESSAGE(SafetensorsCheckpoint{ckpt_dir}, std::runtime_error,
-                            ckpt_dir + "/model-00003-of-00003.safetensors: expected at least 8 bytes (the header "
-                                       "length), found a file of 5 bytes");
+                            ckpt_dir +
+                                "/model-00003-of-00003.safetensors: expected at least 8 bytes (the header "
+                                "length), found a file of 5 bytes");
 }
 
 // --- Cross-check with the Python safetensors library (tests/io/safetensors_oracle.py) ----------
 
 const std::map<std::string, at::ScalarType>& oracle_dtypes() {
-  static const std::map<std::string, at::ScalarType> dtypes = {
-      {"F64", at::kDouble}, {"F32", at::kFloat}, {"F16", at::kHalf}, {"BF16", at::kBFloat16},
-      {"I64", at::kLong},   {"I32", at::kInt},   {"I16", at::kShort}, {"I8", at::kChar},
-      {"U8", at::kByte},    {"BOOL", at::kBool}, {"F8_E4M3", at::kFloat8_e4m3fn}, {"F8_E5M2", at::kFloat8_e5m2}};
+  static const std::map<std::string, at::ScalarType> dtypes = {{"F64", at::kDouble},
+                                                               {"F32", at::kFloat},
+                                                               {"F16", at::kHalf},
+                                                               {"BF16", at::kBFloat16},
+                                                               {"I64", at::kLong},
+                                                               {"I32", at::kInt},
+                                                               {"I16", at::kShort},
+                                                               {"I8", at::kChar},
+                                                               {"U8", at::kByte},
+                                                               {"BOOL", at::kBool},
+                                                               {"F8_E4M3", at::kFloat8_e4m3fn},
+                                                               {"F8_E5M2", at::kFloat8_e5m2}};
   return dtypes;
 }
 
@@ -589,7 +612,9 @@ at::Tensor tensor_from_json(const nlohmann::json& values, at::ScalarType dtype, 
   for (const auto& v : values) {
     if (v.is_number()) doubles.push_back(v.get<double>());
     else if (v == "nan") doubles.push_back(std::nan(""));
-    else doubles.push_back(v == "inf" ? std::numeric_limits<double>::infinity() : -std::numeric_limits<double>::infinity());
+    else
+      doubles.push_back(v == "inf" ? std::numeric_limits<double>::infinity()
+                                   : -std::numeric_limits<double>::infinity());
   }
   return at::tensor(doubles, at::TensorOptions().dtype(at::kDouble)).to(dtype).reshape(shape);
 }
@@ -608,7 +633,8 @@ std::string hex_of(const at::Tensor& t) {
 
 TEST(SafetensorsOracle, ReadsWhatPythonWritesAndWritesWhatPythonReads) {
   const char* env = std::getenv("GRPO_SAFETENSORS_ORACLE_DIR");
-  if (!env || !*env) GTEST_SKIP() << "GRPO_SAFETENSORS_ORACLE_DIR is not set (ctest test safetensors_oracle_cpp sets it)";
+  if (!env || !*env)
+    GTEST_SKIP() << "GRPO_SAFETENSORS_ORACLE_DIR is not set (ctest test safetensors_oracle_cpp sets it)";
   const std::string oracle_dir = env;
   const nlohmann::json ref = nlohmann::json::parse(read_text(oracle_dir + "/ref.json"));
 
@@ -642,8 +668,11 @@ TEST(SafetensorsOracle, ReadsWhatPythonWritesAndWritesWhatPythonReads) {
   std::reverse(ours.begin(), ours.end());
   nlohmann::json entries = nlohmann::json::array();
   for (const auto& [name, tensor] : ours)
-    entries.push_back({{"name", name}, {"dtype", oracle_dtype_name(tensor.scalar_type())},
-                       {"shape", tensor.sizes().vec()}, {"values", values_json(tensor)}, {"hex", hex_of(tensor)}});
+    entries.push_back({{"name", name},
+                       {"dtype", oracle_dtype_name(tensor.scalar_type())},
+                       {"shape", tensor.sizes().vec()},
+                       {"values", values_json(tensor)},
+                       {"hex", hex_of(tensor)}});
   const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"written_by", "grpo ✓"}};
   save_safetensors(oracle_dir + "/ours.safetensors", ours, metadata);
   std::ofstream(oracle_dir + "/ours.json") << nlohmann::json{{"metadata", metadata}, {"tensors", entries}}.dump(1);

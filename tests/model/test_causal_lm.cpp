@@ -48,8 +48,8 @@ void expect_cached_decode_matches(const ModelConfig& cfg, AttentionImpl impl) {
                          .logits;
   EXPECT_LT(max_rel_error(first, full.narrow(1, 0, prefill), batch.mask.narrow(1, 0, prefill)), 1e-5);
   for (int64_t i = prefill; i < t; ++i) {
-    const auto step = model(batch.ids.narrow(1, i, 1), batch.positions.narrow(1, i, 1),
-                            batch.mask.narrow(1, 0, i + 1), cache.get())
+    const auto step = model(batch.ids.narrow(1, i, 1), batch.positions.narrow(1, i, 1), batch.mask.narrow(1, 0, i + 1),
+                            cache.get())
                           .logits;
     EXPECT_LT(max_rel_error(step, full.narrow(1, i, 1), batch.mask.narrow(1, i, 1)), 1e-5) << "position " << i;
   }

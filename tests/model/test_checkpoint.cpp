@@ -158,8 +158,10 @@ TEST(ModelConfigJson, ReadsBothRopeFormsAndRejectsWhatItCannotRun) {
             missing + ": key 'hidden_size': missing (expected an integer)");
   const auto dynamic = tmp.write("dyn.json", R"({"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
     "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"type": "dynamic", "factor": 2}})");
-  EXPECT_EQ(message_of([&] { load_hf_config(dynamic); }),
-            dynamic + ": key 'rope_scaling': rope type 'dynamic' is not supported (expected default, yarn, llama3 or linear)");
+  EXPECT_EQ(
+      message_of([&] { load_hf_config(dynamic); }),
+      dynamic +
+          ": key 'rope_scaling': rope type 'dynamic' is not supported (expected default, yarn, llama3 or linear)");
   const auto groups = tmp.write("groups.json", R"({"model_type": "deepseek_v3", "vocab_size": 10, "hidden_size": 8,
     "num_hidden_layers": 1, "num_attention_heads": 2, "n_routed_experts": 6, "num_experts_per_tok": 2,
     "n_group": 4})");

@@ -44,7 +44,9 @@ ModelConfig tiny96() {
 }
 
 // Q then dequantise, the operand as the GEMM sees it.
-torch::Tensor dq_rows(const torch::Tensor& x, bool ue8m0 = false) { return fp8_dequantize(fp8_quantize_1x128(x, ue8m0)); }
+torch::Tensor dq_rows(const torch::Tensor& x, bool ue8m0 = false) {
+  return fp8_dequantize(fp8_quantize_1x128(x, ue8m0));
+}
 torch::Tensor dq_blocks(const torch::Tensor& w, bool ue8m0 = false) {
   return fp8_dequantize(fp8_quantize_128x128(w, ue8m0));
 }

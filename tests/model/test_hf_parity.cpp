@@ -132,7 +132,8 @@ TEST(HfParityRoundTrip, OurMtpCheckpointReloadsIdenticallyAndShardsForHf) {
   CausalLM model(cfg);
   {
     torch::NoGradGuard no_grad;
-    for (auto& moe : model->moe_layers()) moe->e_score_correction_bias.copy_(torch::randn({cfg.n_routed_experts}) * 0.05);
+    for (auto& moe : model->moe_layers())
+      moe->e_score_correction_bias.copy_(torch::randn({cfg.n_routed_experts}) * 0.05);
   }
   model->eval();
   const auto batch = test::ragged_batch(cfg.vocab_size, 3, 9);
@@ -148,9 +149,9 @@ TEST(HfParityRoundTrip, OurMtpCheckpointReloadsIdenticallyAndShardsForHf) {
   EXPECT_TRUE(fs::exists(fs::path(dir) / "model.safetensors.index.json"));
   io::SafetensorsCheckpoint saved(dir);
   const std::string mtp = "model.layers." + std::to_string(cfg.num_hidden_layers) + ".";
-  for (const char* n : {"enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight",
-                        "shared_head.head.weight", "embed_tokens.weight", "self_attn.kv_b_proj.weight",
-                        "mlp.experts.7.down_proj.weight"}) {
+  for (const char* n :
+       {"enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight", "shared_head.head.weight",
+        "embed_tokens.weight", "self_attn.kv_b_proj.weight", "mlp.experts.7.down_proj.weight"}) {
     EXPECT_TRUE(saved.contains(mtp + n)) << mtp + n;
   }
   CausalLM again = load_hf_checkpoint(dir);
@@ -316,9 +317,10 @@ TEST_F(HfMissingMtp, ErrorNamesTheMissingMtpTensorsAndTheOption) {
             0u)
       << msg;
   EXPECT_NE(msg.find("... (" + std::to_string(names.size() - 8) + " more))"), std::string::npos) << msg;
-  const std::string hint = "; it has no MTP weights (config.json asks for 1 MTP module, as HF transformers writes "
-                           "DeepSeek-V3 checkpoints): load option missing_mtp: drop loads it without MTP, init keeps "
-                           "freshly initialised MTP modules";
+  const std::string hint =
+      "; it has no MTP weights (config.json asks for 1 MTP module, as HF transformers writes "
+      "DeepSeek-V3 checkpoints): load option missing_mtp: drop loads it without MTP, init keeps "
+      "freshly initialised MTP modules";
   EXPECT_EQ(msg.size() >= hint.size() ? msg.substr(msg.size() - hint.size()) : msg, hint) << msg;
   EXPECT_EQ(msg.find("unexpected"), std::string::npos) << msg;
 }
@@ -351,9 +353,9 @@ TEST(HfMissingMtpOurs, LoadHfWeightsIntoAModelWithMtp) {
     CausalLM target(ckpt.cfg);
     const auto before = target->embed_tokens.clone();
     const std::string msg = message_of([&] { load_hf_weights(target, ckpt.dir()); });
-    EXPECT_EQ(msg.rfind("checkpoint '" + ckpt.dir() + "' does not match the model: " +
-                            std::to_string(mtp_tensor_names(target).size()) + " missing (" + mtp_prefix(ckpt.cfg) +
-                            "enorm.weight, ",
+    EXPECT_EQ(msg.rfind("checkpoint '" + ckpt.dir() +
+                            "' does not match the model: " + std::to_string(mtp_tensor_names(target).size()) +
+                            " missing (" + mtp_prefix(ckpt.cfg) + "enorm.weight, ",
                         0),
               0u)
         << msg;

@@ -65,9 +65,10 @@ TEST(CodeTests, ParsesStatementListsAndStdinStdoutPairs) {
   const auto b = parse_code_tests(R"({"inputs": ["1 2\n", "3 4\n"], "outputs": ["3\n", "7\n"]})");
   ASSERT_EQ(b.io.size(), 2u);
   EXPECT_EQ(b.io[1], (std::pair<std::string, std::string>{"3 4\n", "7\n"}));
-  GRPO_EXPECT_THROW_MESSAGE(parse_code_tests("assert f(1) == 1"), std::invalid_argument,
-                            "tests: expected a JSON list of test statements or {\"inputs\": [...], \"outputs\": [...]}, "
-                            "found text that is not JSON");
+  GRPO_EXPECT_THROW_MESSAGE(
+      parse_code_tests("assert f(1) == 1"), std::invalid_argument,
+      "tests: expected a JSON list of test statements or {\"inputs\": [...], \"outputs\": [...]}, "
+      "found text that is not JSON");
   GRPO_EXPECT_THROW_MESSAGE(parse_code_tests("[1]"), std::invalid_argument,
                             "tests[0]: expected a string (a test statement), found number");
   GRPO_EXPECT_THROW_MESSAGE(parse_code_tests(R"({"inputs": ["1"], "outputs": []})"), std::invalid_argument,
@@ -135,15 +136,17 @@ TEST(CodeExecutionReward, AttacksAreStoppedOrDeniedAndScoreZeroWithTheReasonLogg
 
   const std::string pass = R"(["assert done"])";
   std::vector<Sample> batch = {
-      code_sample("while True:\n    pass\ndone = True\n", pass),                                  // 0 infinite loop
-      code_sample("import os\nwhile True:\n    os.fork()\ndone = True\n", pass),                 // 1 fork bomb
-      code_sample("x = bytearray(10 * 1024 ** 3)\ndone = len(x) > 0\n", pass),                  // 2 10 GB
+      code_sample("while True:\n    pass\ndone = True\n", pass),                  // 0 infinite loop
+      code_sample("import os\nwhile True:\n    os.fork()\ndone = True\n", pass),  // 1 fork bomb
+      code_sample("x = bytearray(10 * 1024 ** 3)\ndone = len(x) > 0\n", pass),    // 2 10 GB
       code_sample("open('" + escape_tmp + "', 'w').write('x')\nopen('" + escape_cwd +
-                      "', 'w').write('x')\ndone = True\n", pass),                                // 3 write outside
-      code_sample("done = '" + secret + "' in open('" + secret_path + "').read()\n", pass),     // 4 read trainer file
+                      "', 'w').write('x')\ndone = True\n",
+                  pass),                                                                     // 3 write outside
+      code_sample("done = '" + secret + "' in open('" + secret_path + "').read()\n", pass),  // 4 read trainer file
       code_sample("import socket\nsocket.create_connection(('127.0.0.1', " + port +
-                      "), timeout=2).sendall(b'hi')\ndone = True\n", pass),                      // 5 network
-      code_sample("done = True\n", pass),                                                        // 6 a fair program
+                      "), timeout=2).sendall(b'hi')\ndone = True\n",
+                  pass),                   // 5 network
+      code_sample("done = True\n", pass),  // 6 a fair program
   };
   test::TempDir dir;
   const std::string log_path = dir.path("trainer.log");

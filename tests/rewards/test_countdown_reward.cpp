@@ -128,7 +128,7 @@ TEST(CountdownReward, ScoresAndReasons) {
   };
   check("<think>hm</think><answer>(25 - 1) * (7 - 3 - 3)</answer>", 0.1, "uses 3 twice");
   check("<answer>25 - 1 + (7 - 7 / 7 * 3)</answer>", 0.1, "uses 7 3 times, given 1");
-  check("<answer>25 - 1</answer>", 0.1, "does not use 3");                                  // missing numbers
+  check("<answer>25 - 1</answer>", 0.1, "does not use 3");                                     // missing numbers
   check("<answer>25 - 1 + 7 - 3 - 4</answer>", 0.1, "uses 4, which is not in [3, 7, 25, 1]");  // extra number
   check("<answer>(25 - 1) * (7 - 6)</answer>", 0.1, "uses 6, which is not in [3, 7, 25, 1]");  // not in the list
   check("<answer>25 - 1 + 7 - 3</answer>", 0.1, "evaluates to 28, target 24");
@@ -186,8 +186,8 @@ TEST(CountdownReward, BatchThroughTheFunction) {
   const auto fn = make_countdown_reward(with_format_score(0.1));
   EXPECT_EQ(fn->name(), "countdown");
   Sample none;
-  const auto out = fn->score({record("<answer>2*3*4</answer>", "[2,3,4]", "24"), record("<answer>2+3+4</answer>", "[2,3,4]", "24"),
-                              record("nothing"), none});
+  const auto out = fn->score({record("<answer>2*3*4</answer>", "[2,3,4]", "24"),
+                              record("<answer>2+3+4</answer>", "[2,3,4]", "24"), record("nothing"), none});
   ASSERT_EQ(out.scores.size(), 4u);
   ASSERT_EQ(out.reasons.size(), 4u);
   EXPECT_EQ(out.scores[0], 1.0);

@@ -20,7 +20,8 @@ int64_t total_words(std::string_view text, const LanguageRewardConfig& cfg = {})
 
 TEST(LanguageReward, WholeScripts) {
   EXPECT_EQ(language_consistency("<think>First add 3 and 4, which gives 7. Don't forget the carry!</think>"
-                                 "<answer>7</answer>", {}),
+                                 "<answer>7</answer>",
+                                 {}),
             1.0);
   EXPECT_EQ(language_consistency("<think>我们先把三和四相加，得到七。</think><answer>7</answer>", {}), 0.0);
   EXPECT_EQ(language_consistency("<think>Сначала сложим три и четыре.</think>", target("cyrillic")), 1.0);
@@ -48,14 +49,15 @@ TEST(LanguageReward, HandCountedMixture) {
 
 TEST(LanguageReward, LatexAndCodeAreSkipped) {
   // Counted words: So, the, answer, is, and, done (6). Not: frac, sqrt, x, text in math, code.
-  const std::string text = "So the answer is \\frac{1}{2} and \\sqrt{4} $x^2 + y$ \\(a b\\) \\[c d\\] $$e f$$\n"
-                           "```python\nprint(value)\n```\ndone";
+  const std::string text =
+      "So the answer is \\frac{1}{2} and \\sqrt{4} $x^2 + y$ \\(a b\\) \\[c d\\] $$e f$$\n"
+      "```python\nprint(value)\n```\ndone";
   EXPECT_EQ(total_words(text), 6);
   LanguageRewardConfig raw;
   raw.skip_latex = false;
   EXPECT_GT(total_words(text, raw), 6);
   EXPECT_EQ(total_words("\\text{apples} cost"), 2);  // \text's argument is prose
-  EXPECT_EQ(total_words("costs $5"), 1);              // an unclosed $ is left alone
+  EXPECT_EQ(total_words("costs $5"), 1);             // an unclosed $ is left alone
   EXPECT_EQ(total_words("```\nunclosed code fence"), 0);
   // Chinese reasoning with LaTeX math is still all Han.
   EXPECT_EQ(language_consistency("<think>计算 $\\frac{a}{b}$ 的值</think>", target("han")), 1.0);
@@ -77,7 +79,9 @@ TEST(LanguageReward, Scopes) {
 
 TEST(LanguageReward, InvalidUtf8IsSkipped) {
   EXPECT_EQ(total_words("good\xff\xfe words \xc3 here \xe4\xb8"), 3);  // good, words, here
-  EXPECT_EQ(total_words("ab\xff" "cd"), 2);                               // an invalid byte ends a word
+  EXPECT_EQ(total_words("ab\xff"
+                        "cd"),
+            2);  // an invalid byte ends a word
   EXPECT_EQ(language_consistency("<think>\x80\x81\xc0\xaf ok</think>", {}), 1.0);
   std::string noise;
   for (int b = 0; b < 256; ++b) noise += static_cast<char>(b);

@@ -28,11 +28,11 @@ LengthRewardConfig dapo(int64_t max_length, int64_t cache_length) {
 TEST(LengthReward, DapoBoundaries) {
   const LengthRewardConfig cfg = dapo(100, 20);  // soft limit 80
   EXPECT_EQ(dapo_overlong_penalty(0, cfg), 0.0);
-  EXPECT_EQ(dapo_overlong_penalty(80, cfg), 0.0);     // L_max - L_cache
-  EXPECT_EQ(dapo_overlong_penalty(81, cfg), -0.05);   // (80 - 81) / 20
+  EXPECT_EQ(dapo_overlong_penalty(80, cfg), 0.0);    // L_max - L_cache
+  EXPECT_EQ(dapo_overlong_penalty(81, cfg), -0.05);  // (80 - 81) / 20
   EXPECT_EQ(dapo_overlong_penalty(90, cfg), -0.5);
-  EXPECT_EQ(dapo_overlong_penalty(100, cfg), -1.0);   // L_max
-  EXPECT_EQ(dapo_overlong_penalty(101, cfg), -1.0);   // L_max + 1
+  EXPECT_EQ(dapo_overlong_penalty(100, cfg), -1.0);  // L_max
+  EXPECT_EQ(dapo_overlong_penalty(101, cfg), -1.0);  // L_max + 1
   EXPECT_EQ(dapo_overlong_penalty(100000, cfg), -1.0);
   LengthRewardConfig half = cfg;
   half.penalty_factor = 0.5;
@@ -47,7 +47,8 @@ TEST(LengthReward, DapoBoundaries) {
 TEST(LengthReward, DapoThroughTheFunction) {
   const auto fn = make_length_reward(dapo(100, 20));
   EXPECT_EQ(fn->name(), "length");
-  const auto out = fn->score({sample_of_length(50), sample_of_length(90), sample_of_length(101), sample_of_length(0, "")});
+  const auto out = fn->score(
+      {sample_of_length(50), sample_of_length(90), sample_of_length(101), sample_of_length(0, "")});
   ASSERT_EQ(out.scores.size(), 4u);
   EXPECT_EQ(out.scores[0], 0.0);
   EXPECT_EQ(out.scores[1], -0.5);
@@ -104,8 +105,8 @@ TEST(LengthReward, CosineThroughTheFunctionUsesMathAccuracy) {
   cfg.mode = "cosine";
   cfg.max_length = 1000;
   const auto fn = make_length_reward(cfg);
-  const auto out = fn->score({sample_of_length(500, "so \\boxed{42}", "42"), sample_of_length(500, "so \\boxed{41}", "42"),
-                              sample_of_length(500, "so \\boxed{42}")});
+  const auto out = fn->score({sample_of_length(500, "so \\boxed{42}", "42"),
+                              sample_of_length(500, "so \\boxed{41}", "42"), sample_of_length(500, "so \\boxed{42}")});
   ASSERT_EQ(out.scores.size(), 3u);
   EXPECT_NEAR(*out.scores[0], 0.75, 1e-12);
   EXPECT_NEAR(*out.scores[1], -0.75, 1e-12);

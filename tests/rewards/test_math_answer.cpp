@@ -162,7 +162,7 @@ TEST(MathAnswerEqual, NearMisses) {
   EXPECT_TRUE(equal("3.0", "3"));
   EXPECT_FALSE(equal("-3", "3"));
   EXPECT_TRUE(equal("1,000", "1000"));
-  EXPECT_TRUE(equal("1/3", "0.333333"));    // rounded to 6 decimals
+  EXPECT_TRUE(equal("1/3", "0.333333"));  // rounded to 6 decimals
   EXPECT_FALSE(equal("1/3", "0.3333"));
   EXPECT_FALSE(equal("1", "1.000001"));
   EXPECT_TRUE(equal("(1,2)", "(1, 2)"));
@@ -213,8 +213,8 @@ TEST(MathAnswerAccuracy, SurvivesRandomText) {
   const std::string alphabet = "0123456789.,-+/%$\\{}()[]^ ebofxacrtdlgh<>/answer";
   std::uint32_t state = 12345;
   auto next = [&] { return state = state * 1664525u + 1013904223u; };
-  const std::vector<std::string> pieces = {"\\boxed{", "\\frac", "}", "{", "<answer>", "</answer>", "\\text{",
-                                           "\\times 10^", "\\left(", "\\right)", "\\%", "\\fbox"};
+  const std::vector<std::string> pieces = {"\\boxed{", "\\frac",      "}",       "{",        "<answer>", "</answer>",
+                                           "\\text{",  "\\times 10^", "\\left(", "\\right)", "\\%",      "\\fbox"};
   for (int trial = 0; trial < 20000; ++trial) {
     std::string text;
     const int length = static_cast<int>(next() % 24);
@@ -253,12 +253,11 @@ TEST(MathVerifyOracle, AgreesOnSupportedForms) {
     if (is_supported) {
       ++supported;
       supported_agree += ours == theirs;
-      EXPECT_EQ(ours, theirs) << "form " << form << ": reference '" << reference << "', completion '"
-                              << completion << "': ours " << ours << ", math-verify " << theirs;
+      EXPECT_EQ(ours, theirs) << "form " << form << ": reference '" << reference << "', completion '" << completion
+                              << "': ours " << ours << ", math-verify " << theirs;
     } else if (ours != theirs) {
-      std::printf("unsupported form %s: reference '%s', completion '%s': ours %d, math-verify %d (%s)\n",
-                  form.c_str(), reference.c_str(), completion.c_str(), ours, theirs,
-                  row["unsupported"].get<std::string>().c_str());
+      std::printf("unsupported form %s: reference '%s', completion '%s': ours %d, math-verify %d (%s)\n", form.c_str(),
+                  reference.c_str(), completion.c_str(), ours, theirs, row["unsupported"].get<std::string>().c_str());
     }
   }
   ASSERT_GE(total, 500);

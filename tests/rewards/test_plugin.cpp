@@ -57,9 +57,9 @@ TEST(RewardPlugin, ExamplePluginRegistersItsRewardsWithYamlOptions) {
   EXPECT_EQ(steps->name(), "reasoning_steps");
   const auto out = steps->score({
       sample("Step 1: add.\nStep 2: multiply.\nFinally, done."),  // 3 markers
-      sample("1. a\n12. b"),                                         // 2 numbered lines
-      sample("  * indented bullet\nno marker"),                      // 1
-      sample("Step A: x; 3.5 apples - and no list"),                 // 0: not markers
+      sample("1. a\n12. b"),                                      // 2 numbered lines
+      sample("  * indented bullet\nno marker"),                   // 1
+      sample("Step A: x; 3.5 apples - and no list"),              // 0: not markers
   });
   ASSERT_EQ(out.scores.size(), 4u);
   EXPECT_EQ(out.scores[0], 1.0);
@@ -74,8 +74,8 @@ TEST(RewardPlugin, ExamplePluginRegistersItsRewardsWithYamlOptions) {
   const auto default_steps = registry.create("reasoning_steps");
   EXPECT_DOUBLE_EQ(*default_steps->score({sample("First, a\nSecond, b")}).scores[0], 2.0 / 3.0);
 
-  const auto keyword =
-      registry.create("keyword", config::parse_yaml_string("keyword: QED\ncase_sensitive: false\n", "rewards.yaml"));
+  const auto keyword = registry.create(
+      "keyword", config::parse_yaml_string("keyword: QED\ncase_sensitive: false\n", "rewards.yaml"));
   const auto kw = keyword->score({sample("thus qed."), sample("no proof")});
   EXPECT_EQ(kw.scores, (std::vector<std::optional<double>>{1.0, 0.0}));
   EXPECT_EQ(kw.reasons, (std::vector<std::string>{"contains 'qed'", "does not contain 'qed'"}));
@@ -139,8 +139,8 @@ TEST(RewardPlugin, RefusesAMissingFile) {
 TEST(RewardPlugin, RefusesAFileThatIsNotALibrary) {
   RewardRegistry registry = builtin_registry();
   test::TempDir dir;
-  const std::string path =
-      dir.write("libtext.so", "plugins:\n  - this is a YAML file, not a shared library, long enough for a header\n");
+  const std::string path = dir.write(
+      "libtext.so", "plugins:\n  - this is a YAML file, not a shared library, long enough for a header\n");
   // dlerror's text, without the path it repeats.
   EXPECT_EQ(load_error(path, registry), "cannot load reward plugin '" + path + "': invalid ELF header");
 }
@@ -181,7 +181,7 @@ TEST(RewardPlugin, RefusesANameThatIsAlreadyRegistered) {
                                "' (clash) registers reward function 'math_accuracy', which is already registered: "
                                "rename it in the plugin";
   EXPECT_EQ(load_error(GRPO_TEST_PLUGIN_CLASH, registry), expected);
-  EXPECT_EQ(registry.names(), builtin_names());  // nor its other function
+  EXPECT_EQ(registry.names(), builtin_names());                       // nor its other function
   EXPECT_EQ(load_error(GRPO_TEST_PLUGIN_CLASH, registry), expected);  // a failed load is not remembered
 
   // Into a registry without the built-ins it loads.
@@ -227,8 +227,8 @@ TEST(RewardPluginFromYaml, ExamplePluginScoresReachTheTotalWithTheirWeight) {
   };
   const auto r = set.score({
       s("Step 1: add.\nStep 2: check.\nSo \\boxed{4}", "4"),  // 1 + 0.5 * 1
-      s("First, I add. \\boxed{5}", "4"),                      // 0 + 0.5 * 0.5
-      s("sorry, no idea", "4"),                                // 0 + 0 - 0.25
+      s("First, I add. \\boxed{5}", "4"),                     // 0 + 0.5 * 0.5
+      s("sorry, no idea", "4"),                               // 0 + 0 - 0.25
   });
   EXPECT_EQ(r.labels, (std::vector<std::string>{"math_accuracy", "reasoning_steps", "keyword"}));
   EXPECT_EQ(r.total, (std::vector<double>{1.5, 0.25, -0.25}));
@@ -248,7 +248,8 @@ TEST(RewardPluginFromYaml, ExamplePluginScoresReachTheTotalWithTheirWeight) {
 
 TEST(RewardPluginFromYaml, PluginOfAnotherAbiIsRefusedAtStart) {
   test::TempDir dir;
-  const std::string config_path = dir.write("job.yaml", std::string("rewards:\n  plugins: [") + GRPO_TEST_PLUGIN_OTHER_ABI +
+  const std::string config_path = dir.write("job.yaml", std::string("rewards:\n  plugins: [") +
+                                                            GRPO_TEST_PLUGIN_OTHER_ABI +
                                                             "]\n  functions: [{name: format}]\n");
   RewardRegistry registry;
   register_builtin_rewards(registry);
@@ -256,11 +257,10 @@ TEST(RewardPluginFromYaml, PluginOfAnotherAbiIsRefusedAtStart) {
     RewardSet set(rewards_section(config_path), config_path, registry);
     FAIL() << "loaded";
   } catch (const std::runtime_error& e) {
-    EXPECT_EQ(std::string(e.what()), std::string("reward plugin '") + GRPO_TEST_PLUGIN_OTHER_ABI +
-                                         "' was built for grpo reward plugin ABI " +
-                                         std::to_string(GRPO_REWARD_PLUGIN_ABI_VERSION + 1) + ", this grpo has ABI " +
-                                         std::to_string(GRPO_REWARD_PLUGIN_ABI_VERSION) + ": rebuild it against grpo " +
-                                         GRPO_VERSION_STRING);
+    EXPECT_EQ(std::string(e.what()),
+              std::string("reward plugin '") + GRPO_TEST_PLUGIN_OTHER_ABI + "' was built for grpo reward plugin ABI " +
+                  std::to_string(GRPO_REWARD_PLUGIN_ABI_VERSION + 1) + ", this grpo has ABI " +
+                  std::to_string(GRPO_REWARD_PLUGIN_ABI_VERSION) + ": rebuild it against grpo " + GRPO_VERSION_STRING);
   }
 }
 
@@ -287,7 +287,8 @@ TEST(RewardPluginFromYaml, ThrowingPluginIsReportedWithItsNameAndTheSample) {
   EXPECT_EQ(r.scores[0][0], 1.0);
   EXPECT_FALSE(r.scores[0][1].has_value());
   EXPECT_EQ(r.total, (std::vector<double>{1.0, 0.0, 1.0}));
-  EXPECT_EQ(r.errors, std::vector<std::string>{"reward 'throws_on_marker' threw on sample 1: THROW marker in completion"});
+  EXPECT_EQ(r.errors,
+            std::vector<std::string>{"reward 'throws_on_marker' threw on sample 1: THROW marker in completion"});
 }
 
 }  // namespace

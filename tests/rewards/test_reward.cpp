@@ -20,9 +20,10 @@ TEST(RewardRegistry, CreatesBuiltinsAndNamesUnknownOnes) {
   auto& reg = RewardRegistry::global();
   EXPECT_EQ(reg.create("format")->name(), "format");
   EXPECT_EQ(reg.create("math_accuracy")->name(), "math_accuracy");
-  GRPO_EXPECT_THROW_MESSAGE(reg.create("formatt"), std::invalid_argument,
-                            "unknown reward function 'formatt' (did you mean 'format'?); known: code_execution, countdown, "
-                            "format, language, length, math_accuracy");
+  GRPO_EXPECT_THROW_MESSAGE(
+      reg.create("formatt"), std::invalid_argument,
+      "unknown reward function 'formatt' (did you mean 'format'?); known: code_execution, countdown, "
+      "format, language, length, math_accuracy");
   RewardRegistry local;
   register_builtin_rewards(local);
   GRPO_EXPECT_THROW_MESSAGE(register_builtin_rewards(local), std::invalid_argument,
@@ -37,8 +38,8 @@ TEST(RewardRegistry, OptionsGoThroughConfigValidation) {
 
 TEST(MathAccuracyReward, ScoresAgainstTheReferenceAndSkipsRecordsWithout) {
   const auto fn = RewardRegistry::global().create("math_accuracy");
-  const auto out = fn->score({sample("so \\boxed{\\frac{3}{4}}", "0.75"), sample("<answer>7</answer>", "8"),
-                              sample("no reference here")});
+  const auto out = fn->score(
+      {sample("so \\boxed{\\frac{3}{4}}", "0.75"), sample("<answer>7</answer>", "8"), sample("no reference here")});
   ASSERT_EQ(out.scores.size(), 3u);
   EXPECT_EQ(out.scores[0], 1.0);
   EXPECT_EQ(out.scores[1], 0.0);
@@ -50,9 +51,9 @@ TEST(FormatReward, StrictAndLenient) {
   FormatRewardConfig strict;
   EXPECT_EQ(format_score("<think>a\nb</think>\n<answer>4</answer>\n", strict), 1.0);
   EXPECT_EQ(format_score("  <think>a</think><answer>4</answer>", strict), 1.0);
-  EXPECT_EQ(format_score("x <think>a</think><answer>4</answer>", strict), 0.0);          // text before
-  EXPECT_EQ(format_score("<think>a</think><answer>4</answer> trailing", strict), 0.0);   // text after
-  EXPECT_EQ(format_score("<think>a</think>so <answer>4</answer>", strict), 0.0);         // text between
+  EXPECT_EQ(format_score("x <think>a</think><answer>4</answer>", strict), 0.0);         // text before
+  EXPECT_EQ(format_score("<think>a</think><answer>4</answer> trailing", strict), 0.0);  // text after
+  EXPECT_EQ(format_score("<think>a</think>so <answer>4</answer>", strict), 0.0);        // text between
   EXPECT_EQ(format_score("<think>a</think><answer>4</answer><answer>5</answer>", strict), 0.0);
   EXPECT_EQ(format_score("<think>a<think>b</think><answer>4</answer>", strict), 0.0);
   EXPECT_EQ(format_score("<think>a</think>", strict), 0.0);

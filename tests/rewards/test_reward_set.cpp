@@ -40,7 +40,8 @@ struct Probe {
 
 class MarkerReward : public RewardFunction {
  public:
-  MarkerReward(std::string marker, Probe* probe, int wait_for) : marker_(std::move(marker)), probe_(probe), wait_(wait_for) {}
+  MarkerReward(std::string marker, Probe* probe, int wait_for)
+      : marker_(std::move(marker)), probe_(probe), wait_(wait_for) {}
   std::string name() const override { return "marker"; }
   RewardBatch score(const std::vector<Sample>& batch) const override {
     const int now = ++probe_->active;
@@ -162,7 +163,8 @@ TEST(RewardSet, UnknownFunctionAndBadOptionsNameTheEntry) {
                             "rewards.yaml:3:22: unknown key 'rewards.functions[0].wieght' (did you mean "
                             "'rewards.functions[0].weight'?)");
   GRPO_EXPECT_THROW_MESSAGE(rewards_from_yaml("rewards:\n  on_error: ignore\n  functions: [{name: format}]\n"),
-                            config::ConfigError, "rewards.yaml:2:13: rewards.on_error: expected one of fail, absent, found 'ignore'");
+                            config::ConfigError,
+                            "rewards.yaml:2:13: rewards.on_error: expected one of fail, absent, found 'ignore'");
 }
 
 TEST(RewardSet, ScoresChunksInParallelWithTheSameResultAsSerial) {
@@ -172,7 +174,8 @@ TEST(RewardSet, ScoresChunksInParallelWithTheSameResultAsSerial) {
   for (int i = 0; i < 64; ++i) expected.push_back(i % 3 == 0 ? 1.0 : 0.0);
 
   LocalRegistry serial_reg;
-  RewardSet serial(rewards_from_yaml("rewards:\n  threads: 1\n  functions: [{name: marker}]\n"), "", serial_reg.registry);
+  RewardSet serial(rewards_from_yaml("rewards:\n  threads: 1\n  functions: [{name: marker}]\n"), "",
+                   serial_reg.registry);
   EXPECT_EQ(serial.score(batch).total, expected);
   EXPECT_EQ(serial_reg.probe.max_active.load(), 1);
   EXPECT_EQ(serial_reg.probe.calls.load(), 64);  // batch_size 1: one call per sample
@@ -188,11 +191,13 @@ TEST(RewardSet, ScoresChunksInParallelWithTheSameResultAsSerial) {
 
   // batch_size 0: the whole batch in one call; a ragged last chunk is weighted by its size.
   LocalRegistry whole_reg;
-  RewardSet whole(rewards_from_yaml("rewards:\n  functions: [{name: marker, batch_size: 0}]\n"), "", whole_reg.registry);
+  RewardSet whole(rewards_from_yaml("rewards:\n  functions: [{name: marker, batch_size: 0}]\n"), "",
+                  whole_reg.registry);
   EXPECT_EQ(whole.score(batch).total, expected);
   EXPECT_EQ(whole_reg.probe.calls.load(), 1);
   LocalRegistry ragged_reg;
-  RewardSet ragged(rewards_from_yaml("rewards:\n  functions: [{name: marker, batch_size: 48}]\n"), "", ragged_reg.registry);
+  RewardSet ragged(rewards_from_yaml("rewards:\n  functions: [{name: marker, batch_size: 48}]\n"), "",
+                   ragged_reg.registry);
   EXPECT_DOUBLE_EQ(ragged.score(batch).metrics.at("rewards/marker/batch_size"), (48.0 * 48 + 16.0 * 16) / 64);
 }
 

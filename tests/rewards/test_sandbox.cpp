@@ -81,7 +81,8 @@ class Sandbox : public ::testing::Test {
   }
   // Every run removes its temp dir, and no sandboxed process outlives its run.
   void TearDown() override {
-    if (had_tmpdir_) setenv("TMPDIR", old_tmpdir_.c_str(), 1); else unsetenv("TMPDIR");
+    if (had_tmpdir_) setenv("TMPDIR", old_tmpdir_.c_str(), 1);
+    else unsetenv("TMPDIR");
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(tmp_, ec)) ADD_FAILURE() << "left behind: " << e.path();
     EXPECT_EQ(processes_under(tmp_name_), 0) << "sandboxed processes outlived their run";
@@ -122,7 +123,8 @@ TEST_F(Sandbox, RunsFromSeveralThreadsAtOnce) {
   std::vector<std::thread> threads;
   std::vector<SandboxResult> results(6);
   for (size_t i = 0; i < results.size(); ++i)
-    threads.emplace_back([&, i] { results[i] = run_sandboxed(small_config(), "print(" + std::to_string(i) + " * 7)\n"); });
+    threads.emplace_back(
+        [&, i] { results[i] = run_sandboxed(small_config(), "print(" + std::to_string(i) + " * 7)\n"); });
   for (auto& t : threads) t.join();
   for (size_t i = 0; i < results.size(); ++i) {
     EXPECT_TRUE(results[i].ok()) << results[i].reason;
@@ -219,15 +221,15 @@ TEST_F(Sandbox, HugeAllocationFailsWithTheMemoryReason) {
 TEST_F(Sandbox, WritingOutsideTheWorkDirIsDenied) {
   const std::string in_tmp = (fs::path("/tmp") / random_name("grpo_sandbox_escape_")).string();
   const std::string in_cwd = (fs::current_path() / random_name("grpo_sandbox_escape_")).string();
-  SandboxResult r = run_sandboxed(small_config(),
-                                  "for path in ['" + in_tmp + "', '" + in_cwd + "']:\n"
-                                  "    try:\n"
-                                  "        open(path, 'w').write('escaped')\n"
-                                  "        print('wrote', path)\n"
-                                  "    except OSError as e:\n"
-                                  "        print('denied', path, e)\n"
-                                  "open('inside.txt', 'w').write('fine')\n"
-                                  "print(open('inside.txt').read())\n");
+  SandboxResult r = run_sandboxed(small_config(), "for path in ['" + in_tmp + "', '" + in_cwd +
+                                                      "']:\n"
+                                                      "    try:\n"
+                                                      "        open(path, 'w').write('escaped')\n"
+                                                      "        print('wrote', path)\n"
+                                                      "    except OSError as e:\n"
+                                                      "        print('denied', path, e)\n"
+                                                      "open('inside.txt', 'w').write('fine')\n"
+                                                      "print(open('inside.txt').read())\n");
   EXPECT_TRUE(r.ok()) << r.reason;
   EXPECT_NE(r.stdout_text.find("fine"), std::string::npos) << "the work dir itself is writable";
   EXPECT_FALSE(fs::exists(in_tmp)) << r.stdout_text;
@@ -283,9 +285,9 @@ TEST_F(Sandbox, NetworkConnectionIsDenied) {
   ASSERT_EQ(::listen(listener2, 4), 0);
   len = sizeof addr;
   ASSERT_EQ(::getsockname(listener2, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  SandboxResult open_run = run_sandboxed(
-      open_cfg, "import socket\nsocket.create_connection(('127.0.0.1', " + std::to_string(ntohs(addr.sin_port)) +
-                    "), timeout=2)\nprint('connected')\n");
+  SandboxResult open_run = run_sandboxed(open_cfg, "import socket\nsocket.create_connection(('127.0.0.1', " +
+                                                       std::to_string(ntohs(addr.sin_port)) +
+                                                       "), timeout=2)\nprint('connected')\n");
   EXPECT_EQ(open_run.stdout_text, "connected\n") << open_run.reason;
   ::close(listener2);
 }

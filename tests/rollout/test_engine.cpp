@@ -106,8 +106,8 @@ void check_logprobs(const ModelConfig& cfg, const char* name) {
       ASSERT_EQ(comps.size(), 8u);
       const double diff = max_logprob_diff(model, reqs, comps, temperature);
       EXPECT_LE(diff, 1e-5) << name << " cache " << use_cache << " T " << temperature;
-      std::cout << name << " cache " << use_cache << " T " << temperature << ": max |logprob - teacher forced| "
-                << diff << "\n";
+      std::cout << name << " cache " << use_cache << " T " << temperature << ": max |logprob - teacher forced| " << diff
+                << "\n";
     }
   }
 }
@@ -179,7 +179,7 @@ TEST(Engine, GroupSamplingSharesThePrefillAndGreedyGroupsAreIdentical) {
   ASSERT_EQ(comps.size(), 8u);
   EXPECT_EQ(stats.prompt_tokens, 10);  // each prompt prefilled once
   EXPECT_EQ(stats.generated_tokens, 80);
-  EXPECT_EQ(stats.steps, 9);           // the 10th token needs no forward
+  EXPECT_EQ(stats.steps, 9);  // the 10th token needs no forward
   for (int g = 1; g < 4; ++g) {
     EXPECT_EQ(comps[g].token_ids, comps[0].token_ids);
     EXPECT_EQ(comps[4 + g].token_ids, comps[4].token_ids);
@@ -208,8 +208,8 @@ TEST(Engine, EosEndsACompletionAndFinishedRowsLeaveTheBatch) {
   size_t first = 0;
   while (free_run[1].token_ids[first] != eos) ++first;
   EXPECT_EQ(stopped[1].finish_reason, FinishReason::eos);
-  EXPECT_EQ(stopped[1].token_ids, std::vector<int64_t>(free_run[1].token_ids.begin(),
-                                                       free_run[1].token_ids.begin() + first + 1));
+  EXPECT_EQ(stopped[1].token_ids,
+            std::vector<int64_t>(free_run[1].token_ids.begin(), free_run[1].token_ids.begin() + first + 1));
   for (size_t r : {0u, 2u}) {
     const auto& f = free_run[r].token_ids;
     const auto it = std::find(f.begin(), f.end(), eos);
@@ -220,8 +220,8 @@ TEST(Engine, EosEndsACompletionAndFinishedRowsLeaveTheBatch) {
   size_t longest = 0;
   for (const auto& c : stopped) longest = std::max(longest, c.token_ids.size());
   EXPECT_EQ(stats.steps, static_cast<int64_t>(longest) - 1);
-  EXPECT_EQ(stats.generated_tokens,
-            static_cast<int64_t>(stopped[0].token_ids.size() + stopped[1].token_ids.size() + stopped[2].token_ids.size()));
+  EXPECT_EQ(stats.generated_tokens, static_cast<int64_t>(stopped[0].token_ids.size() + stopped[1].token_ids.size() +
+                                                         stopped[2].token_ids.size()));
 }
 
 TEST(Engine, StopStringsEndAtTheTokenThatCompletesThemNotBefore) {
@@ -341,7 +341,8 @@ TEST(Engine, SpeculativeMtpGivesExactlyThePlainGreedyOutput) {
         EXPECT_EQ(spec[i].token_ids, want[i].token_ids) << "row " << i << " eos " << with_eos;
         EXPECT_EQ(spec[i].finish_reason, want[i].finish_reason);
         ASSERT_EQ(spec[i].logprobs.size(), want[i].logprobs.size());
-        for (size_t j = 0; j < want[i].logprobs.size(); ++j) EXPECT_NEAR(spec[i].logprobs[j], want[i].logprobs[j], 1e-5);
+        for (size_t j = 0; j < want[i].logprobs.size(); ++j)
+          EXPECT_NEAR(spec[i].logprobs[j], want[i].logprobs[j], 1e-5);
       }
       EXPECT_GT(stats.drafted, 0);
       std::cout << "impl " << static_cast<int>(impl) << " eos " << with_eos << ": drafts accepted " << stats.accepted

@@ -48,8 +48,7 @@ void check_model(const std::string& name) {
     }
   }
   std::cout << name << ": " << want.size() << " rows x " << want[0].size()
-            << " greedy tokens identical to HF generate (min top-2 margin " << ref["min_margin"].get<double>()
-            << ")\n";
+            << " greedy tokens identical to HF generate (min top-2 margin " << ref["min_margin"].get<double>() << ")\n";
 }
 
 TEST(GenerateOracle, GreedyMatchesHfDeepSeekV3) { check_model("dsv3"); }

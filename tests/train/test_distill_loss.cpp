@@ -61,9 +61,14 @@ std::string describe(const DistillLossConfig& c) {
 // The configurations the comparisons sweep: each divergence, jsd inside and at its end points,
 // temperatures below and above 1.
 std::vector<DistillLossConfig> sweep() {
-  return {make_cfg(Divergence::forward_kl), make_cfg(Divergence::reverse_kl), make_cfg(Divergence::jsd, 0.5),
-          make_cfg(Divergence::jsd, 0.0), make_cfg(Divergence::jsd, 1.0), make_cfg(Divergence::jsd, 0.2, 1.7),
-          make_cfg(Divergence::forward_kl, 0.5, 0.6), make_cfg(Divergence::reverse_kl, 0.5, 2.5)};
+  return {make_cfg(Divergence::forward_kl),
+          make_cfg(Divergence::reverse_kl),
+          make_cfg(Divergence::jsd, 0.5),
+          make_cfg(Divergence::jsd, 0.0),
+          make_cfg(Divergence::jsd, 1.0),
+          make_cfg(Divergence::jsd, 0.2, 1.7),
+          make_cfg(Divergence::forward_kl, 0.5, 0.6),
+          make_cfg(Divergence::reverse_kl, 0.5, 2.5)};
 }
 
 // ---------------------------------------------------------------- hand-computed values
@@ -115,9 +120,11 @@ TEST(DistillLoss, HandComputedThreeTokenVocabularyAndGradient) {
   const double reverse = 5.0 / 3.0 * kLn2 - kLn3;
   EXPECT_NEAR(forward, 0.0588915178281919, 1e-14);
   EXPECT_NEAR(reverse, 0.0566330122651324, 1e-14);
-  for (const auto& [cfg, expected] : std::vector<std::pair<DistillLossConfig, double>>{
-           {make_cfg(Divergence::forward_kl), forward}, {make_cfg(Divergence::reverse_kl), reverse},
-           {make_cfg(Divergence::jsd, 0.0), forward}, {make_cfg(Divergence::jsd, 1.0), reverse}}) {
+  for (const auto& [cfg, expected] :
+       std::vector<std::pair<DistillLossConfig, double>>{{make_cfg(Divergence::forward_kl), forward},
+                                                         {make_cfg(Divergence::reverse_kl), reverse},
+                                                         {make_cfg(Divergence::jsd, 0.0), forward},
+                                                         {make_cfg(Divergence::jsd, 1.0), reverse}}) {
     SCOPED_TRACE(describe(cfg));
     const auto student = f64({0, 0, 0}, {1, 3}).requires_grad_(true);
     const auto value = token_divergence_reference(student, teacher, cfg);
@@ -126,7 +133,9 @@ TEST(DistillLoss, HandComputedThreeTokenVocabularyAndGradient) {
     const bool is_forward = expected == forward;
     const auto expected_grad = is_forward ? f64({1.0 / 3 - 0.5, 1.0 / 3 - 0.25, 1.0 / 3 - 0.25}, {1, 3})
                                           : f64({std::log(2.0 / 3) - reverse, std::log(4.0 / 3) - reverse,
-                                                 std::log(4.0 / 3) - reverse}, {1, 3}) / 3.0;
+                                                 std::log(4.0 / 3) - reverse},
+                                                {1, 3}) /
+                                                3.0;
     EXPECT_LE(max_abs_diff(student.grad(), expected_grad), 1e-14) << student.grad();
   }
 }
@@ -170,8 +179,10 @@ torch::Tensor probability_formula(const torch::Tensor& zs, const torch::Tensor& 
   const auto ps = torch::softmax(zs.to(torch::kDouble) / cfg.temperature, 1);
   const auto pt = torch::softmax(zt.to(torch::kDouble) / cfg.temperature, 1);
   auto kl = [](const torch::Tensor& p, const torch::Tensor& q) { return (p * (p.log() - q.log())).sum(1); };
-  if (cfg.divergence == Divergence::forward_kl || (cfg.divergence == Divergence::jsd && cfg.beta == 0)) return kl(pt, ps);
-  if (cfg.divergence == Divergence::reverse_kl || (cfg.divergence == Divergence::jsd && cfg.beta == 1)) return kl(ps, pt);
+  if (cfg.divergence == Divergence::forward_kl || (cfg.divergence == Divergence::jsd && cfg.beta == 0))
+    return kl(pt, ps);
+  if (cfg.divergence == Divergence::reverse_kl || (cfg.divergence == Divergence::jsd && cfg.beta == 1))
+    return kl(ps, pt);
   const auto m = cfg.beta * pt + (1 - cfg.beta) * ps;
   return cfg.beta * kl(pt, m) + (1 - cfg.beta) * kl(ps, m);
 }
@@ -331,8 +342,9 @@ TEST(DistillLoss, ChunkedLargeLogits) {
       cfg.chunk_size = 7;
       SCOPED_TRACE(describe(cfg));
       const auto value = token_divergence(in.student_hidden, in.student_head, in.teacher_hidden, in.teacher_head, cfg);
-      const auto expected = token_divergence_reference(base.student_hidden.to(torch::kDouble).mm(base.student_head.to(torch::kDouble).t()),
-                                                       base.teacher_hidden.to(torch::kDouble).mm(base.teacher_head.to(torch::kDouble).t()), cfg);
+      const auto expected = token_divergence_reference(
+          base.student_hidden.to(torch::kDouble).mm(base.student_head.to(torch::kDouble).t()),
+          base.teacher_hidden.to(torch::kDouble).mm(base.teacher_head.to(torch::kDouble).t()), cfg);
       EXPECT_LE(max_abs_diff(value, expected), tol * std::max(max_abs(expected), 1.0));
       expect_chunked_matches(in, cfg, dtype == torch::kDouble ? 1e-9 : 1e-3);
     }
@@ -370,7 +382,8 @@ TEST(DistillLoss, ChunkedTiedHead) {
       const auto embedding = embedding0.clone().requires_grad_(true);
       const auto hidden = torch::tanh(embedding.index_select(0, ids).mm(mix));  // [N, D]
       const auto value = chunked ? token_divergence(hidden, embedding, teacher_hidden, teacher_head, cfg)
-                                 : token_divergence_reference(hidden.mm(embedding.t()), teacher_hidden.mm(teacher_head.t()), cfg);
+                                 : token_divergence_reference(hidden.mm(embedding.t()),
+                                                              teacher_hidden.mm(teacher_head.t()), cfg);
       value.sum().backward();
       grads.push_back(embedding.grad());
     }
@@ -402,14 +415,17 @@ TEST(DistillLoss, ChunkedTeacherInInferenceModeAndOtherDtype) {
     value.sum().backward();
     const auto ref_hidden = in.student_hidden.clone().requires_grad_(true);
     const auto ref = token_divergence_reference(ref_hidden.mm(in.student_head.t()),
-                                                teacher_hidden.to(torch::kFloat).mm(teacher_head.to(torch::kFloat).t()), cfg);
+                                                teacher_hidden.to(torch::kFloat).mm(teacher_head.to(torch::kFloat).t()),
+                                                cfg);
     ref.sum().backward();
     EXPECT_LE(max_abs_diff(value, ref), 2e-5 * std::max(max_abs(ref), 1.0));
     EXPECT_LE(max_abs_diff(hidden.grad(), ref_hidden.grad()), 2e-5 * max_abs(ref_hidden.grad()));
   }
   const auto teacher_param = in.teacher_head.clone().requires_grad_(true);
   const auto hidden = in.student_hidden.clone().requires_grad_(true);
-  token_divergence(hidden, in.student_head, in.teacher_hidden, teacher_param, make_cfg(Divergence::jsd)).sum().backward();
+  token_divergence(hidden, in.student_head, in.teacher_hidden, teacher_param, make_cfg(Divergence::jsd))
+      .sum()
+      .backward();
   EXPECT_TRUE(hidden.grad().defined());
   EXPECT_FALSE(teacher_param.grad().defined());
 }
@@ -417,14 +433,15 @@ TEST(DistillLoss, ChunkedTeacherInInferenceModeAndOtherDtype) {
 // ---------------------------------------------------------------- configuration and bad inputs
 
 TEST(DistillLoss, ConfigReadsNamesAndChecksRanges) {
-  const auto cfg = config::load<DistillLossConfig>(std::nullopt, {"divergence=reverse_kl", "beta=0.25",
-                                                                   "temperature=0.7", "chunk_size=128"});
+  const auto cfg = config::load<DistillLossConfig>(
+      std::nullopt, {"divergence=reverse_kl", "beta=0.25", "temperature=0.7", "chunk_size=128"});
   EXPECT_EQ(cfg.divergence, Divergence::reverse_kl);
   EXPECT_EQ(cfg.beta, 0.25);
   EXPECT_EQ(cfg.temperature, 0.7);
   EXPECT_EQ(cfg.chunk_size, 128);
   EXPECT_EQ(config::load<DistillLossConfig>(std::nullopt, {"divergence=jsd"}).divergence, Divergence::jsd);
-  EXPECT_EQ(config::load<DistillLossConfig>(std::nullopt, {"divergence=forward_kl"}).divergence, Divergence::forward_kl);
+  EXPECT_EQ(config::load<DistillLossConfig>(std::nullopt, {"divergence=forward_kl"}).divergence,
+            Divergence::forward_kl);
   EXPECT_THROW(config::load<DistillLossConfig>(std::nullopt, {"divergence=kl"}), config::ConfigError);
   EXPECT_THROW(config::load<DistillLossConfig>(std::nullopt, {"beta=1.5"}), config::ConfigError);
   EXPECT_THROW(config::load<DistillLossConfig>(std::nullopt, {"temperature=0"}), config::ConfigError);
@@ -445,19 +462,32 @@ std::string error_of(const std::function<void()>& f) {
 void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
   EXPECT_THROW(f(), c10::Error);
   const std::string message = error_of(f);
-  for (const auto& part : parts) EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
+  for (const auto& part : parts)
+    EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
 }
 
 TEST(DistillLoss, BadInputsNameFunctionExpectedAndFound) {
   const auto z = torch::zeros({3, 5});
-  expect_error([&] { token_divergence_reference(z, torch::zeros({4, 5})); },
-               {"token_divergence_reference", "[3, 5]", "[4, 5]"});
-  expect_error([&] { token_divergence_reference(z, torch::zeros({3, 6})); },
-               {"token_divergence_reference", "[3, 5]", "[3, 6]"});
-  expect_error([&] { token_divergence_reference(torch::zeros({2, 3, 5}), torch::zeros({2, 3, 5})); },
-               {"token_divergence_reference", "expected student_logits [N, V]", "[2, 3, 5]"});
-  expect_error([&] { token_divergence_reference(z, torch::zeros({3, 5}, torch::kLong)); },
-               {"token_divergence_reference", "floating teacher_logits", "Long"});
+  expect_error(
+      [&] {
+        token_divergence_reference(z, torch::zeros({4, 5}));
+      },
+      {"token_divergence_reference", "[3, 5]", "[4, 5]"});
+  expect_error(
+      [&] {
+        token_divergence_reference(z, torch::zeros({3, 6}));
+      },
+      {"token_divergence_reference", "[3, 5]", "[3, 6]"});
+  expect_error(
+      [&] {
+        token_divergence_reference(torch::zeros({2, 3, 5}), torch::zeros({2, 3, 5}));
+      },
+      {"token_divergence_reference", "expected student_logits [N, V]", "[2, 3, 5]"});
+  expect_error(
+      [&] {
+        token_divergence_reference(z, torch::zeros({3, 5}, torch::kLong));
+      },
+      {"token_divergence_reference", "floating teacher_logits", "Long"});
   expect_error([&] { token_divergence_reference(z, z, make_cfg(Divergence::jsd, 1.5)); },
                {"token_divergence_reference", "beta in [0, 1]", "1.5"});
   expect_error([&] { token_divergence_reference(z, z, make_cfg(Divergence::jsd, 0.5, 0.0)); },
@@ -465,18 +495,25 @@ TEST(DistillLoss, BadInputsNameFunctionExpectedAndFound) {
 
   const auto hs = torch::zeros({3, 4}), ws = torch::zeros({5, 4}), ht = torch::zeros({3, 6}), wt = torch::zeros({5, 6});
   EXPECT_EQ(token_divergence(hs, ws, ht, wt).sizes(), torch::IntArrayRef({3}));
-  expect_error([&] { token_divergence(hs, ws, torch::zeros({2, 6}), wt); },
-               {"token_divergence", "N = 3", "got 2"});
-  expect_error([&] { token_divergence(hs, ws, ht, torch::zeros({7, 6})); },
-               {"token_divergence", "V = 5", "got 7"});
-  expect_error([&] { token_divergence(hs, torch::zeros({5, 3}), ht, wt); },
-               {"token_divergence", "agree on Ds", "[3, 4]", "[5, 3]"});
-  expect_error([&] { token_divergence(hs, ws, ht, torch::zeros({5, 2})); },
-               {"token_divergence", "agree on Dt", "[3, 6]", "[5, 2]"});
+  expect_error([&] { token_divergence(hs, ws, torch::zeros({2, 6}), wt); }, {"token_divergence", "N = 3", "got 2"});
+  expect_error([&] { token_divergence(hs, ws, ht, torch::zeros({7, 6})); }, {"token_divergence", "V = 5", "got 7"});
+  expect_error(
+      [&] {
+        token_divergence(hs, torch::zeros({5, 3}), ht, wt);
+      },
+      {"token_divergence", "agree on Ds", "[3, 4]", "[5, 3]"});
+  expect_error(
+      [&] {
+        token_divergence(hs, ws, ht, torch::zeros({5, 2}));
+      },
+      {"token_divergence", "agree on Dt", "[3, 6]", "[5, 2]"});
   expect_error([&] { token_divergence(torch::zeros({3}), ws, ht, wt); },
                {"token_divergence", "expected student_hidden [N, Ds]", "[3]"});
-  expect_error([&] { token_divergence(hs, ws, ht, torch::zeros({5, 6, 1})); },
-               {"token_divergence", "expected teacher_head [V, Dt]", "[5, 6, 1]"});
+  expect_error(
+      [&] {
+        token_divergence(hs, ws, ht, torch::zeros({5, 6, 1}));
+      },
+      {"token_divergence", "expected teacher_head [V, Dt]", "[5, 6, 1]"});
   expect_error([&] { token_divergence(hs, ws, ht, wt, make_cfg(Divergence::forward_kl, 0.5, 1.0, 0)); },
                {"token_divergence", "chunk_size >= 1", "got 0"});
   expect_error([&] { token_divergence(hs, ws, ht.to(torch::kMeta), wt.to(torch::kMeta)); },

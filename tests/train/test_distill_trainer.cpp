@@ -134,7 +134,7 @@ TEST(DistillTrainer, LowersTheDivergenceAndLeavesTheTeacherAlone) {
   ASSERT_EQ(rows.size(), 30u);
   int64_t on = 0;
   for (const auto& r : rows) on += r.get("on_policy", -1) > 0.5;
-  EXPECT_GT(on, 0);   // both kinds of steps happened
+  EXPECT_GT(on, 0);  // both kinds of steps happened
   EXPECT_LT(on, 30);
 }
 
@@ -172,15 +172,16 @@ TEST(DistillTrainer, RefusesBadSetUps) {
     DistillTrainer(wide, teacher, *f.tok, prompt_config(), small_distill(1), *f.run);
     FAIL() << "expected an error";
   } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("must share the vocabulary: the student's output head has 264 rows, the teacher's 261"),
+    EXPECT_NE(std::string(e.what()).find(
+                  "must share the vocabulary: the student's output head has 264 rows, the teacher's 261"),
               std::string::npos)
         << e.what();
   }
   model::CausalLM student(student_config(f.tok->vocab_size()));
   // Off-policy steps without traces.
-  EXPECT_THROW(DistillTrainer(student, teacher, *f.tok, prompt_config(), small_distill(1), *f.run)
-                   .train(addition(4, 4, false)),
-               std::runtime_error);
+  EXPECT_THROW(
+      DistillTrainer(student, teacher, *f.tok, prompt_config(), small_distill(1), *f.run).train(addition(4, 4, false)),
+      std::runtime_error);
   auto g = small_distill(1);
   g.generation.num_generations = 2;
   EXPECT_THROW(DistillTrainer(student, teacher, *f.tok, prompt_config(), g, *f.run), std::invalid_argument);

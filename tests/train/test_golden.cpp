@@ -74,7 +74,8 @@ TEST(Golden, TinyConfigSftThenGrpoStepLosses) {
   for (size_t i = 0; i < want.size(); ++i) {
     for (const char* key : {"loss", "reward", "completion_length"}) {
       const double w = want[i][key].get<double>(), v = got[i][key].get<double>();
-      EXPECT_NEAR(v, w, 1e-4 * std::max(1.0, std::abs(w))) << "row " << i << " (step " << want[i]["step"] << ") " << key;
+      EXPECT_NEAR(v, w, 1e-4 * std::max(1.0, std::abs(w)))
+          << "row " << i << " (step " << want[i]["step"] << ") " << key;
     }
   }
 }

@@ -71,7 +71,9 @@ struct ClipCase {
   torch::Tensor old = torch::zeros({2, 3}, kF64);
   torch::Tensor mask = torch::ones({2, 3}, kF64);
   torch::Tensor adv = t1({1, -1});
-  GrpoLossInputs inputs() const { return {.logps = logps, .old_logps = old, .advantages = adv, .completion_mask = mask}; }
+  GrpoLossInputs inputs() const {
+    return {.logps = logps, .old_logps = old, .advantages = adv, .completion_mask = mask};
+  }
 };
 
 TEST(GrpoLoss, ClipsBelowAndAboveTheBandForBothSigns) {
@@ -123,7 +125,9 @@ TEST(GrpoLoss, K3KlToTheReference) {
   auto cfg = config(LossType::bnpo);
   cfg.beta = 0.1;
   cfg.use_bias_correction_kl = false;
-  const GrpoLossInputs in{.logps = logps, .ref_logps = t2({{-1.0, 0.0}}), .advantages = t1({0}),
+  const GrpoLossInputs in{.logps = logps,
+                          .ref_logps = t2({{-1.0, 0.0}}),
+                          .advantages = t1({0}),
                           .completion_mask = torch::ones({1, 2}, kF64)};
   const auto out = grpo_loss(in, cfg);
   const double k0 = std::exp(-1.0), k1 = std::exp(1.0) - 2.0;
@@ -155,7 +159,10 @@ struct AggregationCase {
   torch::Tensor logps = t2({{-1, -2, -3}, {-1, 7, 9}}).requires_grad_(true);
   torch::Tensor mask = t2({{1, 1, 1}, {1, 0, 0}});
   GrpoLossInputs inputs(double tokens = 0, double rows = 0) const {
-    return {.logps = logps, .advantages = t1({1, -2}), .completion_mask = mask, .rows_in_batch = rows,
+    return {.logps = logps,
+            .advantages = t1({1, -2}),
+            .completion_mask = mask,
+            .rows_in_batch = rows,
             .tokens_in_batch = tokens};
   }
 };
@@ -232,7 +239,9 @@ TEST(GrpoLoss, SequenceLevelRatioIsTheExpOfTheMeanLogRatio) {
   auto logps = t2({{0.2, -0.1, 5.0}}).requires_grad_(true);
   auto cfg = config(LossType::grpo);
   cfg.importance_sampling_level = ImportanceSamplingLevel::sequence;
-  const GrpoLossInputs in{.logps = logps, .old_logps = torch::zeros({1, 3}, kF64), .advantages = t1({1}),
+  const GrpoLossInputs in{.logps = logps,
+                          .old_logps = torch::zeros({1, 3}, kF64),
+                          .advantages = t1({1}),
                           .completion_mask = t2({{1, 1, 0}})};
   const auto out = grpo_loss(in, cfg);
   const double r = std::exp(0.05);

@@ -45,13 +45,16 @@ std::vector<RolloutGroup> two_groups() {
 TEST(GrpoBatch, PadsPromptsLeftAndCompletionsRight) {
   const auto batch = build_grpo_batch(two_groups(), /*mask_truncated=*/true);
   // P = 3, L = 3.
-  const auto ids = torch::tensor({0, 10, 11, 20, 0, 0, 0, 10, 11, 21, 22, 23, 12, 13, 14, 24, 25, 0, 12, 13, 14, 26, 0, 0},
-                                 torch::kLong)
+  const auto ids = torch::tensor(
+                       {0, 10, 11, 20, 0, 0, 0, 10, 11, 21, 22, 23, 12, 13, 14, 24, 25, 0, 12, 13, 14, 26, 0, 0},
+                       torch::kLong)
                        .view({4, 6});
-  const auto mask = torch::tensor({0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0}, torch::kLong)
+  const auto mask = torch::tensor({0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0},
+                                  torch::kLong)
                         .view({4, 6});
-  const auto positions =
-      torch::tensor({0, 0, 1, 2, 2, 2, 0, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 4, 0, 1, 2, 3, 3, 3}, torch::kLong).view({4, 6});
+  const auto positions = torch::tensor({0, 0, 1, 2, 2, 2, 0, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 4, 0, 1, 2, 3, 3, 3},
+                                       torch::kLong)
+                             .view({4, 6});
   EXPECT_TRUE(torch::equal(batch.input_ids, ids));
   EXPECT_TRUE(torch::equal(batch.attention_mask, mask));
   EXPECT_TRUE(torch::equal(batch.position_ids, positions));
@@ -196,7 +199,8 @@ TEST(GrpoOptimise, AddsTheMtpAndBalanceLossesOfTheSameForward) {
   EXPECT_NEAR(stats.balance_loss.item<double>(), want_balance, 1e-5 * want_balance);
   EXPECT_GT(want_balance, 0.0);
   // The GRPO part: ratio 1, so the loss is -mean over sequences of A x (tokens / tokens) = -mean(A) = 0.
-  const double grpo_part = stats.loss.item<double>() - stats.mtp_loss.item<double>() - stats.balance_loss.item<double>();
+  const double grpo_part = stats.loss.item<double>() - stats.mtp_loss.item<double>() -
+                           stats.balance_loss.item<double>();
   EXPECT_NEAR(grpo_part, 0.0, 1e-5);
   EXPECT_FALSE(torch::equal(model->moe_layers().front()->gate_weight, gate_before));
 }
@@ -207,7 +211,8 @@ class MeteredReward : public rewards::RewardFunction {
   std::string name() const override { return "metered"; }
   rewards::RewardBatch score(const std::vector<rewards::Sample>& batch) const override {
     rewards::RewardBatch out;
-    for (size_t i = 0; i < batch.size(); ++i) out.scores.push_back(i % 2 == 0 ? std::optional<double>(1.0) : std::nullopt);
+    for (size_t i = 0; i < batch.size(); ++i)
+      out.scores.push_back(i % 2 == 0 ? std::optional<double>(1.0) : std::nullopt);
     out.metrics["custom"] = 0.25;
     return out;
   }
@@ -217,9 +222,10 @@ TEST(GrpoTrainer, LogsEveryRewardFunctionsMetrics) {
   rewards::RewardRegistry registry;
   rewards::register_builtin_rewards(registry);
   registry.add("metered", [](const config::Value&) { return std::make_unique<MeteredReward>(); });
-  const rewards::RewardSet rewards(config::from_value<rewards::RewardsConfig>(config::parse_yaml_string(
-                                       "functions: [{name: metered, batch_size: 0}, {name: math_accuracy}]\n", "r.yaml")),
-                                   "", registry);
+  const rewards::RewardSet rewards(
+      config::from_value<rewards::RewardsConfig>(
+          config::parse_yaml_string("functions: [{name: metered, batch_size: 0}, {name: math_accuracy}]\n", "r.yaml")),
+      "", registry);
   Fixture f("reward_metrics");
   torch::manual_seed(3);
   model::CausalLM model(tiny_config(f.tok->vocab_size()));

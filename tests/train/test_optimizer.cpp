@@ -47,7 +47,8 @@ TEST(Optimizer, SplitOnDeepSeekV3) {
     EXPECT_FALSE(contains(groups.no_decay_names, item.key())) << item.key();
   }
   bool saw_router_bias = false;
-  for (const auto& item : lm->named_buffers()) saw_router_bias |= item.key().find("e_score_correction_bias") != std::string::npos;
+  for (const auto& item : lm->named_buffers())
+    saw_router_bias |= item.key().find("e_score_correction_bias") != std::string::npos;
   EXPECT_TRUE(saw_router_bias) << "the tiny DeepSeek-V3 should have MoE layers";
   for (const auto& tensors : {groups.decay, groups.no_decay}) {
     for (const auto& t : tensors) EXPECT_TRUE(t.requires_grad());
@@ -206,8 +207,10 @@ TEST(Optimizer, SetLearningRateReachesEveryGroup) {
   auto optimizer = make_optimizer(*m, OptimizerConfig{});
   set_learning_rate(*optimizer, 3e-5);
   for (auto& group : optimizer->param_groups()) EXPECT_DOUBLE_EQ(group.options().get_lr(), 3e-5);
-  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamWOptions&>(optimizer->param_groups()[0].options()).weight_decay(), 0.1);
-  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamWOptions&>(optimizer->param_groups()[1].options()).weight_decay(), 0.0);
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamWOptions&>(optimizer->param_groups()[0].options()).weight_decay(),
+                   0.1);
+  EXPECT_DOUBLE_EQ(static_cast<torch::optim::AdamWOptions&>(optimizer->param_groups()[1].options()).weight_decay(),
+                   0.0);
 }
 
 // Gradients w = [[3, 4], [0, 0]] (norm 5) and b = [12, 0] (norm 12): global norm 13.

@@ -31,8 +31,8 @@ using test::tiny_config;
 
 TEST(ParseTrace, SplitsTheDefaultFormatWithOrWithoutTheLeadingSeparator) {
   const data::PromptConfig p;  // " <think> ... </think> <answer> ... </answer>"
-  for (const std::string text : {" <think> 2 + 3 = 5 </think> <answer> 5 </answer>",
-                                 "<think> 2 + 3 = 5 </think> <answer> 5 </answer>"}) {
+  for (const std::string text :
+       {" <think> 2 + 3 = 5 </think> <answer> 5 </answer>", "<think> 2 + 3 = 5 </think> <answer> 5 </answer>"}) {
     const auto t = parse_trace(text, p);
     ASSERT_TRUE(t) << text;
     EXPECT_EQ(t->reasoning, "2 + 3 = 5");
@@ -48,21 +48,21 @@ TEST(ParseTrace, SplitsTheDefaultFormatWithOrWithoutTheLeadingSeparator) {
 TEST(ParseTrace, RejectsEverythingFormatCompletionWouldNotWrite) {
   const data::PromptConfig p;
   for (const std::string text : {
-           "<think>2+3=5</think><answer>5</answer>",                 // no separators
-           " <think> 2+3=5 </think> <answer> 5 </answer> ",          // trailing space
-           " <think> 2+3=5 </think> <answer> 5 </answer> thanks",    // trailing text
-           "Sure. <think> 2+3=5 </think> <answer> 5 </answer>",      // leading text
-           " <think> 2+3=5 </think>  <answer> 5 </answer>",          // double space between parts
-           " <think> 2+3=5 </think> <answer>  5 </answer>",          // answer with a space around it
-           " <think> 2+3=5 </think> <answer> </answer>",             // empty answer (just one space)
-           " <think>   </think> <answer> 5 </answer>",               // blank reasoning
-           " <think> </think> <answer> 5 </answer>",                 // empty reasoning
+           "<think>2+3=5</think><answer>5</answer>",                             // no separators
+           " <think> 2+3=5 </think> <answer> 5 </answer> ",                      // trailing space
+           " <think> 2+3=5 </think> <answer> 5 </answer> thanks",                // trailing text
+           "Sure. <think> 2+3=5 </think> <answer> 5 </answer>",                  // leading text
+           " <think> 2+3=5 </think>  <answer> 5 </answer>",                      // double space between parts
+           " <think> 2+3=5 </think> <answer>  5 </answer>",                      // answer with a space around it
+           " <think> 2+3=5 </think> <answer> </answer>",                         // empty answer (just one space)
+           " <think>   </think> <answer> 5 </answer>",                           // blank reasoning
+           " <think> </think> <answer> 5 </answer>",                             // empty reasoning
            " <think> 2+3=5 </think> <answer> 5 </answer> <answer> 6 </answer>",  // two answers
-           " <think> a <think> b </think> <answer> 5 </answer>",     // nested think
-           " <think> a </think> b </think> <answer> 5 </answer>",    // a second close tag
-           " <think> 2+3=5 </think> \\boxed{5}",                     // wrong answer style
-           " <think> 2+3=5 </think>",                                // no answer
-           " <think> 2+3=5 <answer> 5 </answer>",                    // unclosed think
+           " <think> a <think> b </think> <answer> 5 </answer>",                 // nested think
+           " <think> a </think> b </think> <answer> 5 </answer>",                // a second close tag
+           " <think> 2+3=5 </think> \\boxed{5}",                                 // wrong answer style
+           " <think> 2+3=5 </think>",                                            // no answer
+           " <think> 2+3=5 <answer> 5 </answer>",                                // unclosed think
            "",
        }) {
     EXPECT_FALSE(parse_trace(text, p)) << "'" << text << "'";
@@ -75,9 +75,9 @@ TEST(ParseTrace, BoxedStyleThinkInPromptAndOtherSeparators) {
   auto t = parse_trace(" <think> half </think> \\boxed{\\frac{1}{2}}", boxed);
   ASSERT_TRUE(t);
   EXPECT_EQ(t->answer, "\\frac{1}{2}");
-  EXPECT_FALSE(parse_trace(" <think> half </think> \\boxed{\\frac{1}{2}", boxed));   // unclosed
-  EXPECT_FALSE(parse_trace(" <think> half </think> \\boxed{1}}", boxed));            // unbalanced
-  EXPECT_FALSE(parse_trace(" <think> half </think> <answer> 1 </answer>", boxed));   // tags, not boxed
+  EXPECT_FALSE(parse_trace(" <think> half </think> \\boxed{\\frac{1}{2}", boxed));  // unclosed
+  EXPECT_FALSE(parse_trace(" <think> half </think> \\boxed{1}}", boxed));           // unbalanced
+  EXPECT_FALSE(parse_trace(" <think> half </think> <answer> 1 </answer>", boxed));  // tags, not boxed
 
   data::PromptConfig tip;  // the prompt ends with "<think>"
   tip.think_in_prompt = true;
@@ -278,7 +278,8 @@ struct Script {
     switch (kind) {
       case 0:
       case 4: return " <think> so it is " + a + " </think> <answer> " + a + " </answer>";
-      case 1: return "<think> prompt " + std::to_string(index) + " gives " + a + " </think> <answer> " + a + " </answer>";
+      case 1:
+        return "<think> prompt " + std::to_string(index) + " gives " + a + " </think> <answer> " + a + " </answer>";
       case 2: return " <think> guess </think> <answer> " + a + "1 </answer>";
       default: return "I'd say " + a;
     }
@@ -418,7 +419,8 @@ TEST(GenerateTraces, ScriptedTeacherWritesTheExpectedTracesThatLoadBackAsSftReco
   EXPECT_TRUE(state.at("done").get<bool>());
   EXPECT_EQ(state.at("prompts_done").get<int64_t>(), 10);
   EXPECT_EQ(state.at("bytes").get<int64_t>(), static_cast<int64_t>(std::filesystem::file_size(cfg.output)));
-  const auto again = generate_traces_with(script.fn(), *tok, prompt, records, rewards, cfg, {.teacher = "scripted"}, true);
+  const auto again = generate_traces_with(script.fn(), *tok, prompt, records, rewards, cfg, {.teacher = "scripted"},
+                                          true);
   EXPECT_EQ(script.calls, 4);
   EXPECT_EQ(again.kept, r.kept);
   EXPECT_EQ(again.accepted, r.accepted);
@@ -566,7 +568,8 @@ TEST(GenerateTraces, FreshStartsAndOutputsWithoutState) {
   // An output without state: resume refuses, a fresh start replaces it.
   std::filesystem::create_directories(dir.path("sub"));
   { std::ofstream(cfg.output) << "someone else's data\n"; }
-  EXPECT_THROW(generate_traces_with(script.fn(), *tok, prompt_config(), records, rewards, cfg, {}, true), std::runtime_error);
+  EXPECT_THROW(generate_traces_with(script.fn(), *tok, prompt_config(), records, rewards, cfg, {}, true),
+               std::runtime_error);
   EXPECT_EQ(read_file(cfg.output), "someone else's data\n");
   const auto a = generate_traces_with(script.fn(), *tok, prompt_config(), records, rewards, cfg, {}, false);
   const std::string first = read_file(cfg.output);

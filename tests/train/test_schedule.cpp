@@ -48,9 +48,8 @@ TEST(Schedule, CosineWithWarmupMatchesHf) {
 
 TEST(Schedule, CosineWithoutWarmupMatchesHf) {
   ScheduleConfig cfg;
-  expect_schedule(cfg, 5,
-                  {0.0001, 9.045084971874738e-05, 6.545084971874738e-05, 3.4549150281252636e-05,
-                   9.549150281252633e-06});
+  expect_schedule(
+      cfg, 5, {0.0001, 9.045084971874738e-05, 6.545084971874738e-05, 3.4549150281252636e-05, 9.549150281252633e-06});
 }
 
 TEST(Schedule, CosineWithMinLrMatchesHf) {
@@ -89,7 +88,8 @@ TEST(Schedule, ConstantWithWarmupMatchesHf) {
   ScheduleConfig cfg;
   cfg.kind = "constant";
   cfg.warmup_steps = 4;
-  expect_schedule(cfg, 10, {0.0, 2.5e-05, 5e-05, 7.500000000000001e-05, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001});
+  expect_schedule(cfg, 10,
+                  {0.0, 2.5e-05, 5e-05, 7.500000000000001e-05, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001, 0.0001});
 }
 
 TEST(Schedule, WarmupRatioRoundsUpAsHf) {

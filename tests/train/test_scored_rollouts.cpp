@@ -62,7 +62,8 @@ TEST(ScoredRollouts, BuildsRequestsFromRecordsAndScoresEveryCompletionInRowOrder
   records[0].answer = "3";  // request 2 (record 0), sample 1 answers 3: correct
   const auto rewards = accuracy_set();
   ScriptedGenerator gen;
-  const std::vector<RolloutRequest> want = {{.record = 2, .seed = 11}, {.record = 3, .seed = 12}, {.record = 0, .seed = 13}};
+  const std::vector<RolloutRequest> want = {
+      {.record = 2, .seed = 11}, {.record = 3, .seed = 12}, {.record = 0, .seed = 13}};
   const auto r = sample_scored(gen.generator(), *tok, prompt, records, want, &rewards);
 
   ASSERT_EQ(gen.seen.size(), 3u);

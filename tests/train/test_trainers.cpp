@@ -45,8 +45,10 @@ TEST(SftBatches, PackedAndPaddedGiveTheSameLossAndTokens) {
   EXPECT_LT(packed.input_ids.size(0), padded.input_ids.size(0));  // several examples share a row
   EXPECT_EQ(packed.completion_tokens, padded.completion_tokens);
   EXPECT_EQ(packed.tokens, padded.tokens);
-  const auto loss_padded = sft_token_loss_sum(model(padded.input_ids, padded.position_ids, padded.attention_mask).logits, padded);
-  const auto loss_packed = sft_token_loss_sum(model(packed.input_ids, packed.position_ids, packed.attention_mask).logits, packed);
+  const auto loss_padded = sft_token_loss_sum(
+      model(padded.input_ids, padded.position_ids, padded.attention_mask).logits, padded);
+  const auto loss_packed = sft_token_loss_sum(
+      model(packed.input_ids, packed.position_ids, packed.attention_mask).logits, packed);
   EXPECT_NEAR(loss_packed.item<double>(), loss_padded.item<double>(), 1e-4 * loss_padded.item<double>());
 }
 
@@ -152,10 +154,10 @@ TEST(GrpoTrainer, LogsTheMetricsWritesCompletionsAndResumesBitIdentically) {
 
   const auto rows = read_metrics(straight.run->path("metrics.jsonl"));
   ASSERT_EQ(rows.size(), 3u);
-  for (const char* key : {"loss", "reward", "reward_std", "kl", "clip_ratio_low", "clip_ratio_high", "entropy",
-                          "completion_length", "completion_length_max", "truncated_fraction", "zero_std_fraction",
-                          "gen_tokens_per_s", "train_tokens_per_s", "rewards/math_accuracy/mean",
-                          "rewards/format/mean", "accuracy", "grad_norm", "lr"}) {
+  for (const char* key :
+       {"loss", "reward", "reward_std", "kl", "clip_ratio_low", "clip_ratio_high", "entropy", "completion_length",
+        "completion_length_max", "truncated_fraction", "zero_std_fraction", "gen_tokens_per_s", "train_tokens_per_s",
+        "rewards/math_accuracy/mean", "rewards/format/mean", "accuracy", "grad_norm", "lr"}) {
     EXPECT_FALSE(std::isnan(rows[2].get(key, NAN))) << key;
   }
   EXPECT_GT(rows[2].get("entropy", 0), 0.0);

@@ -69,7 +69,8 @@ TEST(TrlOracle, LossAndGradientsMatchTrlGrpoTrainer) {
     GrpoLossConfig cfg;
     cfg.loss_type = enum_or_throw<LossType>(c["loss_type"].get<std::string>());
     cfg.scale_rewards = enum_or_throw<RewardScaling>(c["scale_rewards"].get<std::string>());
-    cfg.importance_sampling_level = enum_or_throw<ImportanceSamplingLevel>(c["importance_sampling_level"].get<std::string>());
+    cfg.importance_sampling_level = enum_or_throw<ImportanceSamplingLevel>(
+        c["importance_sampling_level"].get<std::string>());
     cfg.beta = c["beta"].get<double>();
     cfg.epsilon = c["epsilon"].get<double>();
     if (!c["epsilon_high"].is_null()) cfg.epsilon_high = c["epsilon_high"].get<double>();

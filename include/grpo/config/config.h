@@ -42,20 +42,45 @@ namespace grpo::config {
 
 // Constraints on one field, passed as the fourth argument of a visit call.
 struct Check {
-  std::optional<double> lo, hi;       // numeric bounds
+  std::optional<double> lo, hi;           // numeric bounds
   bool lo_open = false, hi_open = false;  // strict (>, <) rather than (>=, <=)
-  std::vector<std::string> choices;   // allowed string values; empty = any
-  bool is_required = false;           // the key must be written
-  bool non_empty = false;             // a string or list must not be empty
+  std::vector<std::string> choices;       // allowed string values; empty = any
+  bool is_required = false;               // the key must be written
+  bool non_empty = false;                 // a string or list must not be empty
 
-  Check& ge(double x) { lo = x; lo_open = false; return *this; }
-  Check& gt(double x) { lo = x; lo_open = true; return *this; }
-  Check& le(double x) { hi = x; hi_open = false; return *this; }
-  Check& lt(double x) { hi = x; hi_open = true; return *this; }
+  Check& ge(double x) {
+    lo = x;
+    lo_open = false;
+    return *this;
+  }
+  Check& gt(double x) {
+    lo = x;
+    lo_open = true;
+    return *this;
+  }
+  Check& le(double x) {
+    hi = x;
+    hi_open = false;
+    return *this;
+  }
+  Check& lt(double x) {
+    hi = x;
+    hi_open = true;
+    return *this;
+  }
   Check& in(double a, double b) { return ge(a).le(b); }
-  Check& one_of(std::initializer_list<std::string> c) { choices.assign(c); return *this; }
-  Check& required() { is_required = true; return *this; }
-  Check& nonempty() { non_empty = true; return *this; }
+  Check& one_of(std::initializer_list<std::string> c) {
+    choices.assign(c);
+    return *this;
+  }
+  Check& required() {
+    is_required = true;
+    return *this;
+  }
+  Check& nonempty() {
+    non_empty = true;
+    return *this;
+  }
 
   // "> 0", "in [0, 1]", "one of: a, b"; "" when unconstrained. Used in messages and docs.
   std::string describe() const;
@@ -69,10 +94,11 @@ struct Check {
 //     return std::array{std::pair{LossType::grpo, "grpo"}, std::pair{LossType::dapo, "dapo"}};
 //   }
 template <class E>
-concept NamedEnum = std::is_enum_v<E> && requires(E e) { config_enum_names(e); };
+concept NamedEnum = std::is_enum_v<E> && requires(E e) {
+  config_enum_names(e);
+};
 
-template <class E>
-  requires NamedEnum<E>
+template <NamedEnum E>
 std::string_view enum_name(E e) {
   for (const auto& [value, name] : config_enum_names(E{})) {
     if (value == e) return name;
@@ -81,8 +107,7 @@ std::string_view enum_name(E e) {
 }
 
 // The enum value named `name`, or nullopt.
-template <class E>
-  requires NamedEnum<E>
+template <NamedEnum E>
 std::optional<E> enum_from_name(std::string_view name) {
   for (const auto& [value, n] : config_enum_names(E{})) {
     if (name == n) return value;
@@ -91,8 +116,7 @@ std::optional<E> enum_from_name(std::string_view name) {
 }
 
 // "a, b or c": the names of E for messages.
-template <class E>
-  requires NamedEnum<E>
+template <NamedEnum E>
 std::string enum_names_text() {
   const auto names = config_enum_names(E{});
   std::string out;
@@ -116,20 +140,29 @@ struct RemovedKey {
 };
 
 template <class T>
-concept Section = std::is_class_v<T> && requires(T& t, Reader& r) { t.visit(r); };
+concept Section = std::is_class_v<T> && requires(T& t, Reader& r) {
+  t.visit(r);
+};
 
 template <class T>
-concept HasRemovedKeys = requires { T::removed_keys.size(); T::removed_keys[0].key; };
+concept HasRemovedKeys = requires {
+  T::removed_keys.size();
+  T::removed_keys[0].key;
+};
 
 template <class T>
 concept HasValidate = requires(const T& t) {
   { t.validate() } -> std::convertible_to<std::string>;
 };
 
-template <class T> struct is_optional : std::false_type {};
-template <class T> struct is_optional<std::optional<T>> : std::true_type {};
-template <class T> struct is_vector : std::false_type {};
-template <class T, class A> struct is_vector<std::vector<T, A>> : std::true_type {};
+template <class T>
+struct is_optional : std::false_type {};
+template <class T>
+struct is_optional<std::optional<T>> : std::true_type {};
+template <class T>
+struct is_vector : std::false_type {};
+template <class T, class A>
+struct is_vector<std::vector<T, A>> : std::true_type {};
 
 std::string join_path(const std::string& parent, std::string_view key);
 
@@ -143,8 +176,7 @@ class Reader {
   Reader(const Value& node, std::string path) : node_(node), path_(std::move(path)) {}
 
   template <class T>
-  Reader& operator()(std::string_view key, T& field, std::string_view help = {},
-                     const Check& check = {}) {
+  Reader& operator()(std::string_view key, T& field, std::string_view help = {}, const Check& check = {}) {
     (void)help;
     known_.emplace_back(key);
     const std::string path = join_path(path_, key);
@@ -180,8 +212,7 @@ class Writer {
   explicit Writer(Value& node) : node_(node) {}
 
   template <class T>
-  Writer& operator()(std::string_view key, const T& field, std::string_view help = {},
-                     const Check& check = {}) {
+  Writer& operator()(std::string_view key, const T& field, std::string_view help = {}, const Check& check = {}) {
     Value v = to_value(field);
     v.comment = std::string(help);
     const std::string constraint = check.describe();
@@ -293,10 +324,10 @@ void read_value(const Value& v, T& out, const std::string& path, const Check& ch
   } else if constexpr (std::is_integral_v<T>) {
     const long long x = scalar_to_int(v, path);
     if (x < static_cast<long long>(std::numeric_limits<T>::min()) ||
-        (x > 0 && static_cast<unsigned long long>(x) >
-                      static_cast<unsigned long long>(std::numeric_limits<T>::max()))) {
-      fail(v.loc, path + ": " + std::to_string(x) + " does not fit in this field's " +
-                      std::to_string(sizeof(T) * 8) + "-bit integer");
+        (x > 0 &&
+         static_cast<unsigned long long>(x) > static_cast<unsigned long long>(std::numeric_limits<T>::max()))) {
+      fail(v.loc, path + ": " + std::to_string(x) + " does not fit in this field's " + std::to_string(sizeof(T) * 8) +
+                      "-bit integer");
     }
     check.check_number(static_cast<double>(x), v, path);
     out = static_cast<T>(x);

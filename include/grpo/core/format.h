@@ -58,20 +58,18 @@ void format_value(std::ostream& out, const FormatSpec& spec, const T& value) {
 // Writes the literal text from `pos` up to the next replacement field ("{{" and "}}" become
 // braces), stores the field's spec in `spec`, moves `pos` past it and returns true; returns false
 // once the end is reached with no field left. Throws std::invalid_argument on an unmatched brace.
-bool next_format_field(std::string_view fmt, std::size_t& pos, std::ostream& out,
-                       std::string_view& spec);
+bool next_format_field(std::string_view fmt, std::size_t& pos, std::ostream& out, std::string_view& spec);
 
 [[noreturn]] void throw_format_arg_count(std::string_view fmt, std::size_t given);
 
-inline void format_rest(std::ostream& out, std::string_view fmt, std::size_t pos,
-                        std::size_t given) {
+inline void format_rest(std::ostream& out, std::string_view fmt, std::size_t pos, std::size_t given) {
   std::string_view spec;
   if (next_format_field(fmt, pos, out, spec)) throw_format_arg_count(fmt, given);
 }
 
 template <class First, class... Rest>
-void format_rest(std::ostream& out, std::string_view fmt, std::size_t pos, std::size_t given,
-                 const First& first, const Rest&... rest) {
+void format_rest(std::ostream& out, std::string_view fmt, std::size_t pos, std::size_t given, const First& first,
+                 const Rest&... rest) {
   std::string_view spec;
   if (!next_format_field(fmt, pos, out, spec)) throw_format_arg_count(fmt, given);
   format_value(out, parse_format_spec(fmt, spec), first);

@@ -60,8 +60,7 @@ PlotImage render_plot(const std::vector<PlotPanel>& panels, const PlotOptions& o
 // render_plot, then writes the PNG to `path` atomically (temporary file + rename, see
 // write_file_atomic). Throws std::invalid_argument as render_plot does, std::runtime_error naming
 // the path when it cannot be written.
-void write_plot_png(const std::string& path, const std::vector<PlotPanel>& panels,
-                    const PlotOptions& options = {});
+void write_plot_png(const std::string& path, const std::vector<PlotPanel>& panels, const PlotOptions& options = {});
 
 // A PNG file (8-bit RGB, no interlace) holding `rgb` (as in PlotImage), as bytes.
 // Throws std::invalid_argument unless width, height > 0 and rgb.size() == 3 * width * height.

@@ -28,13 +28,11 @@ struct RunConfig {
   template <class V>
   void visit(V& v) {
     using config::Check;
-    v("output_dir", output_dir, "run folder: config.yaml, log.txt, metrics.jsonl, checkpoints",
-      Check().nonempty());
+    v("output_dir", output_dir, "run folder: config.yaml, log.txt, metrics.jsonl, checkpoints", Check().nonempty());
     v("seed", seed, "seed for every random source (torch, data order, sampling)", Check().ge(0));
     v("log_level", log_level, "console and log.txt verbosity",
       Check().one_of({"trace", "debug", "info", "warn", "error"}));
-    v("progress_interval_s", progress_interval_s, "seconds between progress lines",
-      Check().ge(0));
+    v("progress_interval_s", progress_interval_s, "seconds between progress lines", Check().ge(0));
   }
 };
 

@@ -36,10 +36,10 @@ namespace grpo::data {
 // Which JSON fields fill a Record. A dotted path reads nested values: "meta.question" is
 // {"meta": {"question": ...}}; a numeric segment indexes a list ("turns.0.text").
 struct FieldMap {
-  std::string prompt = "prompt";          // the question
-  std::string answer = "answer";          // the reference answer
-  std::optional<std::string> reasoning;   // a worked solution; null = none (or from answer_extract)
-  std::vector<std::string> extra;         // more fields for reward functions, kept under their path
+  std::string prompt = "prompt";         // the question
+  std::string answer = "answer";         // the reference answer
+  std::optional<std::string> reasoning;  // a worked solution; null = none (or from answer_extract)
+  std::vector<std::string> extra;        // more fields for reward functions, kept under their path
 
   template <class V>
   void visit(V& v) {
@@ -65,13 +65,13 @@ constexpr auto config_enum_names(AnswerExtract) {
 }
 
 struct DatasetConfig {
-  std::string path;                 // the JSONL file, one JSON object per line
-  std::string format = "jsonl";     // only jsonl for now
-  FieldMap fields;                  // JSON field -> Record member
+  std::string path;                                    // the JSONL file, one JSON object per line
+  std::string format = "jsonl";                        // only jsonl for now
+  FieldMap fields;                                     // JSON field -> Record member
   AnswerExtract answer_extract = AnswerExtract::none;  // none | gsm8k | boxed
-  bool skip_bad_lines = false;      // count and log bad lines instead of failing on the first
-  int64_t max_bad_lines = 100;      // with skip_bad_lines: fail when more lines than this are bad
-  std::optional<int64_t> limit;     // read at most this many records; null = all
+  bool skip_bad_lines = false;                         // count and log bad lines instead of failing on the first
+  int64_t max_bad_lines = 100;                         // with skip_bad_lines: fail when more lines than this are bad
+  std::optional<int64_t> limit;                        // read at most this many records; null = all
 
   template <class V>
   void visit(V& v) {
@@ -79,11 +79,9 @@ struct DatasetConfig {
     v("path", path, "JSONL file, one JSON object per line", Check().required().nonempty());
     v("format", format, "file format", Check().one_of({"jsonl"}));
     v("fields", fields, "which JSON fields fill prompt, answer, reasoning, extra");
-    v("answer_extract", answer_extract,
-      "none | gsm8k (text after ####) | boxed (last \\boxed{...})");
+    v("answer_extract", answer_extract, "none | gsm8k (text after ####) | boxed (last \\boxed{...})");
     v("skip_bad_lines", skip_bad_lines, "count and log bad lines instead of failing on the first");
-    v("max_bad_lines", max_bad_lines, "with skip_bad_lines: more bad lines than this fail the load",
-      Check().ge(0));
+    v("max_bad_lines", max_bad_lines, "with skip_bad_lines: more bad lines than this fail the load", Check().ge(0));
     v("limit", limit, "read at most this many records; null = all", Check().ge(1));
   }
 };
@@ -122,8 +120,8 @@ class JsonlReader {
 
 struct LoadReport {
   std::vector<Record> records;
-  int64_t bad_lines = 0;                   // lines skipped (skip_bad_lines)
-  std::vector<std::string> first_errors;   // the first JsonlReader::kLoggedErrors of them
+  int64_t bad_lines = 0;                  // lines skipped (skip_bad_lines)
+  std::vector<std::string> first_errors;  // the first JsonlReader::kLoggedErrors of them
 };
 
 // Reads a whole file; logs a summary warning when lines were skipped.
@@ -144,9 +142,9 @@ void write_jsonl(const std::string& path, const std::vector<Record>& records);
 
 // How the indices of a sharded dataset are batched.
 struct DataOrderConfig {
-  int64_t batch_size = 8;    // indices per batch on each rank
-  bool shuffle = true;       // a new permutation each epoch; false = 0, 1, 2, ... every epoch
-  bool drop_last = false;    // drop an epoch's last, smaller batch
+  int64_t batch_size = 8;  // indices per batch on each rank
+  bool shuffle = true;     // a new permutation each epoch; false = 0, 1, 2, ... every epoch
+  bool drop_last = false;  // drop an epoch's last, smaller batch
 
   template <class V>
   void visit(V& v) {
@@ -185,8 +183,7 @@ class DataOrder {
  public:
   // Throws std::invalid_argument when rank is not in [0, world_size), when the dataset has fewer
   // records than world_size, or when drop_last leaves no batch.
-  DataOrder(int64_t dataset_size, DataOrderConfig cfg, uint64_t seed, int64_t rank = 0,
-            int64_t world_size = 1);
+  DataOrder(int64_t dataset_size, DataOrderConfig cfg, uint64_t seed, int64_t rank = 0, int64_t world_size = 1);
 
   // The next batch of dataset indices on this rank (moves to the next epoch when this one is done).
   std::vector<int64_t> next_batch();

@@ -43,12 +43,12 @@ constexpr auto config_enum_names(Split) {
 }
 
 struct ArithmeticConfig {
-  int min_digits = 1;                            // fewest digits of an operand
-  int max_digits = 3;                            // most digits of an operand (<= 9)
+  int min_digits = 1;                              // fewest digits of an operand
+  int max_digits = 3;                              // most digits of an operand (<= 9)
   std::vector<std::string> ops = {"+", "-", "*"};  // operations to draw from, uniformly
-  std::string reasoning = "verbose";             // verbose: one sentence per column; compact: "7+5=12, 3+4+1=8, 37+45=82"
-  double carry_slip_rate = 0.0;                  // share of compact worked additions with a carry whose writer forgets
-                                                 // every carry (reasoning and answer wrong alike): imperfect cold-start data
+  std::string reasoning = "verbose";  // verbose: one sentence per column; compact: "7+5=12, 3+4+1=8, 37+45=82"
+  double carry_slip_rate = 0.0;       // share of compact worked additions with a carry whose writer forgets
+                                      // every carry (reasoning and answer wrong alike): imperfect cold-start data
 
   template <class V>
   void visit(V& v) {
@@ -66,11 +66,11 @@ struct ArithmeticConfig {
 };
 
 struct CountdownConfig {
-  int numbers = 4;          // how many numbers are given (each used exactly once)
-  int64_t number_min = 1;   // smallest given number
-  int64_t number_max = 25;  // largest given number
-  int64_t target_min = 10;  // smallest target
-  int64_t target_max = 100; // largest target
+  int numbers = 4;           // how many numbers are given (each used exactly once)
+  int64_t number_min = 1;    // smallest given number
+  int64_t number_max = 25;   // largest given number
+  int64_t target_min = 10;   // smallest target
+  int64_t target_max = 100;  // largest target
 
   template <class V>
   void visit(V& v) {
@@ -86,11 +86,11 @@ struct CountdownConfig {
 
 struct GeneratorConfig {
   GeneratorKind kind = GeneratorKind::arithmetic;  // arithmetic | countdown
-  int64_t count = 1000;            // distinct problems to generate
-  int64_t seed = 0;                // the same seed and config give the same records
-  Split split = Split::train;      // train | eval: disjoint problem sets (by holdout_fraction)
-  double holdout_fraction = 0.1;   // share of all problems reserved for eval
-  bool with_reasoning = true;      // true: SFT records with a worked solution; false: RL prompts
+  int64_t count = 1000;                            // distinct problems to generate
+  int64_t seed = 0;                                // the same seed and config give the same records
+  Split split = Split::train;                      // train | eval: disjoint problem sets (by holdout_fraction)
+  double holdout_fraction = 0.1;                   // share of all problems reserved for eval
+  bool with_reasoning = true;                      // true: SFT records with a worked solution; false: RL prompts
   ArithmeticConfig arithmetic;
   CountdownConfig countdown;
 
@@ -101,8 +101,7 @@ struct GeneratorConfig {
     v("count", count, "distinct problems to generate", Check().ge(1));
     v("seed", seed, "random seed; the same seed and config give the same records", Check().ge(0));
     v("split", split, "train | eval; eval problems never appear in a train split");
-    v("holdout_fraction", holdout_fraction, "share of the problem space reserved for eval",
-      Check().ge(0).lt(1));
+    v("holdout_fraction", holdout_fraction, "share of the problem space reserved for eval", Check().ge(0).lt(1));
     v("with_reasoning", with_reasoning, "true: SFT records with worked solutions; false: answer only (RL)");
     v("arithmetic", arithmetic, "kind arithmetic");
     v("countdown", countdown, "kind countdown");

@@ -38,8 +38,7 @@ enum class AnswerStyle {
   boxed,        // "\boxed{42}"
 };
 constexpr auto config_enum_names(AnswerStyle) {
-  return std::array{std::pair{AnswerStyle::answer_tags, "answer_tags"},
-                    std::pair{AnswerStyle::boxed, "boxed"}};
+  return std::array{std::pair{AnswerStyle::answer_tags, "answer_tags"}, std::pair{AnswerStyle::boxed, "boxed"}};
 }
 
 // What tokenize_example does with a prompt + completion longer than max_length.
@@ -48,23 +47,22 @@ enum class Truncation {
   cut_completion,  // keep the whole prompt and the completion's first tokens (reported as truncated)
 };
 constexpr auto config_enum_names(Truncation) {
-  return std::array{std::pair{Truncation::drop, "drop"},
-                    std::pair{Truncation::cut_completion, "cut_completion"}};
+  return std::array{std::pair{Truncation::drop, "drop"}, std::pair{Truncation::cut_completion, "cut_completion"}};
 }
 
 struct PromptConfig {
-  std::string system = kR1SystemPrompt;    // text before the user turn; "" = none
-  std::string user_prefix = "User: ";      // written before the record's prompt
+  std::string system = kR1SystemPrompt;         // text before the user turn; "" = none
+  std::string user_prefix = "User: ";           // written before the record's prompt
   std::string assistant_prefix = "Assistant:";  // the prompt ends with it (then think_open with think_in_prompt)
-  std::string separator = " ";             // between system, user turn, assistant turn and each tag
-  bool think_in_prompt = false;            // end the prompt with "<think>": the model must reason first
+  std::string separator = " ";                  // between system, user turn, assistant turn and each tag
+  bool think_in_prompt = false;                 // end the prompt with "<think>": the model must reason first
   AnswerStyle answer_style = AnswerStyle::answer_tags;  // answer_tags | boxed
   std::string think_open = "<think>";
   std::string think_close = "</think>";
   std::string answer_open = "<answer>";
   std::string answer_close = "</answer>";
-  std::string eos_token;                   // appended to the completion's ids; "" = none, e.g. "</s>"
-  bool add_special_tokens = true;          // let the tokenizer add its BOS (or the like) to the prompt
+  std::string eos_token;                               // appended to the completion's ids; "" = none, e.g. "</s>"
+  bool add_special_tokens = true;                      // let the tokenizer add its BOS (or the like) to the prompt
   Truncation truncation = Truncation::cut_completion;  // drop | cut_completion
 
   template <class V>
@@ -115,8 +113,8 @@ struct TokenizedExample {
 // completion to fit; a prompt that leaves no room for a single completion token is always dropped.
 // Throws std::invalid_argument naming the token when eos_token is not in the vocabulary, and when
 // max_length < 1.
-TokenizedExample tokenize_example(const Tokenizer& tokenizer, const PromptConfig& cfg,
-                                  const Record& record, int64_t max_length);
+TokenizedExample tokenize_example(const Tokenizer& tokenizer, const PromptConfig& cfg, const Record& record,
+                                  int64_t max_length);
 
 struct TokenizeReport {
   std::vector<TokenizedExample> examples;  // the kept ones (whole or truncated), in record order

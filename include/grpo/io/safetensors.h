@@ -31,9 +31,9 @@ namespace grpo::io {
 
 // Where one tensor lives in a .safetensors file.
 struct TensorInfo {
-  std::string name;            // e.g. "model.layers.0.self_attn.q_proj.weight"
-  at::ScalarType dtype;        // e.g. at::kBFloat16
-  std::vector<int64_t> shape;  // row-major; empty for a 0-d scalar
+  std::string name;             // e.g. "model.layers.0.self_attn.q_proj.weight"
+  at::ScalarType dtype;         // e.g. at::kBFloat16
+  std::vector<int64_t> shape;   // row-major; empty for a 0-d scalar
   uint64_t begin = 0, end = 0;  // byte range [begin, end) relative to the start of the data section
 };
 
@@ -77,8 +77,7 @@ class SafetensorsFile {
 // bytes, as the reference library does. Atomic: a temporary file beside `path` is written, synced
 // and renamed over it; parent folders are created. Throws std::runtime_error naming the path on a
 // duplicate name, a dtype safetensors cannot store, or an I/O failure (the old file then stays).
-void save_safetensors(const std::string& path,
-                      const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
 // A Hugging Face checkpoint folder, single-file or sharded (see the top of this file). When both
@@ -119,8 +118,7 @@ class SafetensorsCheckpoint {
 // carries `metadata`. Creates DIR; each file is written atomically, the index last. Files of an
 // earlier save in DIR that the new one does not use (model.safetensors, the index,
 // model-NNNNN-of-NNNNN.safetensors) are then removed, so that readers cannot pick up stale ones.
-void save_checkpoint_tensors(const std::string& dir,
-                             const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+void save_checkpoint_tensors(const std::string& dir, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                              uint64_t max_shard_bytes = 5ull << 30,
                              const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 

@@ -34,9 +34,9 @@ constexpr int64_t kFp8Block = 128;     // tile length along the GEMM's inner dim
 
 // A quantised 2-D tensor: x ~= data * scale expanded over (block_rows x block_cols) tiles.
 struct Fp8Tensor {
-  at::Tensor data;          // [R, C] float8_e4m3fn
-  at::Tensor scale;         // [ceil(R / block_rows), ceil(C / block_cols)] float32 dequant multipliers
-  int64_t block_rows = 1;   // 1 (activation tiles) or 128 (weight blocks)
+  at::Tensor data;         // [R, C] float8_e4m3fn
+  at::Tensor scale;        // [ceil(R / block_rows), ceil(C / block_cols)] float32 dequant multipliers
+  int64_t block_rows = 1;  // 1 (activation tiles) or 128 (weight blocks)
   int64_t block_cols = kFp8Block;
 
   int64_t rows() const { return data.size(0); }

@@ -25,8 +25,7 @@ at::Tensor rms_norm_reference(const at::Tensor& x, const at::Tensor& weight, dou
 //   grad_x = r * (gn - n * mean(gn * n)),  gn = grad_y * weight,  r = 1 / sqrt(mean(x^2) + eps)
 //   grad_weight = sum over rows of grad_y * dtype(x)(n)
 // grad_y [..., H] -> {grad_x [..., H] (x's dtype), grad_weight [H] (weight's dtype)}.
-std::pair<at::Tensor, at::Tensor> rms_norm_backward_reference(const at::Tensor& grad_y,
-                                                              const at::Tensor& x,
+std::pair<at::Tensor, at::Tensor> rms_norm_backward_reference(const at::Tensor& grad_y, const at::Tensor& x,
                                                               const at::Tensor& weight, double eps);
 
 // No autograd: the CUDA kernels for CUDA tensors (when grpo was built with CUDA kernels; an error

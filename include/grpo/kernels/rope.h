@@ -22,19 +22,16 @@ namespace grpo::kernels {
 enum class RopeLayout { rotate_half, interleaved };
 
 // The model's reference forward (the exact ATen ops of src/model/rope.cpp; differentiable).
-at::Tensor rope_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                          RopeLayout layout);
+at::Tensor rope_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout);
 
 // Explicit backward: grad_y [B, H, T, R] -> grad_x [B, H, T, R].
-at::Tensor rope_backward_reference(const at::Tensor& grad_y, const at::Tensor& cos,
-                                   const at::Tensor& sin, RopeLayout layout);
+at::Tensor rope_backward_reference(const at::Tensor& grad_y, const at::Tensor& cos, const at::Tensor& sin,
+                                   RopeLayout layout);
 
 // No autograd: the CUDA kernels for CUDA tensors, else the references above. Kernels need x and
 // the tables of one dtype.
-at::Tensor rope_forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                        RopeLayout layout);
-at::Tensor rope_backward(const at::Tensor& grad_y, const at::Tensor& cos, const at::Tensor& sin,
-                         RopeLayout layout);
+at::Tensor rope_forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout);
+at::Tensor rope_backward(const at::Tensor& grad_y, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout);
 
 // Differentiable fused RoPE (custom autograd function; gradient for x only).
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, RopeLayout layout);

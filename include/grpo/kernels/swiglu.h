@@ -21,8 +21,7 @@ namespace grpo::kernels {
 at::Tensor swiglu_reference(const at::Tensor& gate, const at::Tensor& up);
 
 // Explicit backward: grad_y [..., F] -> {grad_gate, grad_up} [..., F].
-std::pair<at::Tensor, at::Tensor> swiglu_backward_reference(const at::Tensor& grad_y,
-                                                            const at::Tensor& gate,
+std::pair<at::Tensor, at::Tensor> swiglu_backward_reference(const at::Tensor& grad_y, const at::Tensor& gate,
                                                             const at::Tensor& up);
 
 // No autograd: the CUDA kernels for CUDA tensors, else the references above.

@@ -68,14 +68,12 @@ struct TokenLogprobsResult {
 //   hidden [N, D] any floating dtype, weight [V, D] any floating dtype on the same device,
 //   targets [N] int64 with values in [0, V).
 TokenLogprobsResult token_logprobs_reference(const at::Tensor& hidden, const at::Tensor& weight,
-                                             const at::Tensor& targets,
-                                             const TokenLogprobsOptions& options = {});
+                                             const at::Tensor& targets, const TokenLogprobsOptions& options = {});
 
 // Same numbers (to float32 rounding) by the chunked path; differentiable with respect to hidden
 // and weight (gradients in their own dtypes). Fused CUDA kernels per chunk for CUDA tensors when
 // built with them (and options.use_cuda_kernels), else plain ATen per chunk.
-TokenLogprobsResult token_logprobs(const at::Tensor& hidden, const at::Tensor& weight,
-                                   const at::Tensor& targets,
+TokenLogprobsResult token_logprobs(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
                                    const TokenLogprobsOptions& options = {});
 
 }  // namespace grpo::kernels

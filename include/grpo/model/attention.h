@@ -14,10 +14,10 @@ namespace grpo::model {
 
 // What every attention layer of one forward call shares.
 struct AttentionContext {
-  torch::Tensor cos, sin;      // [B, T, R] rotary tables for the new tokens
-  torch::Tensor mask;          // [B, 1, T, S] additive: 0 where a query may attend, else lowest
-  KVCache* cache = nullptr;    // null: attend over the new tokens only
-  int64_t cache_layer = 0;     // this layer's slot in the cache
+  torch::Tensor cos, sin;                            // [B, T, R] rotary tables for the new tokens
+  torch::Tensor mask;                                // [B, 1, T, S] additive: 0 where a query may attend, else lowest
+  KVCache* cache = nullptr;                          // null: attend over the new tokens only
+  int64_t cache_layer = 0;                           // this layer's slot in the cache
   KernelBackend kernels = KernelBackend::reference;  // RoPE implementation (ModelConfig::kernels)
 };
 
@@ -27,8 +27,8 @@ struct AttentionContext {
 // document number of each token: 1 everywhere for one sequence per row, 1, 2, 3... for packed
 // documents, which then never attend to each other. Masked entries hold the dtype's lowest finite value (as HF), so a fully masked row
 // (a padding query) stays finite.
-torch::Tensor causal_mask(const torch::Tensor& attention_mask, int64_t batch, int64_t q_len,
-                          int64_t past, torch::ScalarType dtype, const torch::Device& device);
+torch::Tensor causal_mask(const torch::Tensor& attention_mask, int64_t batch, int64_t q_len, int64_t past,
+                          torch::ScalarType dtype, const torch::Device& device);
 
 // softmax(q k^T * scale + mask) v with the softmax in float32. q [B, H, T, Dq], k [B, H, S, Dq],
 // v [B, H, S, Dv] -> [B, H, T, Dv].

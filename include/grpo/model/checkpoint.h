@@ -26,7 +26,8 @@ namespace grpo::model {
 struct NamedTensor {
   std::string name;      // HF name, e.g. "model.layers.0.self_attn.kv_b_proj.weight"
   torch::Tensor tensor;  // the model's tensor, or a view of it (one expert's slice)
-  bool copy_only = false;  // written for compatibility but not read back (MTP's copies of the shared embedding and head)
+  bool copy_only =
+      false;  // written for compatibility but not read back (MTP's copies of the shared embedding and head)
 };
 
 // Every tensor of the model under its HF name, as views sharing the model's storage.
@@ -48,7 +49,7 @@ constexpr auto config_enum_names(MissingMtp) {
 struct LoadOptions {
   torch::ScalarType dtype = torch::kFloat;  // dtype of the model's parameters (the router bias stays float32)
   torch::Device device = torch::kCPU;
-  bool allow_unexpected = false;  // ignore tensors the model has no place for (else an error)
+  bool allow_unexpected = false;              // ignore tensors the model has no place for (else an error)
   MissingMtp missing_mtp = MissingMtp::drop;  // the checkpoint has no MTP tensors but config.json asks for MTP
 };
 

@@ -8,16 +8,15 @@
 #include "grpo/model/attention.h"
 #include "grpo/model/layers.h"
 #include "grpo/model/mla.h"
-#include "grpo/model/moe.h"
 #include "grpo/model/model_config.h"
+#include "grpo/model/moe.h"
 
 namespace grpo::model {
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   // `moe`: whether this block's MLP is a mixture of experts.
-  DecoderLayerImpl(const ModelConfig& cfg, bool moe, double softmax_scale_factor,
-                   const torch::TensorOptions& options);
+  DecoderLayerImpl(const ModelConfig& cfg, bool moe, double softmax_scale_factor, const torch::TensorOptions& options);
   // x [B, T, D]; valid [B, T] real-token mask for MoE statistics (may be undefined).
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx, const torch::Tensor& valid);
 

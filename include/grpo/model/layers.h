@@ -51,8 +51,7 @@ TORCH_MODULE(RMSNorm);
 // down(silu(gate(x)) * up(x)). gate, up: [F, D]; down: [D, F].
 class MlpImpl : public torch::nn::Module {
  public:
-  MlpImpl(int64_t hidden, int64_t intermediate, bool bias, double init_std,
-          const torch::TensorOptions& options);
+  MlpImpl(int64_t hidden, int64_t intermediate, bool bias, double init_std, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& x);  // [..., D] -> [..., D]
 
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};

@@ -32,8 +32,7 @@ constexpr auto config_enum_names(RopeType) {
 // output and attend over the compressed latent (decoding; caches kv_lora_rank + rope numbers).
 enum class AttentionImpl { naive, absorbed };
 constexpr auto config_enum_names(AttentionImpl) {
-  return std::array{std::pair{AttentionImpl::naive, "naive"},
-                    std::pair{AttentionImpl::absorbed, "absorbed"}};
+  return std::array{std::pair{AttentionImpl::naive, "naive"}, std::pair{AttentionImpl::absorbed, "absorbed"}};
 }
 
 // Which implementation runs the memory-bound hot paths (RMSNorm, RoPE, SwiGLU, MoE dispatch and
@@ -44,24 +43,23 @@ constexpr auto config_enum_names(AttentionImpl) {
 // auto: cuda for CUDA tensors when grpo was built with CUDA kernels, else reference.
 enum class KernelBackend { automatic, reference, cuda };
 constexpr auto config_enum_names(KernelBackend) {
-  return std::array{std::pair{KernelBackend::automatic, "auto"},
-                    std::pair{KernelBackend::reference, "reference"},
+  return std::array{std::pair{KernelBackend::automatic, "auto"}, std::pair{KernelBackend::reference, "reference"},
                     std::pair{KernelBackend::cuda, "cuda"}};
 }
 
 struct RopeConfig {
-  RopeType type = RopeType::standard;     // default | yarn | llama3 | linear
-  double theta = 10000.0;                 // base of the inverse frequencies
-  double factor = 1.0;                    // context extension factor (yarn, llama3, linear)
+  RopeType type = RopeType::standard;               // default | yarn | llama3 | linear
+  double theta = 10000.0;                           // base of the inverse frequencies
+  double factor = 1.0;                              // context extension factor (yarn, llama3, linear)
   int64_t original_max_position_embeddings = 4096;  // pre-extension context (yarn, llama3)
-  double beta_fast = 32.0;                // yarn: rotations where extrapolation ends
-  double beta_slow = 1.0;                 // yarn: rotations where interpolation starts
-  double mscale = 0.0;                    // yarn: cos/sin scale numerator (0 = unset)
-  double mscale_all_dim = 0.0;            // yarn: also scales softmax by mscale(factor, this)^2
-  std::optional<double> attention_factor; // yarn: explicit cos/sin scale, overrides mscale
-  bool truncate = true;                   // yarn: floor/ceil the correction range
-  double low_freq_factor = 1.0;           // llama3
-  double high_freq_factor = 4.0;          // llama3
+  double beta_fast = 32.0;                          // yarn: rotations where extrapolation ends
+  double beta_slow = 1.0;                           // yarn: rotations where interpolation starts
+  double mscale = 0.0;                              // yarn: cos/sin scale numerator (0 = unset)
+  double mscale_all_dim = 0.0;                      // yarn: also scales softmax by mscale(factor, this)^2
+  std::optional<double> attention_factor;           // yarn: explicit cos/sin scale, overrides mscale
+  bool truncate = true;                             // yarn: floor/ceil the correction range
+  double low_freq_factor = 1.0;                     // llama3
+  double high_freq_factor = 4.0;                    // llama3
 
   template <class V>
   void visit(V& v) {
@@ -69,8 +67,8 @@ struct RopeConfig {
     v("type", type, "default | yarn | llama3 | linear");
     v("theta", theta, "RoPE base", Check().gt(0));
     v("factor", factor, "context extension factor", Check().gt(0));
-    v("original_max_position_embeddings", original_max_position_embeddings,
-      "context length before extension", Check().ge(1));
+    v("original_max_position_embeddings", original_max_position_embeddings, "context length before extension",
+      Check().ge(1));
     v("beta_fast", beta_fast, "yarn: high rotation bound", Check().gt(0));
     v("beta_slow", beta_slow, "yarn: low rotation bound", Check().gt(0));
     v("mscale", mscale, "yarn: cos/sin scale numerator, 0 = unset", Check().ge(0));
@@ -88,15 +86,15 @@ struct RopeConfig {
 // gradients stay in the model's dtype. The embedding, output head, MoE router, norms, MTP eh_proj
 // and the attention core always stay in high precision.
 struct Fp8Config {
-  bool enabled = false;         // master switch; false = every layer in the model's dtype
-  bool attention = true;        // attention projections (MLA q_a/q_b/q_proj, kv_a/kv_b, o_proj; q/k/v/o)
-  bool dense_mlp = true;        // MLPs of dense layers (first_k_dense_replace layers, dense models)
-  bool experts = true;          // routed experts of MoE layers
-  bool shared_experts = true;   // shared experts of MoE layers
-  bool ue8m0 = false;           // round scales up to powers of two (UE8M0, as DeepSeek-V3.1)
-  bool fprop = true;            // y = x W^T in FP8 (false: in high precision, for ablations)
-  bool dgrad = true;            // dx = dy W in FP8 (false: high precision)
-  bool wgrad = true;            // dW = dy^T x in FP8 (false: high precision)
+  bool enabled = false;        // master switch; false = every layer in the model's dtype
+  bool attention = true;       // attention projections (MLA q_a/q_b/q_proj, kv_a/kv_b, o_proj; q/k/v/o)
+  bool dense_mlp = true;       // MLPs of dense layers (first_k_dense_replace layers, dense models)
+  bool experts = true;         // routed experts of MoE layers
+  bool shared_experts = true;  // shared experts of MoE layers
+  bool ue8m0 = false;          // round scales up to powers of two (UE8M0, as DeepSeek-V3.1)
+  bool fprop = true;           // y = x W^T in FP8 (false: in high precision, for ablations)
+  bool dgrad = true;           // dx = dy W in FP8 (false: high precision)
+  bool wgrad = true;           // dW = dy^T x in FP8 (false: high precision)
   KernelBackend backend = KernelBackend::automatic;  // GEMM: auto | reference (dequant + fp32) | cuda
 
   template <class V>
@@ -115,47 +113,47 @@ struct Fp8Config {
 };
 
 struct ModelConfig {
-  Arch arch = Arch::deepseek_v3;          // architecture family
-  int64_t vocab_size = 0;                 // V
-  int64_t hidden_size = 0;                // D
-  int64_t intermediate_size = 0;          // F of dense MLPs
-  int64_t num_hidden_layers = 0;          // L (MTP modules not counted)
-  int64_t num_attention_heads = 0;        // H
-  int64_t num_key_value_heads = 0;        // Hkv (dense GQA); 0 = H
-  int64_t head_dim = 0;                   // Dh (dense); 0 = D / H
-  int64_t max_position_embeddings = 4096; // longest sequence (sizes KV caches)
-  double rms_norm_eps = 1e-6;             // RMSNorm epsilon
-  RopeConfig rope;                        // rotary embedding
-  bool rope_interleave = true;            // deepseek_v3: rope dims are adjacent pairs
-  bool attention_bias = false;            // bias on attention projections (llama, deepseek_v3)
-  bool qkv_bias = false;                  // bias on q/k/v only (qwen2)
-  bool mlp_bias = false;                  // bias on MLP projections (llama)
-  bool tie_word_embeddings = false;       // lm_head shares embed_tokens' weight
-  double initializer_range = 0.02;        // std of the random init
+  Arch arch = Arch::deepseek_v3;           // architecture family
+  int64_t vocab_size = 0;                  // V
+  int64_t hidden_size = 0;                 // D
+  int64_t intermediate_size = 0;           // F of dense MLPs
+  int64_t num_hidden_layers = 0;           // L (MTP modules not counted)
+  int64_t num_attention_heads = 0;         // H
+  int64_t num_key_value_heads = 0;         // Hkv (dense GQA); 0 = H
+  int64_t head_dim = 0;                    // Dh (dense); 0 = D / H
+  int64_t max_position_embeddings = 4096;  // longest sequence (sizes KV caches)
+  double rms_norm_eps = 1e-6;              // RMSNorm epsilon
+  RopeConfig rope;                         // rotary embedding
+  bool rope_interleave = true;             // deepseek_v3: rope dims are adjacent pairs
+  bool attention_bias = false;             // bias on attention projections (llama, deepseek_v3)
+  bool qkv_bias = false;                   // bias on q/k/v only (qwen2)
+  bool mlp_bias = false;                   // bias on MLP projections (llama)
+  bool tie_word_embeddings = false;        // lm_head shares embed_tokens' weight
+  double initializer_range = 0.02;         // std of the random init
   // Multi-head latent attention (deepseek_v3)
-  std::optional<int64_t> q_lora_rank;     // Cq; null = plain q_proj
-  int64_t kv_lora_rank = 0;               // C
-  int64_t qk_nope_head_dim = 0;           // Dn
-  int64_t qk_rope_head_dim = 0;           // Dr
-  int64_t v_head_dim = 0;                 // Dv
+  std::optional<int64_t> q_lora_rank;                   // Cq; null = plain q_proj
+  int64_t kv_lora_rank = 0;                             // C
+  int64_t qk_nope_head_dim = 0;                         // Dn
+  int64_t qk_rope_head_dim = 0;                         // Dr
+  int64_t v_head_dim = 0;                               // Dv
   AttentionImpl attention_impl = AttentionImpl::naive;  // naive | absorbed
   // Mixture of experts (deepseek_v3)
-  int64_t moe_intermediate_size = 0;      // F of each expert
-  int64_t n_routed_experts = 0;           // E; 0 = dense model
-  int64_t n_shared_experts = 0;           // always-on experts (one MLP of n * F)
-  int64_t num_experts_per_tok = 0;        // K
-  int64_t n_group = 1;                    // expert groups for group-limited routing
-  int64_t topk_group = 1;                 // groups kept per token
-  bool norm_topk_prob = true;             // normalise the K weights to sum 1
-  double routed_scaling_factor = 1.0;     // multiplies routed weights
-  int64_t first_k_dense_replace = 0;      // layers below this use a dense MLP
-  double seq_aux_loss_alpha = 0.0;        // sequence-wise balance loss weight (0 = off)
+  int64_t moe_intermediate_size = 0;   // F of each expert
+  int64_t n_routed_experts = 0;        // E; 0 = dense model
+  int64_t n_shared_experts = 0;        // always-on experts (one MLP of n * F)
+  int64_t num_experts_per_tok = 0;     // K
+  int64_t n_group = 1;                 // expert groups for group-limited routing
+  int64_t topk_group = 1;              // groups kept per token
+  bool norm_topk_prob = true;          // normalise the K weights to sum 1
+  double routed_scaling_factor = 1.0;  // multiplies routed weights
+  int64_t first_k_dense_replace = 0;   // layers below this use a dense MLP
+  double seq_aux_loss_alpha = 0.0;     // sequence-wise balance loss weight (0 = off)
   // Multi-token prediction (deepseek_v3)
-  int64_t num_nextn_predict_layers = 0;   // D MTP modules
+  int64_t num_nextn_predict_layers = 0;  // D MTP modules
   // Implementation of the hot paths: auto | reference | cuda (see KernelBackend), e.g. `reference`
   // to rule the kernels out when a GPU run drifts from a CPU one.
   KernelBackend kernels = KernelBackend::automatic;
-  Fp8Config fp8;                          // FP8 Linear layers (off by default)
+  Fp8Config fp8;  // FP8 Linear layers (off by default)
   // Special tokens (informational; generation reads them)
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;
@@ -211,9 +209,7 @@ struct ModelConfig {
   std::string validate() const;
 
   bool is_mla() const { return arch == Arch::deepseek_v3; }
-  bool is_moe_layer(int64_t layer) const {
-    return n_routed_experts > 0 && layer >= first_k_dense_replace;
-  }
+  bool is_moe_layer(int64_t layer) const { return n_routed_experts > 0 && layer >= first_k_dense_replace; }
   int64_t kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
   int64_t dense_head_dim() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }

@@ -48,12 +48,12 @@ class MoeImpl : public torch::nn::Module {
   // Sequence-wise balance loss of the last training forward (scalar), undefined when alpha is 0.
   torch::Tensor balance_loss() const { return balance_loss_; }
 
-  torch::Tensor gate_weight;            // [E, D] router ("mlp.gate.weight")
+  torch::Tensor gate_weight;              // [E, D] router ("mlp.gate.weight")
   torch::Tensor e_score_correction_bias;  // [E] float32 buffer
-  torch::Tensor experts_gate;           // [E, F, D]
-  torch::Tensor experts_up;             // [E, F, D]
-  torch::Tensor experts_down;           // [E, D, F]
-  Mlp shared_experts{nullptr};          // [n_shared * F]; null when there are none
+  torch::Tensor experts_gate;             // [E, F, D]
+  torch::Tensor experts_up;               // [E, F, D]
+  torch::Tensor experts_down;             // [E, D, F]
+  Mlp shared_experts{nullptr};            // [n_shared * F]; null when there are none
   // FP8 mode of the routed experts (grpo/model/fp8_linear.h; set by fp8_enable, the one owner of the
   // choice, like LinearImpl::fp8): both expert paths, the per-expert loop and the fused dispatch,
   // run their GEMMs through fp8_linear with this config; unset = the experts' own dtype.
@@ -65,8 +65,8 @@ class MoeImpl : public torch::nn::Module {
   double scaling_, alpha_;
   // Routed experts through the fused ops of grpo/kernels/ (permute, grouped GEMMs, SwiGLU,
   // unpermute): x_flat [N, D], weight [N, K], order [N*K], counts [E] (CPU) -> [N, D].
-  torch::Tensor routed_fused(const torch::Tensor& x_flat, const torch::Tensor& weight,
-                             const torch::Tensor& order, const torch::Tensor& counts);
+  torch::Tensor routed_fused(const torch::Tensor& x_flat, const torch::Tensor& weight, const torch::Tensor& order,
+                             const torch::Tensor& counts);
 
   torch::Tensor load_;
   torch::Tensor balance_loss_;

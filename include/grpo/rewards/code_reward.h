@@ -31,10 +31,10 @@
 namespace grpo::rewards {
 
 struct CodeRewardConfig {
-  SandboxConfig sandbox;              // limits for every test run
-  std::string tests_field = "tests";  // the record column holding the tests
-  int64_t max_tests = 0;              // run at most this many tests per sample; 0 = all
-  bool stop_at_first_failure = false; // stop a sample's tests at its first failure (the rest count as failed)
+  SandboxConfig sandbox;                 // limits for every test run
+  std::string tests_field = "tests";     // the record column holding the tests
+  int64_t max_tests = 0;                 // run at most this many tests per sample; 0 = all
+  bool stop_at_first_failure = false;    // stop a sample's tests at its first failure (the rest count as failed)
   std::string log_failures = "stopped";  // log failing samples' reasons: stopped (warn, runs the sandbox
                                          // had to stop) | all (also every other failure, at info) | none
 
@@ -54,7 +54,7 @@ struct CodeRewardConfig {
 
 // The tests of one record, parsed from its column.
 struct CodeTests {
-  std::vector<std::string> statements;               // assert-style tests, or
+  std::vector<std::string> statements;                  // assert-style tests, or
   std::vector<std::pair<std::string, std::string>> io;  // (stdin, expected stdout) pairs
   size_t size() const { return statements.size() + io.size(); }
 };

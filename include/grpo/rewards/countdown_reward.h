@@ -63,7 +63,7 @@ struct CountdownRewardConfig {
   }
 };
 
-constexpr int kMaxExpressionDepth = 200;     // nested brackets and unary minus signs
+constexpr int kMaxExpressionDepth = 200;      // nested brackets and unary minus signs
 constexpr size_t kMaxExpressionBytes = 4096;  // longer expressions are refused
 
 // An exact rational, reduced, denominator > 0.
@@ -80,7 +80,7 @@ struct ExpressionResult {
   std::optional<Rational> value;  // set when the text parsed and evaluated
   bool parsed = false;            // syntactically valid (value may still be absent: overflow, division by zero)
   std::vector<int64_t> numbers;   // the integer literals in the order written (a unary minus is not part of them)
-  std::string error;              // "" when value is set; else "division by zero", "overflow", "unexpected 'x' at 3", ...
+  std::string error;  // "" when value is set; else "division by zero", "overflow", "unexpected 'x' at 3", ...
 };
 
 // Parses and evaluates one expression (no "= value" stripping; see extract_countdown_expression).

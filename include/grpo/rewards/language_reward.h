@@ -35,18 +35,18 @@
 namespace grpo::rewards {
 
 struct LanguageRewardConfig {
-  std::string script = "latin";     // target script: latin, han, cyrillic, greek, arabic, hebrew, devanagari,
-                                    // hangul, japanese (hiragana + katakana + han), thai
-  std::string scope = "think";      // think (the reasoning block) | completion (all of it)
-  bool skip_latex = true;           // skip \command names, $...$ / \(..\) / \[..\] math and ``` code fences
+  std::string script = "latin";      // target script: latin, han, cyrillic, greek, arabic, hebrew, devanagari,
+                                     // hangul, japanese (hiragana + katakana + han), thai
+  std::string scope = "think";       // think (the reasoning block) | completion (all of it)
+  bool skip_latex = true;            // skip \command names, $...$ / \(..\) / \[..\] math and ``` code fences
   std::string empty_score = "zero";  // no words to judge: zero (score 0) | absent (does not apply)
 
   template <class V>
   void visit(V& v) {
     using config::Check;
     v("script", script, "target script of the reasoning",
-      Check().one_of({"latin", "han", "cyrillic", "greek", "arabic", "hebrew", "devanagari", "hangul", "japanese",
-                      "thai"}));
+      Check().one_of(
+          {"latin", "han", "cyrillic", "greek", "arabic", "hebrew", "devanagari", "hangul", "japanese", "thai"}));
     v("scope", scope, "think: the <think> block; completion: the whole completion",
       Check().one_of({"think", "completion"}));
     v("skip_latex", skip_latex, "skip \\command names, inline/display math and ``` code fences");

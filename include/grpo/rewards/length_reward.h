@@ -36,13 +36,13 @@ namespace grpo::rewards {
 struct LengthRewardConfig {
   std::string mode = "dapo_overlong";  // dapo_overlong | cosine
   int64_t max_length = 0;              // tokens; dapo: L_max, cosine: the length at which the cosine ends (required)
-  int64_t cache_length = 0;            // dapo: the soft-punishment band below max_length (L_cache), 0 <= it < max_length
-  double penalty_factor = 1.0;         // dapo: the penalty is multiplied by this
-  double min_value_wrong = -1.0;       // cosine: score of a wrong answer of length 0
-  double max_value_wrong = -0.5;       // cosine: score of a wrong answer of max_length tokens or more
-  double min_value_correct = 0.5;      // cosine: score of a correct answer of max_length tokens or more
-  double max_value_correct = 1.0;      // cosine: score of a correct answer of length 0
-  MathAnswerConfig math;               // cosine: how correctness is decided
+  int64_t cache_length = 0;        // dapo: the soft-punishment band below max_length (L_cache), 0 <= it < max_length
+  double penalty_factor = 1.0;     // dapo: the penalty is multiplied by this
+  double min_value_wrong = -1.0;   // cosine: score of a wrong answer of length 0
+  double max_value_wrong = -0.5;   // cosine: score of a wrong answer of max_length tokens or more
+  double min_value_correct = 0.5;  // cosine: score of a correct answer of max_length tokens or more
+  double max_value_correct = 1.0;  // cosine: score of a correct answer of length 0
+  MathAnswerConfig math;           // cosine: how correctness is decided
 
   template <class V>
   void visit(V& v) {
@@ -51,8 +51,7 @@ struct LengthRewardConfig {
       Check().one_of({"dapo_overlong", "cosine"}));
     v("max_length", max_length, "completion tokens: dapo L_max; cosine: where the cosine ends",
       Check().gt(0).required());
-    v("cache_length", cache_length, "dapo L_cache: the band below max_length with a linear penalty",
-      Check().ge(0));
+    v("cache_length", cache_length, "dapo L_cache: the band below max_length with a linear penalty", Check().ge(0));
     v("penalty_factor", penalty_factor, "dapo: multiplies the penalty", Check().ge(0));
     v("min_value_wrong", min_value_wrong, "cosine: wrong answer, shortest");
     v("max_value_wrong", max_value_wrong, "cosine: wrong answer, max_length or longer");

@@ -31,8 +31,7 @@ enum class AnswerFallback {
   none,         // nothing: the completion scores 0
 };
 constexpr auto config_enum_names(AnswerFallback) {
-  return std::array{std::pair{AnswerFallback::last_number, "last_number"},
-                    std::pair{AnswerFallback::none, "none"}};
+  return std::array{std::pair{AnswerFallback::last_number, "last_number"}, std::pair{AnswerFallback::none, "none"}};
 }
 
 // Which marked answer wins when a completion has both \boxed{} and <answer> tags.
@@ -43,16 +42,15 @@ enum class AnswerPreference {
 };
 constexpr auto config_enum_names(AnswerPreference) {
   return std::array{std::pair{AnswerPreference::boxed, "boxed"},
-                    std::pair{AnswerPreference::answer_tags, "answer_tags"},
-                    std::pair{AnswerPreference::last, "last"}};
+                    std::pair{AnswerPreference::answer_tags, "answer_tags"}, std::pair{AnswerPreference::last, "last"}};
 }
 
 struct MathAnswerConfig {
   AnswerFallback fallback = AnswerFallback::last_number;  // no \boxed{} and no <answer>: what to take
   AnswerPreference prefer = AnswerPreference::boxed;      // \boxed{} vs <answer> when both appear
-  int float_rounding = 6;          // decimals kept when either side has a decimal point (math-verify: 6)
-  double rel_tol = 1e-6;           // relative tolerance, only for values too large for exact rationals
-  double abs_tol = 1e-9;           // absolute tolerance, same
+  int float_rounding = 6;               // decimals kept when either side has a decimal point (math-verify: 6)
+  double rel_tol = 1e-6;                // relative tolerance, only for values too large for exact rationals
+  double abs_tol = 1e-9;                // absolute tolerance, same
   bool percent_equals_fraction = true;  // "50%" == 0.5 (and always == 50, as math-verify)
 
   template <class V>
@@ -60,8 +58,7 @@ struct MathAnswerConfig {
     using config::Check;
     v("fallback", fallback, "no \\boxed{} or <answer>: last_number (take the last number) or none");
     v("prefer", prefer, "boxed | answer_tags | last: which marked answer wins when both appear");
-    v("float_rounding", float_rounding, "decimals compared when either side has a decimal point",
-      Check().ge(0).le(15));
+    v("float_rounding", float_rounding, "decimals compared when either side has a decimal point", Check().ge(0).le(15));
     v("rel_tol", rel_tol, "relative tolerance for values beyond exact 64-bit rationals", Check().ge(0));
     v("abs_tol", abs_tol, "absolute tolerance for values beyond exact 64-bit rationals", Check().ge(0));
     v("percent_equals_fraction", percent_equals_fraction, "\"50%\" also equals 0.5 (it always equals 50)");
@@ -70,12 +67,12 @@ struct MathAnswerConfig {
 
 // One number as written: an exact rational when it fits in 64 bits, and its double value.
 struct ParsedNumber {
-  bool exact = true;         // numerator/denominator are valid
+  bool exact = true;  // numerator/denominator are valid
   std::int64_t numerator = 0;
   std::int64_t denominator = 1;  // > 0, reduced
-  double value = 0.0;        // the value (percent not applied)
-  bool decimal = false;      // written with a decimal point: compared after rounding
-  bool percent = false;      // written with a trailing % (value is the number before the %)
+  double value = 0.0;            // the value (percent not applied)
+  bool decimal = false;          // written with a decimal point: compared after rounding
+  bool percent = false;          // written with a trailing % (value is the number before the %)
 };
 
 struct ParsedAnswer {

@@ -49,9 +49,9 @@ extern "C" {
 // What a plugin tells the loader about itself. `abi_version` stays the first member in every ABI
 // version, so that any loader can read it before trusting the rest of the layout.
 struct grpo_reward_plugin {
-  uint32_t abi_version;    // GRPO_REWARD_PLUGIN_ABI_VERSION the plugin was compiled with
-  uint32_t cxx11_abi;      // GRPO_REWARD_PLUGIN_CXX11_ABI of the plugin's compiler
-  uint32_t sizeof_sample;  // sizeof(grpo::rewards::Sample) in the plugin: a cheap check of the headers
+  uint32_t abi_version;      // GRPO_REWARD_PLUGIN_ABI_VERSION the plugin was compiled with
+  uint32_t cxx11_abi;        // GRPO_REWARD_PLUGIN_CXX11_ABI of the plugin's compiler
+  uint32_t sizeof_sample;    // sizeof(grpo::rewards::Sample) in the plugin: a cheap check of the headers
   const char* grpo_version;  // GRPO_VERSION_STRING of the grpo headers, e.g. "0.1.0"
   const char* name;          // the plugin's name, for messages, e.g. "example"
   // Registers the plugin's functions into `registry` (a grpo::rewards::RewardRegistry*). Returns 0 on
@@ -116,21 +116,21 @@ int register_rewards_guarded(Body body, void* registry, char* error, size_t erro
 
 // Defines the plugin's entry point; the braces that follow are the body of its registration, with
 // `registry_var` a grpo::rewards::RewardRegistry&. Use it once per plugin, at namespace scope.
-#define GRPO_REWARD_PLUGIN(plugin_name, registry_var)                                                 \
-  static void grpo_reward_plugin_register_body(::grpo::rewards::RewardRegistry& registry_var);       \
-  static int grpo_reward_plugin_register_c(void* registry, char* error, size_t error_size) {          \
-    return ::grpo::rewards::plugin_detail::register_rewards_guarded(&grpo_reward_plugin_register_body, \
-                                                                    registry, error, error_size);      \
-  }                                                                                                    \
-  extern "C" GRPO_REWARD_PLUGIN_EXPORT const grpo_reward_plugin* grpo_reward_plugin_entry(void) {     \
-    static const grpo_reward_plugin plugin = {                                                         \
-        GRPO_REWARD_PLUGIN_ABI_VERSION,                                                                \
-        GRPO_REWARD_PLUGIN_CXX11_ABI,                                                                  \
-        static_cast<uint32_t>(sizeof(::grpo::rewards::Sample)),                                        \
-        GRPO_VERSION_STRING,                                                                           \
-        plugin_name,                                                                                   \
-        &grpo_reward_plugin_register_c,                                                                \
-    };                                                                                                 \
-    return &plugin;                                                                                    \
-  }                                                                                                    \
+#define GRPO_REWARD_PLUGIN(plugin_name, registry_var)                                                            \
+  static void grpo_reward_plugin_register_body(::grpo::rewards::RewardRegistry& registry_var);                   \
+  static int grpo_reward_plugin_register_c(void* registry, char* error, size_t error_size) {                     \
+    return ::grpo::rewards::plugin_detail::register_rewards_guarded(&grpo_reward_plugin_register_body, registry, \
+                                                                    error, error_size);                          \
+  }                                                                                                              \
+  extern "C" GRPO_REWARD_PLUGIN_EXPORT const grpo_reward_plugin* grpo_reward_plugin_entry(void) {                \
+    static const grpo_reward_plugin plugin = {                                                                   \
+        GRPO_REWARD_PLUGIN_ABI_VERSION,                                                                          \
+        GRPO_REWARD_PLUGIN_CXX11_ABI,                                                                            \
+        static_cast<uint32_t>(sizeof(::grpo::rewards::Sample)),                                                  \
+        GRPO_VERSION_STRING,                                                                                     \
+        plugin_name,                                                                                             \
+        &grpo_reward_plugin_register_c,                                                                          \
+    };                                                                                                           \
+    return &plugin;                                                                                              \
+  }                                                                                                              \
   static void grpo_reward_plugin_register_body(::grpo::rewards::RewardRegistry& registry_var)

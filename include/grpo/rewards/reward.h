@@ -5,8 +5,8 @@
 // threads at once (on different batches): rewards are computed in parallel across completions.
 #pragma once
 
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>

@@ -44,11 +44,11 @@ constexpr auto config_enum_names(OnError) {
 
 // One function of the set.
 struct RewardSpec {
-  std::string name;       // registry name: a built-in or one a plugin registered
-  std::string label;      // name in metrics and output; default: the name (set it to use a function twice)
-  double weight = 1.0;    // weight in the total
-  int64_t batch_size = 1; // samples per call; 0 = the whole batch in one call
-  config::Value options;  // the function's own options (see its docs)
+  std::string name;        // registry name: a built-in or one a plugin registered
+  std::string label;       // name in metrics and output; default: the name (set it to use a function twice)
+  double weight = 1.0;     // weight in the total
+  int64_t batch_size = 1;  // samples per call; 0 = the whole batch in one call
+  config::Value options;   // the function's own options (see its docs)
 
   const std::string& label_or_name() const { return label.empty() ? name : label; }
 
@@ -64,10 +64,10 @@ struct RewardSpec {
 };
 
 struct RewardsConfig {
-  std::vector<std::string> plugins;      // reward plugin libraries to load (relative: to the config file, else the cwd)
-  std::vector<RewardSpec> functions;     // the functions and their weights
-  OnError on_error = OnError::fail;      // a throwing function fails the run, or scores absent
-  int64_t threads = 0;                   // threads scoring in parallel; 0 = one per hardware thread
+  std::vector<std::string> plugins;   // reward plugin libraries to load (relative: to the config file, else the cwd)
+  std::vector<RewardSpec> functions;  // the functions and their weights
+  OnError on_error = OnError::fail;   // a throwing function fails the run, or scores absent
+  int64_t threads = 0;                // threads scoring in parallel; 0 = one per hardware thread
 
   template <class V>
   void visit(V& v) {

@@ -67,9 +67,9 @@ struct SandboxResult {
   bool killed_for_memory = false;  // hit the memory limit (MemoryError, or killed allocating)
   bool output_truncated = false;   // stdout or stderr was cut at max_output_bytes
   std::string stdout_text, stderr_text;
-  double wall_seconds = 0;         // from start to the last process reaped
-  std::string reason;              // one line: "ok", "timed out after 10 s (wall)", "exit 1: AssertionError"
-  std::string isolation;           // the layers in effect, e.g. "pidns netns mntns cgroup uid65534 rlimits"
+  double wall_seconds = 0;  // from start to the last process reaped
+  std::string reason;       // one line: "ok", "timed out after 10 s (wall)", "exit 1: AssertionError"
+  std::string isolation;    // the layers in effect, e.g. "pidns netns mntns cgroup uid65534 rlimits"
 
   bool ok() const { return exit_code == 0 && signal == 0 && !timed_out; }
 };
@@ -81,10 +81,10 @@ SandboxResult run_sandboxed(const SandboxConfig& cfg, const std::string& program
                             const std::string& stdin_text = "");
 
 struct TestCaseResult {
-  std::string test;     // the test's text, e.g. "assert f(2) == 4"
+  std::string test;  // the test's text, e.g. "assert f(2) == 4"
   bool passed = false;
-  std::string reason;   // "ok" or the run's reason ("exit 1: AssertionError", "timed out ...")
-  bool stopped = false; // the sandbox stopped the run: wall-clock limit, memory limit or a signal
+  std::string reason;    // "ok" or the run's reason ("exit 1: AssertionError", "timed out ...")
+  bool stopped = false;  // the sandbox stopped the run: wall-clock limit, memory limit or a signal
 };
 
 // Runs `code` followed by each test (Python statements, e.g. asserts), each test in its own

@@ -38,18 +38,18 @@
 namespace grpo::rollout {
 
 struct GenerationConfig {
-  int64_t max_new_tokens = 256;          // tokens generated per completion at most
-  SamplingConfig sampling;               // temperature, top_k, top_p, min_p
-  std::vector<int64_t> eos_token_ids;    // stop ids; empty = the model config's eos_token_ids
-  bool ignore_eos = false;               // never stop on EOS (benchmarks, parity tests)
-  std::vector<std::string> stop_strings; // stop when the decoded completion contains one (needs a tokenizer)
-  int64_t num_generations = 1;           // completions per prompt (GRPO's G), sharing the prompt's prefill
-  uint64_t seed = 0;                     // seed of requests that carry none (plus their index)
-  bool use_cache = true;                 // false: recompute the whole sequence every step (for checks)
-  int64_t max_batch_rows = 0;            // decode at most this many rows at once; 0 = all
-  bool speculative_mtp = false;          // DeepSeek-V3 MTP drafts one token, the model verifies (greedy only)
-  bool mla_absorbed = true;              // MLA models decode in the absorbed form (restored after)
-  bool skip_special_tokens = false;      // drop special tokens from Completion::text (the final EOS always is)
+  int64_t max_new_tokens = 256;           // tokens generated per completion at most
+  SamplingConfig sampling;                // temperature, top_k, top_p, min_p
+  std::vector<int64_t> eos_token_ids;     // stop ids; empty = the model config's eos_token_ids
+  bool ignore_eos = false;                // never stop on EOS (benchmarks, parity tests)
+  std::vector<std::string> stop_strings;  // stop when the decoded completion contains one (needs a tokenizer)
+  int64_t num_generations = 1;            // completions per prompt (GRPO's G), sharing the prompt's prefill
+  uint64_t seed = 0;                      // seed of requests that carry none (plus their index)
+  bool use_cache = true;                  // false: recompute the whole sequence every step (for checks)
+  int64_t max_batch_rows = 0;             // decode at most this many rows at once; 0 = all
+  bool speculative_mtp = false;           // DeepSeek-V3 MTP drafts one token, the model verifies (greedy only)
+  bool mla_absorbed = true;               // MLA models decode in the absorbed form (restored after)
+  bool skip_special_tokens = false;       // drop special tokens from Completion::text (the final EOS always is)
 
   template <class V>
   void visit(V& v) {
@@ -85,8 +85,8 @@ struct Completion {
   std::vector<float> logprobs;     // log p(token) under log_softmax(logits / T), one per token
   std::string text;                // decoded (without the final EOS); cut after the stop string (stop)
   FinishReason finish_reason = FinishReason::length;
-  std::string stop_string;         // the stop string that ended it (stop)
-  double seconds = 0;              // from the start of generate() until this completion finished
+  std::string stop_string;  // the stop string that ended it (stop)
+  double seconds = 0;       // from the start of generate() until this completion finished
 };
 
 struct GenerationStats {
@@ -95,8 +95,8 @@ struct GenerationStats {
   int64_t generated_tokens = 0;  // tokens in all completions
   int64_t steps = 0;             // decode forwards
   double prefill_seconds = 0, decode_seconds = 0, total_seconds = 0;
-  double tokens_per_second = 0;  // generated_tokens / total_seconds
-  int64_t cache_bytes = 0;       // KV cache allocated for the prefill
+  double tokens_per_second = 0;       // generated_tokens / total_seconds
+  int64_t cache_bytes = 0;            // KV cache allocated for the prefill
   int64_t drafted = 0, accepted = 0;  // speculative decoding: drafts proposed and accepted
 };
 

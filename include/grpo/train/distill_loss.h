@@ -84,8 +84,8 @@ enum class Divergence {
   jsd,         // generalized Jensen-Shannon with mixture weight beta (TRL's GKD loss)
 };
 constexpr auto config_enum_names(Divergence) {
-  return std::array{std::pair{Divergence::forward_kl, "forward_kl"},
-                    std::pair{Divergence::reverse_kl, "reverse_kl"}, std::pair{Divergence::jsd, "jsd"}};
+  return std::array{std::pair{Divergence::forward_kl, "forward_kl"}, std::pair{Divergence::reverse_kl, "reverse_kl"},
+                    std::pair{Divergence::jsd, "jsd"}};
 }
 
 // Defaults follow TRL's GKDConfig (beta 0.5, temperature 1.0).
@@ -99,13 +99,16 @@ struct DistillLossConfig {
   template <class V>
   void visit(V& v) {
     using config::Check;
-    v("divergence", divergence, "forward_kl: KL(teacher || student) | reverse_kl: KL(student || teacher) | "
+    v("divergence", divergence,
+      "forward_kl: KL(teacher || student) | reverse_kl: KL(student || teacher) | "
       "jsd: generalized Jensen-Shannon with weight beta (TRL's GKD)");
     v("beta", beta, "jsd only: teacher weight of the mixture, e.g. 0.5; 0 = forward_kl, 1 = reverse_kl",
       Check().in(0, 1));
     v("temperature", temperature, "softmax temperature of both models' logits, e.g. 1.0", Check().gt(0));
-    v("chunk_size", chunk_size, "vocabulary rows per chunk of the chunked path, e.g. 4096 "
-      "(peak memory a few N x chunk_size float32 buffers)", Check().ge(1));
+    v("chunk_size", chunk_size,
+      "vocabulary rows per chunk of the chunked path, e.g. 4096 "
+      "(peak memory a few N x chunk_size float32 buffers)",
+      Check().ge(1));
   }
   std::string validate() const;  // "" when fine, else the problem (out-of-range values)
 };

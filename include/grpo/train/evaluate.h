@@ -22,13 +22,13 @@
 namespace grpo::train {
 
 struct EvalConfig {
-  int64_t max_new_tokens = 256;                 // tokens per completion
-  double temperature = 0.0;                     // 0 = greedy (pass@1 of the greedy answer)
-  int64_t max_records = 0;                      // evaluate at most this many records; 0 = all
-  int64_t batch_rows = 64;                      // completions decoded at once
+  int64_t max_new_tokens = 256;                   // tokens per completion
+  double temperature = 0.0;                       // 0 = greedy (pass@1 of the greedy answer)
+  int64_t max_records = 0;                        // evaluate at most this many records; 0 = all
+  int64_t batch_rows = 64;                        // completions decoded at once
   std::string accuracy_reward = "math_accuracy";  // the reward label whose mean is the accuracy
-  int64_t samples_logged = 3;                   // completions kept in EvalResult::samples
-  std::vector<std::string> stop_strings;        // e.g. ["</answer>"]
+  int64_t samples_logged = 3;                     // completions kept in EvalResult::samples
+  std::vector<std::string> stop_strings;          // e.g. ["</answer>"]
 
   template <class V>
   void visit(V& v) {
@@ -37,8 +37,7 @@ struct EvalConfig {
     v("temperature", temperature, "sampling temperature; 0 = greedy", Check().ge(0));
     v("max_records", max_records, "evaluate at most this many records; 0 = all", Check().ge(0));
     v("batch_rows", batch_rows, "completions decoded at once", Check().ge(1));
-    v("accuracy_reward", accuracy_reward, "label of the reward whose mean is reported as accuracy",
-      Check().nonempty());
+    v("accuracy_reward", accuracy_reward, "label of the reward whose mean is reported as accuracy", Check().nonempty());
     v("samples_logged", samples_logged, "completions kept for the log", Check().ge(0));
     v("stop_strings", stop_strings, "strings that end a completion, e.g. </answer>");
   }
@@ -51,9 +50,9 @@ struct EvalSample {
 
 struct EvalResult {
   int64_t records = 0;
-  double accuracy = 0;      // mean of accuracy_reward over records where it applies
-  double mean_reward = 0;   // mean weighted total
-  double mean_length = 0;   // completion tokens
+  double accuracy = 0;     // mean of accuracy_reward over records where it applies
+  double mean_reward = 0;  // mean weighted total
+  double mean_length = 0;  // completion tokens
   double seconds = 0;
   std::vector<EvalSample> samples;
 };
@@ -63,6 +62,5 @@ struct EvalResult {
 // std::invalid_argument when `accuracy_reward` is not a label of `rewards`.
 EvalResult evaluate(model::CausalLM& model, const data::Tokenizer& tokenizer, const data::PromptConfig& prompt,
                     const std::vector<data::Record>& records, const rewards::RewardSet& rewards, const EvalConfig& cfg);
-
 
 }  // namespace grpo::train

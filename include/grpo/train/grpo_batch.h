@@ -29,9 +29,9 @@ struct GrpoBatch {
   int64_t truncated = 0;          // completions that ended at max_new_tokens
   int64_t group_size = 0;         // G
 
-  int64_t size() const { return input_ids.size(0); }                    // N
+  int64_t size() const { return input_ids.size(0); }                     // N
   int64_t completion_length() const { return completion_mask.size(1); }  // L
-  double completion_tokens() const;                                     // sum of completion_mask
+  double completion_tokens() const;                                      // sum of completion_mask
 
   // Rows [begin, begin + count) of every tensor (views; lengths and counts left empty).
   GrpoBatch rows(int64_t begin, int64_t count) const;

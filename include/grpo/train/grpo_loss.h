@@ -77,10 +77,10 @@ struct GrpoLossConfig {
   std::optional<double> delta;          // two-sided clipping (INTELLECT-2): the unclipped ratio is capped at
                                         // delta, e.g. 4; unset = off (TRL default None)
   ImportanceSamplingLevel importance_sampling_level = ImportanceSamplingLevel::token;  // TRL default token
-  double beta = 0.0;                    // weight of the k3 KL to the reference policy (TRL default 0; R1: 0.001)
-  bool use_bias_correction_kl = true;   // multiply the KL by the importance ratio (DeepSeek-V3.2; TRL default true)
+  double beta = 0.0;                   // weight of the k3 KL to the reference policy (TRL default 0; R1: 0.001)
+  bool use_bias_correction_kl = true;  // multiply the KL by the importance ratio (DeepSeek-V3.2; TRL default true)
   RewardScaling scale_rewards = RewardScaling::group;  // TRL default group
-  int64_t max_completion_length = 512;  // tokens; dr_grpo's constant normaliser (TRL default 512)
+  int64_t max_completion_length = 512;                 // tokens; dr_grpo's constant normaliser (TRL default 512)
   // The log-probs' temperature is the sampling temperature (grpo.generation.sampling.temperature):
   // the ratio compares log-probs of the distribution that sampled.
 
@@ -126,14 +126,14 @@ struct GrpoLossInputs {
 // The metrics are 0-dim tensors without grad (the logps' dtype), so that a trainer can add them up over
 // micro-batches and read them back once per step.
 struct GrpoLossOutput {
-  torch::Tensor loss;                  // scalar, with grad
-  torch::Tensor kl;                    // mean KL term per completion token (after the ratio factor; 0 when beta == 0), TRL's "kl"
-  torch::Tensor clip_ratio_low_mean;   // fraction with ratio < 1 - epsilon and A < 0 ("clip_ratio/low_mean")
-  torch::Tensor clip_ratio_high_mean;  // fraction with ratio > 1 + epsilon_high and A > 0 ("clip_ratio/high_mean")
+  torch::Tensor loss;  // scalar, with grad
+  torch::Tensor kl;    // mean KL term per completion token (after the ratio factor; 0 when beta == 0), TRL's "kl"
+  torch::Tensor clip_ratio_low_mean;     // fraction with ratio < 1 - epsilon and A < 0 ("clip_ratio/low_mean")
+  torch::Tensor clip_ratio_high_mean;    // fraction with ratio > 1 + epsilon_high and A > 0 ("clip_ratio/high_mean")
   torch::Tensor clip_ratio_region_mean;  // either ("clip_ratio/region_mean")
-  torch::Tensor clip_ratio_low_min;    // smallest per-sequence low fraction ("clip_ratio/low_min")
-  torch::Tensor clip_ratio_high_max;   // largest per-sequence high fraction ("clip_ratio/high_max")
-  torch::Tensor ratio_mean;            // mean importance ratio (after the delta cap) over completion tokens
+  torch::Tensor clip_ratio_low_min;      // smallest per-sequence low fraction ("clip_ratio/low_min")
+  torch::Tensor clip_ratio_high_max;     // largest per-sequence high fraction ("clip_ratio/high_max")
+  torch::Tensor ratio_mean;              // mean importance ratio (after the delta cap) over completion tokens
 };
 // Fractions are over completion tokens at token level and over sequences at sequence level, as TRL.
 

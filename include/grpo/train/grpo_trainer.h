@@ -51,28 +51,28 @@
 namespace grpo::train {
 
 struct GrpoConfig {
-  int64_t steps = 100;                    // generation steps (each with num_iterations optimizer steps)
-  int64_t prompts_per_step = 8;           // prompts (groups) per step
-  rollout::GenerationConfig generation;   // num_generations (G), temperature, max_new_tokens, stop strings
-  GrpoLossConfig loss;                    // loss type, clipping, beta, reward scaling
-  int64_t num_iterations = 1;             // optimizer passes over each generated batch (mu)
-  int64_t micro_batch_size = 16;          // completions per forward/backward
-  int64_t logprob_chunk_size = 4096;      // vocabulary rows per chunk of the log-prob head (0 = whole logits)
-  int64_t ref_refresh_steps = 0;          // copy the policy into the reference every N steps (0 = never)
-  bool mask_truncated_completions = false;  // completions cut at max_new_tokens get no loss
-  bool dynamic_sampling = false;          // drop groups whose rewards are all equal, refill with new prompts
-  int64_t max_refill_rounds = 2;          // dynamic sampling: extra generation rounds per step at most
-  double mtp_weight = 0.0;                // MTP loss on the sampled sequences during RL (0 = off)
-  double router_bias_gamma = 0.001;       // aux-loss-free router bias update per optimizer step (0 = off)
-  bool bf16_autocast = true;              // CUDA: bf16 autocast for the training forward
-  bool activation_checkpointing = false;  // recompute each decoder block in backward (less memory)
-  int64_t eval_every = 0;                 // steps between evaluations (0 = only at the end)
+  int64_t steps = 100;                            // generation steps (each with num_iterations optimizer steps)
+  int64_t prompts_per_step = 8;                   // prompts (groups) per step
+  rollout::GenerationConfig generation;           // num_generations (G), temperature, max_new_tokens, stop strings
+  GrpoLossConfig loss;                            // loss type, clipping, beta, reward scaling
+  int64_t num_iterations = 1;                     // optimizer passes over each generated batch (mu)
+  int64_t micro_batch_size = 16;                  // completions per forward/backward
+  int64_t logprob_chunk_size = 4096;              // vocabulary rows per chunk of the log-prob head (0 = whole logits)
+  int64_t ref_refresh_steps = 0;                  // copy the policy into the reference every N steps (0 = never)
+  bool mask_truncated_completions = false;        // completions cut at max_new_tokens get no loss
+  bool dynamic_sampling = false;                  // drop groups whose rewards are all equal, refill with new prompts
+  int64_t max_refill_rounds = 2;                  // dynamic sampling: extra generation rounds per step at most
+  double mtp_weight = 0.0;                        // MTP loss on the sampled sequences during RL (0 = off)
+  double router_bias_gamma = 0.001;               // aux-loss-free router bias update per optimizer step (0 = off)
+  bool bf16_autocast = true;                      // CUDA: bf16 autocast for the training forward
+  bool activation_checkpointing = false;          // recompute each decoder block in backward (less memory)
+  int64_t eval_every = 0;                         // steps between evaluations (0 = only at the end)
   std::string accuracy_reward = "math_accuracy";  // reward label logged as "accuracy" ("" = none)
-  int64_t log_completions = 2;            // completions per step written to the log and completions.jsonl
-  int64_t seed_offset = 1;                // added to run.seed for this stage's data order and sampling
-  OptimizerConfig optim;                  // AdamW (R1: lr 3e-6)
-  ScheduleConfig schedule;                // warmup + decay
-  CheckpointConfig checkpoint;            // <run>/checkpoints/grpo
+  int64_t log_completions = 2;                    // completions per step written to the log and completions.jsonl
+  int64_t seed_offset = 1;                        // added to run.seed for this stage's data order and sampling
+  OptimizerConfig optim;                          // AdamW (R1: lr 3e-6)
+  ScheduleConfig schedule;                        // warmup + decay
+  CheckpointConfig checkpoint;                    // <run>/checkpoints/grpo
 
   template <class V>
   void visit(V& v) {
@@ -162,8 +162,8 @@ class GrpoTrainer {
   // Phase 5: one metrics.jsonl row and the sample completions of a finished step (1-based);
   // returns the batch's mean reward.
   double log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch, const GrpoStepStats& stats,
-                std::vector<Metric> eval_metrics, double step_seconds, const std::vector<data::Record>& records,
-                std::ostream& completions_log);
+                  std::vector<Metric> eval_metrics, double step_seconds, const std::vector<data::Record>& records,
+                  std::ostream& completions_log);
 
   model::CausalLM model_;
   const data::Tokenizer& tokenizer_;

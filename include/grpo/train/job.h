@@ -27,7 +27,7 @@
 namespace grpo::train {
 
 struct TokenizerSection {
-  std::string path;                          // tokenizer.json (or its folder); "" = a byte-level tokenizer
+  std::string path;  // tokenizer.json (or its folder); "" = a byte-level tokenizer
   std::vector<std::string> special_tokens = {"<|endoftext|>"};  // byte tokenizer only: its added tokens
 
   template <class V>
@@ -38,10 +38,11 @@ struct TokenizerSection {
 };
 
 struct ModelSection {
-  std::string init;                 // HF checkpoint folder to start from; "" = a new model from `config`
-  std::optional<model::ModelConfig> config;  // architecture of a new model (vocab_size >= the tokenizer's); unset with init
-  std::string dtype = "float32";    // float32 | bfloat16 (parameters)
-  std::string device = "cpu";       // cpu | cuda | cuda:N
+  std::string init;  // HF checkpoint folder to start from; "" = a new model from `config`
+  std::optional<model::ModelConfig>
+      config;                     // architecture of a new model (vocab_size >= the tokenizer's); unset with init
+  std::string dtype = "float32";  // float32 | bfloat16 (parameters)
+  std::string device = "cpu";     // cpu | cuda | cuda:N
 
   template <class V>
   void visit(V& v) {

@@ -23,14 +23,14 @@
 namespace grpo::train {
 
 struct OptimizerConfig {
-  double lr = 1e-4;            // peak learning rate (after warmup), e.g. 1e-6 for GRPO, 1e-5 for SFT
-  double beta1 = 0.9;          // AdamW first-moment decay
-  double beta2 = 0.95;         // AdamW second-moment decay (DeepSeek-V3 uses 0.95)
-  double eps = 1e-8;           // AdamW denominator epsilon
-  double weight_decay = 0.1;   // decoupled weight decay of the decay group (p -= lr * wd * p)
+  double lr = 1e-4;                        // peak learning rate (after warmup), e.g. 1e-6 for GRPO, 1e-5 for SFT
+  double beta1 = 0.9;                      // AdamW first-moment decay
+  double beta2 = 0.95;                     // AdamW second-moment decay (DeepSeek-V3 uses 0.95)
+  double eps = 1e-8;                       // AdamW denominator epsilon
+  double weight_decay = 0.1;               // decoupled weight decay of the decay group (p -= lr * wd * p)
   std::vector<std::string> no_decay = {};  // name substrings never decayed, besides every 1-D parameter
   std::vector<std::string> freeze = {};    // name substrings of parameters kept fixed (requires_grad off)
-  double max_grad_norm = 1.0;  // clip the global gradient norm to this (0 = no clipping)
+  double max_grad_norm = 1.0;              // clip the global gradient norm to this (0 = no clipping)
 
   template <class V>
   void visit(V& v) {
@@ -48,7 +48,7 @@ struct OptimizerConfig {
 };
 
 struct ParamGroups {
-  std::vector<torch::Tensor> decay, no_decay;          // each tensor once (tied weights are not repeated)
+  std::vector<torch::Tensor> decay, no_decay;            // each tensor once (tied weights are not repeated)
   std::vector<std::string> decay_names, no_decay_names;  // named_parameters() names, same order
 };
 

@@ -24,8 +24,8 @@ struct CompletionForwardOptions {
 };
 
 struct CompletionForward {
-  torch::Tensor logps;        // [N, L] float32 (float64 for a float64 model), 0 where the completion is padding
-  model::ForwardOutput model; // the pass itself: hidden [N, P + L, D], mtp_logits, balance_loss
+  torch::Tensor logps;         // [N, L] float32 (float64 for a float64 model), 0 where the completion is padding
+  model::ForwardOutput model;  // the pass itself: hidden [N, P + L, D], mtp_logits, balance_loss
   // The MoE balance loss of the pass (a scalar), zero when the model has none in training mode.
   torch::Tensor balance_loss() const;
 };

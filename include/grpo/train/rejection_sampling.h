@@ -92,18 +92,18 @@ constexpr auto config_enum_names(KeepRule) {
 }
 
 struct RejectionSamplingConfig {
-  int64_t samples_per_prompt = 4;              // k completions sampled per prompt
-  KeepRule keep = KeepRule::best;              // best | all_correct | at_most_n
-  int64_t max_per_prompt = 1;                  // at_most_n: traces kept per prompt at most
+  int64_t samples_per_prompt = 4;                 // k completions sampled per prompt
+  KeepRule keep = KeepRule::best;                 // best | all_correct | at_most_n
+  int64_t max_per_prompt = 1;                     // at_most_n: traces kept per prompt at most
   std::string accuracy_reward = "math_accuracy";  // reward label that must be present and >= 1 - 1e-9
-  std::optional<double> min_reward;            // also require a weighted total >= this; null = none
-  bool require_format = true;                  // reject completions that parse_trace cannot parse
-  bool dedupe = true;                          // identical texts of one prompt are kept once
-  rollout::GenerationConfig generation;        // max_new_tokens, sampling, stops; num_generations = k
-  int64_t prompts_per_batch = 64;              // prompts generated together (and written per batch)
-  int64_t max_prompts = 0;                     // stop after this many prompts; 0 = all
-  std::string output;                          // the JSONL file; the state goes to <output>.state.json
-  uint64_t seed = 0;                           // per-prompt seeds derive from it and the prompt index
+  std::optional<double> min_reward;               // also require a weighted total >= this; null = none
+  bool require_format = true;                     // reject completions that parse_trace cannot parse
+  bool dedupe = true;                             // identical texts of one prompt are kept once
+  rollout::GenerationConfig generation;           // max_new_tokens, sampling, stops; num_generations = k
+  int64_t prompts_per_batch = 64;                 // prompts generated together (and written per batch)
+  int64_t max_prompts = 0;                        // stop after this many prompts; 0 = all
+  std::string output;                             // the JSONL file; the state goes to <output>.state.json
+  uint64_t seed = 0;                              // per-prompt seeds derive from it and the prompt index
 
   template <class V>
   void visit(V& v) {
@@ -117,7 +117,8 @@ struct RejectionSamplingConfig {
     v("require_format", require_format,
       "reject completions that are not exactly <think> reasoning </think> + the answer in the prompt's style");
     v("dedupe", dedupe, "keep identical completions of one prompt once");
-    v("generation", generation, "sampling, max_new_tokens, stop strings (num_generations comes from samples_per_prompt)");
+    v("generation", generation,
+      "sampling, max_new_tokens, stop strings (num_generations comes from samples_per_prompt)");
     v("prompts_per_batch", prompts_per_batch, "prompts generated together and written per batch", Check().ge(1));
     v("max_prompts", max_prompts, "stop after this many prompts; 0 = all", Check().ge(0));
     v("output", output, "JSONL file of the kept traces (state: <output>.state.json)");
@@ -169,8 +170,8 @@ enum class TraceVerdict { kept, duplicate, not_selected, malformed, incorrect, b
 std::string_view trace_verdict_name(TraceVerdict v);
 
 struct TraceSelection {
-  std::vector<int64_t> kept;            // indices into the prompt's completions, in the rule's order
-  std::vector<TraceVerdict> verdicts;   // [k] one per completion
+  std::vector<int64_t> kept;           // indices into the prompt's completions, in the rule's order
+  std::vector<TraceVerdict> verdicts;  // [k] one per completion
   int64_t accepted = 0, malformed = 0, incorrect = 0, below_min_reward = 0, duplicates = 0;
 };
 
@@ -179,8 +180,7 @@ struct TraceSelection {
 // cfg.require_format, parse_trace(text, prompt) succeeds. Throws std::invalid_argument when
 // cfg.accuracy_reward is not a label of `scores` or the rows are out of range.
 TraceSelection select_traces(const std::vector<std::string>& completions, const rewards::RewardScores& scores,
-                             const data::PromptConfig& prompt, const RejectionSamplingConfig& cfg,
-                             int64_t offset = 0);
+                             const data::PromptConfig& prompt, const RejectionSamplingConfig& cfg, int64_t offset = 0);
 
 // The request seed of prompt `index`: derive_seed(seed, index) (grpo/core/random.h).
 uint64_t prompt_seed(uint64_t seed, int64_t index);
@@ -200,8 +200,7 @@ RejectionSamplingResult generate_traces(model::CausalLM teacher, const data::Tok
 // The same with any generator in place of the engine (tests, other backends): `generate` receives
 // each batch's requests (k = cfg.samples_per_prompt completions each) and must return p * k + g.
 RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, const data::Tokenizer& tokenizer,
-                                             const data::PromptConfig& prompt,
-                                             const std::vector<data::Record>& prompts,
+                                             const data::PromptConfig& prompt, const std::vector<data::Record>& prompts,
                                              const rewards::RewardSet& rewards, const RejectionSamplingConfig& cfg,
                                              const TraceProvenance& provenance, bool resume);
 

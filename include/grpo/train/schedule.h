@@ -29,8 +29,7 @@ struct ScheduleConfig {
     v("warmup_steps", warmup_steps, "optimizer steps of linear warmup from 0", Check().ge(0));
     v("warmup_ratio", warmup_ratio, "warmup as a fraction of all optimizer steps (instead of warmup_steps)",
       Check().ge(0).lt(1));
-    v("min_lr_ratio", min_lr_ratio, "final learning rate as a fraction of the peak (cosine, linear)",
-      Check().in(0, 1));
+    v("min_lr_ratio", min_lr_ratio, "final learning rate as a fraction of the peak (cosine, linear)", Check().in(0, 1));
   }
   // "" when fine: warmup_steps and warmup_ratio are exclusive; min_lr_ratio needs cosine or linear.
   std::string validate() const;

@@ -48,11 +48,11 @@ struct RolloutGroup {
 };
 
 struct ScoredRollouts {
-  std::vector<RolloutGroup> groups;   // [P] in request order
-  rewards::RewardScores scores;       // rows p * G + g (empty without rewards)
-  int64_t generated_tokens = 0;       // tokens in all completions
-  double generation_seconds = 0;      // wall time of the generator
-  double reward_seconds = 0;          // wall time of RewardSet::score
+  std::vector<RolloutGroup> groups;  // [P] in request order
+  rewards::RewardScores scores;      // rows p * G + g (empty without rewards)
+  int64_t generated_tokens = 0;      // tokens in all completions
+  double generation_seconds = 0;     // wall time of the generator
+  double reward_seconds = 0;         // wall time of RewardSet::score
 
   int64_t group_size() const { return groups.empty() ? 0 : static_cast<int64_t>(groups.front().completions.size()); }
   // Moves the groups and scores of `more` after these (scores concatenated, metrics merged:

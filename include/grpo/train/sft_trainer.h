@@ -33,20 +33,20 @@
 namespace grpo::train {
 
 struct SftConfig {
-  int64_t steps = 300;               // optimizer steps
-  int64_t batch_size = 16;           // examples (padded) or rows (packed) per micro-batch
-  int64_t grad_accum = 1;            // micro-batches per optimizer step
-  int64_t max_length = 512;          // tokens per example (longer ones are cut or dropped, see prompt.truncation)
-  bool packing = false;              // pack whole examples into rows of max_length
-  double mtp_weight = 0.3;           // DeepSeek-V3's MTP loss weight lambda (0 = off; ignored without MTP)
-  double router_bias_gamma = 0.001;  // aux-loss-free router bias update per step (0 = off; MoE only)
-  bool bf16_autocast = true;         // on CUDA: bf16 autocast with fp32 master weights (CPU: fp32)
+  int64_t steps = 300;                    // optimizer steps
+  int64_t batch_size = 16;                // examples (padded) or rows (packed) per micro-batch
+  int64_t grad_accum = 1;                 // micro-batches per optimizer step
+  int64_t max_length = 512;               // tokens per example (longer ones are cut or dropped, see prompt.truncation)
+  bool packing = false;                   // pack whole examples into rows of max_length
+  double mtp_weight = 0.3;                // DeepSeek-V3's MTP loss weight lambda (0 = off; ignored without MTP)
+  double router_bias_gamma = 0.001;       // aux-loss-free router bias update per step (0 = off; MoE only)
+  bool bf16_autocast = true;              // on CUDA: bf16 autocast with fp32 master weights (CPU: fp32)
   bool activation_checkpointing = false;  // recompute each decoder block in backward (less memory)
-  int64_t eval_every = 0;            // steps between evaluations (0 = only at the end)
-  int64_t seed_offset = 0;           // added to run.seed for this stage's data order
-  OptimizerConfig optim;             // AdamW
-  ScheduleConfig schedule;           // warmup + decay
-  CheckpointConfig checkpoint;       // when and how many checkpoints to keep
+  int64_t eval_every = 0;                 // steps between evaluations (0 = only at the end)
+  int64_t seed_offset = 0;                // added to run.seed for this stage's data order
+  OptimizerConfig optim;                  // AdamW
+  ScheduleConfig schedule;                // warmup + decay
+  CheckpointConfig checkpoint;            // when and how many checkpoints to keep
 
   template <class V>
   void visit(V& v) {
@@ -73,8 +73,8 @@ struct SftConfig {
 // and the loss mask of the predicted tokens (1 where token i is a completion token to predict).
 struct SftBatch {
   torch::Tensor input_ids, attention_mask, position_ids, loss_mask;  // [B, T] int64
-  int64_t tokens = 0;            // real tokens
-  int64_t completion_tokens = 0; // loss_mask.sum()
+  int64_t tokens = 0;                                                // real tokens
+  int64_t completion_tokens = 0;                                     // loss_mask.sum()
 };
 
 // Padded: right-pads `examples` to the longest. Packed: the caller gives the examples of one or

@@ -34,11 +34,11 @@
 namespace grpo::train {
 
 struct StageSummary {
-  std::string stage;                           // the stage's name
-  std::string finished;                        // UTC time it was recorded (ISO 8601)
-  std::map<std::string, std::string> inputs;   // section -> "key=value" lines it ran with
-  std::map<std::string, double> numbers;       // what it measured (accuracy, seconds, kept traces...)
-  std::map<std::string, std::string> texts;    // paths of its outputs and other notes
+  std::string stage;                          // the stage's name
+  std::string finished;                       // UTC time it was recorded (ISO 8601)
+  std::map<std::string, std::string> inputs;  // section -> "key=value" lines it ran with
+  std::map<std::string, double> numbers;      // what it measured (accuracy, seconds, kept traces...)
+  std::map<std::string, std::string> texts;   // paths of its outputs and other notes
 };
 
 class StageLedger {

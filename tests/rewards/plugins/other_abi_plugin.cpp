@@ -19,19 +19,19 @@ extern "C" GRPO_REWARD_PLUGIN_EXPORT const grpo_reward_plugin* grpo_reward_plugi
 #else
   static const grpo_reward_plugin plugin = {
 #if defined(GRPO_TEST_OTHER_ABI)
-      GRPO_REWARD_PLUGIN_ABI_VERSION + 1,
-      0xdeadbeef,  // a later ABI may lay the rest out differently: the loader must not read it
-      0,
-      nullptr,
-      nullptr,
-      nullptr,
+    GRPO_REWARD_PLUGIN_ABI_VERSION + 1,
+    0xdeadbeef,  // a later ABI may lay the rest out differently: the loader must not read it
+    0,
+    nullptr,
+    nullptr,
+    nullptr,
 #else
-      GRPO_REWARD_PLUGIN_ABI_VERSION,
-      GRPO_REWARD_PLUGIN_CXX11_ABI,
-      static_cast<uint32_t>(sizeof(grpo::rewards::Sample) + 8),
-      "9.9.9",
-      "other_sample",
-      &register_nothing,
+    GRPO_REWARD_PLUGIN_ABI_VERSION,
+    GRPO_REWARD_PLUGIN_CXX11_ABI,
+    static_cast<uint32_t>(sizeof(grpo::rewards::Sample) + 8),
+    "9.9.9",
+    "other_sample",
+    &register_nothing,
 #endif
   };
   return &plugin;
