@@ -113,6 +113,14 @@ torch::Tensor batch_logprobs(model::CausalLM& model, const GrpoBatch& batch, int
   return torch::cat(parts);
 }
 
+GrpoStepStats::Values GrpoStepStats::read() const {
+  const auto all = torch::stack({loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum,
+                                 sampler_diff_max})
+                       .to(torch::kCPU, torch::kDouble);
+  const auto* x = all.data_ptr<double>();
+  return {x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8]};
+}
+
 GrpoTrainer::GrpoTrainer(model::CausalLM model, const data::Tokenizer& tokenizer, data::PromptConfig prompt,
                          GrpoConfig cfg, const rewards::RewardSet& rewards, Run& run, std::string stage)
     : model_(std::move(model)),
@@ -146,10 +154,12 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
   model_->activation_checkpointing = cfg_.activation_checkpointing;
 
   GrpoStepStats s;
-  const auto zero = torch::zeros({}, torch::kFloat);
+  // The metrics accumulate on the model's device, without a sync; log_step reads them back once.
+  const auto zero = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device));
   s.loss = s.kl = s.clip_low = s.clip_high = s.clip_region = s.mtp_loss = s.balance_loss = zero;
   s.sampler_diff_sum = s.sampler_diff_max = zero;
   const double per_iteration = 1.0 / static_cast<double>(cfg_.num_iterations);
+  const double per_token = tokens > 0 ? per_iteration / tokens : 0.0;  // token-weighted means
   for (int64_t it = 0; it < cfg_.num_iterations; ++it) {
     const int64_t opt_step = step * cfg_.num_iterations + it;
     s.lr = lr_at(cfg_.schedule, cfg_.optim.lr, opt_step, cfg_.steps * cfg_.num_iterations);
@@ -172,7 +182,8 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
       if (mb.ref_logps.defined()) in.ref_logps = mb.ref_logps.to(device);
       const auto out = grpo_loss(in, cfg_.loss);
       const double row_share = static_cast<double>(m) / static_cast<double>(n);
-      auto loss = out.loss + f.balance_loss() * row_share;
+      const auto balance = f.balance_loss() * row_share;
+      auto loss = out.loss + balance;
       torch::Tensor mtp;
       if (has_mtp) {  // the MTP modules predict the completion tokens of the same pass
         auto mtp_mask = torch::zeros_like(ids);
@@ -182,21 +193,18 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
       }
       loss.backward();
       torch::NoGradGuard no_grad;
-      const double token_share = tokens > 0 ? 1.0 / tokens : 0.0;  // metrics: token-weighted means
-      const auto mb_tokens = cmask.sum().to(torch::kCPU, torch::kFloat);
-      s.loss = s.loss + loss.detach().to(torch::kCPU, torch::kFloat) * per_iteration;
-      s.kl = s.kl + out.kl.to(torch::kCPU) * mb_tokens * token_share * per_iteration;
-      s.clip_low = s.clip_low + out.clip_ratio_low_mean.to(torch::kCPU) * mb_tokens * token_share * per_iteration;
-      s.clip_high = s.clip_high + out.clip_ratio_high_mean.to(torch::kCPU) * mb_tokens * token_share * per_iteration;
-      s.clip_region = s.clip_region +
-                      out.clip_ratio_region_mean.to(torch::kCPU) * mb_tokens * token_share * per_iteration;
-      s.balance_loss = s.balance_loss +
-                       (f.balance_loss().detach() * row_share).to(torch::kCPU, torch::kFloat) * per_iteration;
-      if (mtp.defined()) s.mtp_loss = s.mtp_loss + mtp.detach().to(torch::kCPU, torch::kFloat) * per_iteration;
+      const auto token_weight = cmask.sum().to(torch::kFloat) * per_token;
+      s.loss = s.loss + loss.detach().to(torch::kFloat) * per_iteration;
+      s.kl = s.kl + out.kl.to(torch::kFloat) * token_weight;
+      s.clip_low = s.clip_low + out.clip_ratio_low_mean.to(torch::kFloat) * token_weight;
+      s.clip_high = s.clip_high + out.clip_ratio_high_mean.to(torch::kFloat) * token_weight;
+      s.clip_region = s.clip_region + out.clip_ratio_region_mean.to(torch::kFloat) * token_weight;
+      s.balance_loss = s.balance_loss + balance.detach().to(torch::kFloat) * per_iteration;
+      if (mtp.defined()) s.mtp_loss = s.mtp_loss + mtp.detach().to(torch::kFloat) * per_iteration;
       if (it == 0) {  // the trainer's log-probs against the sampler's, before any update
-        const auto diff = (f.logps.detach().to(torch::kCPU) - mb.sampler_logps).abs() * mb.completion_mask;
-        s.sampler_diff_sum = s.sampler_diff_sum + diff.sum();
-        s.sampler_diff_max = torch::maximum(s.sampler_diff_max, diff.max());
+        const auto diff = (f.logps.detach() - mb.sampler_logps.to(device)).abs() * cmask;
+        s.sampler_diff_sum = s.sampler_diff_sum + diff.sum().to(torch::kFloat);
+        s.sampler_diff_max = torch::maximum(s.sampler_diff_max, diff.max().to(torch::kFloat));
       }
     }
     s.grad_norm = clip_gradients(*model_, cfg_.optim.max_grad_norm);
@@ -212,26 +220,27 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
   return s;
 }
 
-double GrpoTrainer::log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch,
-                             const GrpoStepStats& stats, std::vector<Metric> eval_metrics, double step_seconds,
-                             const std::vector<data::Record>& records, std::ostream& completions_log) {
+GrpoTrainer::StepSummary GrpoTrainer::log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch,
+                                               const GrpoStepStats& stats, std::vector<Metric> eval_metrics,
+                                               double step_seconds, const std::vector<data::Record>& records,
+                                               std::ostream& completions_log) {
   std::vector<double> totals;
   for (const auto& g : rollouts.groups) totals.insert(totals.end(), g.totals.begin(), g.totals.end());
   const double tokens = batch.completion_tokens();
   const auto n = static_cast<double>(batch.size());
-  const auto scalar = [](const torch::Tensor& t) { return t.item<double>(); };  // the step's one read-back
+  const auto v = stats.read();  // the step's one read-back of its metrics
   std::vector<Metric> metrics = {
       {"stage", stage_},
-      {"loss", scalar(stats.loss)},
+      {"loss", v.loss},
       {"reward", mean_of(totals)},
       {"reward_std", std_of(totals)},
-      {"kl", scalar(stats.kl)},
-      {"clip_ratio_low", scalar(stats.clip_low)},
-      {"clip_ratio_high", scalar(stats.clip_high)},
-      {"clip_ratio_region", scalar(stats.clip_region)},
+      {"kl", v.kl},
+      {"clip_ratio_low", v.clip_low},
+      {"clip_ratio_high", v.clip_high},
+      {"clip_ratio_region", v.clip_region},
       {"entropy", tokens > 0 ? -(batch.sampler_logps * batch.completion_mask).sum().item<double>() / tokens : 0.0},
-      {"logprob_diff_mean", scalar(stats.sampler_diff_sum) / std::max(tokens, 1.0)},
-      {"logprob_diff_max", scalar(stats.sampler_diff_max)},
+      {"logprob_diff_mean", v.sampler_diff_sum / std::max(tokens, 1.0)},
+      {"logprob_diff_max", v.sampler_diff_max},
       {"completion_length", mean_of(batch.lengths)},
       {"completion_length_max", *std::max_element(batch.lengths.begin(), batch.lengths.end())},
       {"truncated_fraction", static_cast<double>(batch.truncated) / n},
@@ -248,9 +257,9 @@ double GrpoTrainer::log_step(int64_t step, const StepRollouts& rollouts, const G
       {"reward_seconds", rollouts.reward_seconds},
       {"train_seconds", stats.seconds}};
   if (cfg_.mtp_weight > 0 && model_->config().num_nextn_predict_layers > 0) {
-    metrics.emplace_back("mtp_loss", scalar(stats.mtp_loss));
+    metrics.emplace_back("mtp_loss", v.mtp_loss);
   }
-  if (const double balance = scalar(stats.balance_loss); balance != 0) metrics.emplace_back("balance_loss", balance);
+  if (const double balance = v.balance_loss; balance != 0) metrics.emplace_back("balance_loss", balance);
   // Every reward function's metrics, as the RewardSet reports them over all the step's samples.
   for (const auto& [key, value] : rollouts.scores.metrics) metrics.emplace_back(key, value);
   if (accuracy_index_) {
@@ -277,7 +286,7 @@ double GrpoTrainer::log_step(int64_t step, const StepRollouts& rollouts, const G
     completions_log << j.dump() << "\n";
   }
   completions_log.flush();
-  return mean_of(totals);
+  return {mean_of(totals), v.kl};
 }
 
 GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const EvalFn& eval, bool resume) {
@@ -328,10 +337,11 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     const bool last = step == cfg_.steps;
     auto eval_metrics = eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0)) ? eval(step)
                                                                                                : std::vector<Metric>{};
-    result.last_reward = log_step(step, rollouts, batch, stats, std::move(eval_metrics), seconds_since(t_step), records,
+    const auto summary = log_step(step, rollouts, batch, stats, std::move(eval_metrics), seconds_since(t_step), records,
                                   completions_log);
-    progress.update(step, grpo::format("reward {:.3f} len {:.0f} kl {:.4f}", result.last_reward, mean_of(batch.lengths),
-                                       stats.kl.item<double>()));
+    result.last_reward = summary.reward;
+    progress.update(
+        step, grpo::format("reward {:.3f} len {:.0f} kl {:.4f}", summary.reward, mean_of(batch.lengths), summary.kl));
     if (last || (cfg_.checkpoint.every_steps > 0 && step % cfg_.checkpoint.every_steps == 0)) {
       save_stage_checkpoint(checkpoint_dir(), step, model_, optimizer.get(),
                             {.values = {{"data_order", order.state().to_json()}}}, cfg_.checkpoint, stage_);

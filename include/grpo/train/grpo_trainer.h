@@ -135,12 +135,18 @@ StepRollouts sample_step(const Generator& generate, const data::Tokenizer& token
 torch::Tensor batch_logprobs(model::CausalLM& model, const GrpoBatch& batch, int64_t micro_batch, double temperature,
                              int64_t chunk_size, bool autocast);
 
-// Phase 4's result: the step's optimisation metrics, as 0-dim tensors until log_step reads them.
+// Phase 4's result: the step's optimisation metrics, as 0-dim tensors on the model's device until
+// log_step reads them back, all at once (read()).
 struct GrpoStepStats {
   torch::Tensor loss, kl, clip_low, clip_high, clip_region;  // means over the iterations
   torch::Tensor mtp_loss, balance_loss;                      // means over the iterations (0 when off)
   torch::Tensor sampler_diff_sum, sampler_diff_max;          // |trainer - sampler| log-probs before any update
   double grad_norm = 0, lr = 0, seconds = 0;                 // of the last iteration; wall time of the phase
+
+  struct Values {
+    double loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum, sampler_diff_max;
+  };
+  Values read() const;  // one device-to-host copy of every tensor above
 };
 
 class GrpoTrainer {
@@ -160,10 +166,13 @@ class GrpoTrainer {
 
  private:
   // Phase 5: one metrics.jsonl row and the sample completions of a finished step (1-based);
-  // returns the batch's mean reward.
-  double log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch, const GrpoStepStats& stats,
-                  std::vector<Metric> eval_metrics, double step_seconds, const std::vector<data::Record>& records,
-                  std::ostream& completions_log);
+  // returns the batch's mean reward and the KL for the progress line.
+  struct StepSummary {
+    double reward = 0, kl = 0;
+  };
+  StepSummary log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch, const GrpoStepStats& stats,
+                       std::vector<Metric> eval_metrics, double step_seconds, const std::vector<data::Record>& records,
+                       std::ostream& completions_log);
 
   model::CausalLM model_;
   const data::Tokenizer& tokenizer_;
