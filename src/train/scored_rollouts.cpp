@@ -7,14 +7,6 @@
 
 namespace grpo::train {
 
-void ScoredRollouts::append(ScoredRollouts&& more) {
-  groups.insert(groups.end(), std::make_move_iterator(more.groups.begin()), std::make_move_iterator(more.groups.end()));
-  rewards::append_scores(scores, std::move(more.scores));
-  generated_tokens += more.generated_tokens;
-  generation_seconds += more.generation_seconds;
-  reward_seconds += more.reward_seconds;
-}
-
 Generator engine_generator(rollout::Engine& engine) {
   return [&engine](const std::vector<rollout::GenerationRequest>& requests, rollout::GenerationStats* stats) {
     return engine.generate(requests, stats);

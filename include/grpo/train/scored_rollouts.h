@@ -55,9 +55,6 @@ struct ScoredRollouts {
   double reward_seconds = 0;         // wall time of RewardSet::score
 
   int64_t group_size() const { return groups.empty() ? 0 : static_cast<int64_t>(groups.front().completions.size()); }
-  // Moves the groups and scores of `more` after these (scores concatenated, metrics merged:
-  // grpo::rewards::append_scores).
-  void append(ScoredRollouts&& more);
 };
 
 // Generates G completions per request (result[p * G + g], as rollout::Engine::generate), adding its
