@@ -9,7 +9,7 @@ GRPO_TORCH_VERSION=2.11.0
 GRPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GRPO_CACHE=${GRPO_CACHE:-$HOME/.cache/grpo}
 GRPO_BUILD_DIR=${GRPO_BUILD_DIR:-$GRPO_ROOT/build}
-GRPO_DEBIAN_PACKAGES="cmake g++ ninja-build ccache python3-venv libyaml-cpp-dev nlohmann-json3-dev
+GRPO_DEBIAN_PACKAGES="cmake g++ ninja-build ccache python3-venv libgloo-dev libyaml-cpp-dev nlohmann-json3-dev
   libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev libicu-dev"
 
 grpo_now() { date +%s.%N; }

@@ -13,6 +13,8 @@
 //   grpo reward --config FILE --input samples.jsonl [--tokenizer FILE] [--json] [--set key=value ...]
 //               scores each sample with the `rewards` section of FILE; prints per-function and total
 //               scores per sample and a summary
+//   grpo launch --nproc-per-node N [options] [--] PROGRAM ARGS...
+//               runs PROGRAM on N processes, torchrun-style (tools/launch.h; no torch in that code)
 //
 // Each command's flags are aliases of the keys of a typed options struct (InfoOptions, ...,
 // GenerateOptions); the command line is bound through the config system (tools/flag_options.h), so
@@ -35,6 +37,7 @@
 #include "grpo/core/format.h"
 #include "grpo/rewards/reward_set.h"
 #include "grpo/rollout/engine.h"
+#include "launch.h"
 
 #include "grpo/data/tokenizer.h"
 #include "grpo/io/safetensors.h"
@@ -73,6 +76,10 @@ const char* kUsage =
     "         scores each sample with the functions of FILE's `rewards` section; SAMPLES.jsonl lines hold\n"
     "         completion (required), prompt, answer, completion_ids and any other column (test cases, ...);\n"
     "         --tokenizer fills completion_ids where a line has none; --json prints one JSON object per sample\n"
+    "  launch --nproc-per-node N [--nnodes M] [--node-rank R] [--master-addr A] [--master-port P] [--no-prefix]\n"
+    "         [--] PROGRAM [ARGS...]\n"
+    "         runs PROGRAM on N processes (torchrun-style) with RANK, WORLD_SIZE, MASTER_ADDR, ... set, each\n"
+    "         output line prefixed [rank K]; the first rank to fail stops the others (grpo launch --help)\n"
     "  version\n"
     "\n"
     "Every flag sets a key of the command's options (generate: --top-p P is generation.sampling.top_p=P,\n"
@@ -577,6 +584,7 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   try {
+    if (cmd == "launch") return grpo::tools::launch_main(std::vector<std::string>(argv + 2, argv + argc));
     if (cmd == "info") return cmd_info(argc, argv);
     if (cmd == "logits") return cmd_logits(argc, argv);
     if (cmd == "tokenize") return cmd_tokenize(argc, argv);

@@ -9,10 +9,16 @@ namespace grpo {
 namespace fs = std::filesystem;
 
 Run::Run(const RunConfig& cfg, std::string_view effective_config_yaml) : cfg_(cfg), dir_(cfg.output_dir) {
+  dist::set_config(cfg.dist);
   log::set_level(log::parse_level(cfg.log_level));
   std::error_code ec;
   fs::create_directories(dir_, ec);
   if (ec) throw std::runtime_error("cannot create run folder '" + dir_ + "': " + ec.message());
+  if (!dist::is_main_process()) {  // rank 0 owns the run folder's log, config and metrics
+    if (log::level() < log::Level::warn) log::set_level(log::Level::warn);
+    metrics_ = std::make_unique<MetricsWriter>("");
+    return;
+  }
   log::add_file(path("log.txt"));
 
   const std::string config_path = path("config.yaml");

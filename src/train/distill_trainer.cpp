@@ -13,6 +13,7 @@
 #include "grpo/core/progress.h"
 #include "grpo/core/random.h"
 #include "grpo/data/dataset.h"
+#include "grpo/dist/data_parallel.h"
 #include "grpo/kernels/token_logprobs.h"
 #include "grpo/train/scored_rollouts.h"
 #include "grpo/train/sft_trainer.h"
@@ -102,19 +103,21 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     if (cfg_.on_policy_fraction >= 1.0 || example_of[i] >= 0) pool.push_back(static_cast<int64_t>(i));
   }
 
-  auto optimizer = make_optimizer(*student_, cfg_.optim);
+  dist::DataParallel dp(student_, cfg_.optim);  // a world of one: plain AdamW, as always
+  auto& world = dp.world();
   data::DataOrderConfig order_cfg;
   order_cfg.batch_size = std::min<int64_t>(cfg_.batch_size, static_cast<int64_t>(pool.size()));
   data::DataOrder order(static_cast<int64_t>(pool.size()), order_cfg, seed);
   int64_t step = 0;
-  if (const auto st = resume ? resume_latest(checkpoint_dir(), student_, optimizer.get(), stage_) : std::nullopt) {
+  if (const auto st = resume ? resume_latest(checkpoint_dir(), student_, dp.optimizer(), cfg_.optim, stage_)
+                             : std::nullopt) {
     step = st->step;
     order.restore(data::DataOrderState::from_json(st->values.at("data_order")));
   }
   auto save = [&](int64_t at) {
     TrainState st;
     st.values["data_order"] = order.state().to_json();
-    save_stage_checkpoint(checkpoint_dir(), at, student_, optimizer.get(), st, cfg_.checkpoint, stage_);
+    save_stage_checkpoint(checkpoint_dir(), at, student_, dp.optimizer(), st, cfg_.checkpoint, stage_);
   };
 
   // The teacher's output head on the student's device, once (the teacher is frozen).
@@ -128,15 +131,22 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
   while (step < cfg_.steps) {
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = lr_at(cfg_.schedule, cfg_.optim.lr, step, cfg_.steps);
-    set_learning_rate(*optimizer, lr);
+    dp.begin_step(lr);
     const bool on_policy = on_policy_step(seed, step, cfg_.on_policy_fraction);
-    const auto batch_idx = order.next_batch();
+    // Every rank draws the step's records; data parallel, each samples / trains on its share.
+    const auto all_idx = order.next_batch();
+    const auto [share_begin, share_end] = dist::share(static_cast<int64_t>(all_idx.size()), world.rank(), world.size());
+    const std::vector<int64_t> batch_idx(all_idx.begin() + share_begin, all_idx.begin() + share_end);
+    const auto global_rows = static_cast<double>(all_idx.size());
 
     // ---- The step's sequences ---------------------------------------------------------------
     std::vector<data::TokenizedExample> sampled;  // on-policy: prompt + the student's completion
     std::vector<const data::TokenizedExample*> rows;
     double gen_seconds = 0;
-    if (on_policy) {
+    int64_t batch_tokens = 0;
+    if (batch_idx.empty()) {
+      // no rows on this rank this step: it still takes part in the gradient sum
+    } else if (on_policy) {
       const auto tg = std::chrono::steady_clock::now();
       student_->eval();
       std::vector<RolloutRequest> requests;
@@ -166,59 +176,72 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
         rows.push_back(&examples[static_cast<size_t>(example_of[static_cast<size_t>(pool[static_cast<size_t>(k)])])]);
       }
     }
-    const SftBatch batch = pad_batch(rows);
-    const int64_t t = batch.input_ids.size(1);
+    const SftBatch batch = rows.empty() ? SftBatch{} : pad_batch(rows);
+    const int64_t t = rows.empty() ? 0 : batch.input_ids.size(1);
     // Position i predicts token i + 1 when that token is a completion token.
-    const auto target_ok = batch.loss_mask.narrow(1, 1, t - 1).to(torch::kBool);
-    const auto idx = target_ok.reshape({-1}).nonzero().squeeze(1);
-    const int64_t n_tokens = idx.numel();
+    const auto idx = rows.empty()
+                         ? torch::zeros({0}, torch::kLong)
+                         : batch.loss_mask.narrow(1, 1, t - 1).to(torch::kBool).reshape({-1}).nonzero().squeeze(1);
+    const int64_t local_tokens = idx.numel();
+    // The step's normaliser: completion tokens over every rank.
+    const auto n_tokens = static_cast<int64_t>(world.sum(static_cast<double>(local_tokens)));
 
     // ---- Loss and update --------------------------------------------------------------------
     student_->train();
-    optimizer->zero_grad();
-    double div_mean = 0, ce_mean = 0, balance = 0, grad_norm = 0;
+    double div_sum = 0, ce_sum = 0, balance = 0, grad_norm = 0;
     if (n_tokens > 0) {
-      torch::Tensor teacher_hidden;
-      {
-        c10::InferenceMode inference;  // the teacher's forward keeps no autograd state at all
-        AutocastScope ac(autocast && teacher_device.is_cuda());
-        const auto out = teacher_->forward(batch.input_ids.to(teacher_device), batch.position_ids.to(teacher_device),
-                                           batch.attention_mask.to(teacher_device), nullptr, hidden_only);
-        teacher_hidden = out.hidden.narrow(1, 0, t - 1)
-                             .reshape({-1, out.hidden.size(2)})
-                             .index_select(0, idx.to(teacher_device))
-                             .to(device);
+      if (local_tokens > 0) {
+        torch::Tensor teacher_hidden;
+        {
+          c10::InferenceMode inference;  // the teacher's forward keeps no autograd state at all
+          AutocastScope ac(autocast && teacher_device.is_cuda());
+          const auto out = teacher_->forward(batch.input_ids.to(teacher_device), batch.position_ids.to(teacher_device),
+                                             batch.attention_mask.to(teacher_device), nullptr, hidden_only);
+          teacher_hidden = out.hidden.narrow(1, 0, t - 1)
+                               .reshape({-1, out.hidden.size(2)})
+                               .index_select(0, idx.to(teacher_device))
+                               .to(device);
+        }
+        AutocastScope ac(autocast);
+        const auto out = student_->forward(batch.input_ids.to(device), batch.position_ids.to(device),
+                                           batch.attention_mask.to(device), nullptr, hidden_only);
+        const auto hidden =
+            out.hidden.narrow(1, 0, t - 1).reshape({-1, out.hidden.size(2)}).index_select(0, idx.to(device));
+        const auto div = token_divergence(hidden, student_->lm_head, teacher_hidden, teacher_head, cfg_.loss);
+        // Means over the step's tokens (all ranks'): this rank's sum over the global count.
+        auto loss = div.sum() / static_cast<double>(n_tokens);
+        div_sum = div.sum().item<double>();
+        if (cfg_.ce_weight > 0 && !on_policy) {
+          const auto targets = batch.input_ids.narrow(1, 1, t - 1).reshape({-1}).index_select(0, idx).to(device);
+          kernels::TokenLogprobsOptions o;
+          o.chunk_size = cfg_.loss.chunk_size;
+          const auto ce = -kernels::token_logprobs(hidden, student_->lm_head, targets, o).logprobs.sum();
+          ce_sum = ce.item<double>();
+          loss = loss + ce * (cfg_.ce_weight / static_cast<double>(n_tokens));
+        }
+        if (out.balance_loss.defined()) {  // a mean over rows: this rank's rows' share of the step's
+          const double row_share = static_cast<double>(rows.size()) / global_rows;
+          balance = out.balance_loss.item<double>() * row_share;
+          loss = loss + out.balance_loss * row_share;
+        }
+        dp.before_backward(true);
+        loss.backward();
       }
-      AutocastScope ac(autocast);
-      const auto out = student_->forward(batch.input_ids.to(device), batch.position_ids.to(device),
-                                         batch.attention_mask.to(device), nullptr, hidden_only);
-      const auto hidden =
-          out.hidden.narrow(1, 0, t - 1).reshape({-1, out.hidden.size(2)}).index_select(0, idx.to(device));
-      const auto div = token_divergence(hidden, student_->lm_head, teacher_hidden, teacher_head, cfg_.loss);
-      auto loss = div.mean();
-      div_mean = loss.item<double>();
-      if (cfg_.ce_weight > 0 && !on_policy) {
-        const auto targets = batch.input_ids.narrow(1, 1, t - 1).reshape({-1}).index_select(0, idx).to(device);
-        kernels::TokenLogprobsOptions o;
-        o.chunk_size = cfg_.loss.chunk_size;
-        const auto ce = -kernels::token_logprobs(hidden, student_->lm_head, targets, o).logprobs.mean();
-        ce_mean = ce.item<double>();
-        loss = loss + ce * cfg_.ce_weight;
-      }
-      if (out.balance_loss.defined()) {
-        balance = out.balance_loss.item<double>();
-        loss = loss + out.balance_loss;
-      }
-      loss.backward();
-      grad_norm = clip_gradients(*student_, cfg_.optim.max_grad_norm);
-      if (std::isfinite(grad_norm)) {
-        optimizer->step();
-      } else {
-        log::warn("{}: step {}: non-finite gradient norm, step skipped", stage_, step + 1);
-      }
+      grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
+      if (!dp.step(grad_norm)) log::warn("{}: step {}: non-finite gradient norm, step skipped", stage_, step + 1);
     } else {
       log::warn("{}: step {}: no completion tokens in the batch, step skipped", stage_, step + 1);
     }
+    if (world.distributed()) {
+      const auto sums = world.sum({div_sum, ce_sum, balance, static_cast<double>(batch.tokens), gen_seconds});
+      div_sum = sums[0], ce_sum = sums[1], balance = sums[2];
+      gen_seconds = sums[4] / static_cast<double>(world.size());
+      batch_tokens = static_cast<int64_t>(sums[3]);
+    } else {
+      batch_tokens = batch.tokens;
+    }
+    const double div_mean = n_tokens > 0 ? div_sum / static_cast<double>(n_tokens) : 0.0;
+    const double ce_mean = n_tokens > 0 ? ce_sum / static_cast<double>(n_tokens) : 0.0;
     ++step;
     const double dt = seconds_since(t0);
     const double loss_value = div_mean + cfg_.ce_weight * ce_mean + balance;
@@ -228,9 +251,9 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
                                    {"on_policy", on_policy ? 1 : 0},
                                    {"lr", lr},
                                    {"grad_norm", grad_norm},
-                                   {"tokens", batch.tokens},
+                                   {"tokens", batch_tokens},
                                    {"completion_tokens", n_tokens},
-                                   {"tokens_per_s", static_cast<double>(batch.tokens) / dt},
+                                   {"tokens_per_s", static_cast<double>(batch_tokens) / dt},
                                    {"step_seconds", dt}};
     if (cfg_.ce_weight > 0 && !on_policy) metrics.emplace_back("ce", ce_mean);
     if (on_policy) metrics.emplace_back("gen_seconds", gen_seconds);

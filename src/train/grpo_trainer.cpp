@@ -72,28 +72,39 @@ model::CausalLM frozen_copy(model::CausalLM& model) {
 
 StepRollouts sample_step(const Generator& generate, const data::Tokenizer& tokenizer, const data::PromptConfig& prompt,
                          const std::vector<data::Record>& records, data::DataOrder& order, const GrpoConfig& cfg,
-                         const rewards::RewardSet& rewards, uint64_t seed, int64_t step) {
+                         const rewards::RewardSet& rewards, uint64_t seed, int64_t step, dist::World* world) {
   StepRollouts out;
-  for (int64_t round = 0; static_cast<int64_t>(out.groups.size()) < cfg.prompts_per_step; ++round) {
-    std::vector<RolloutRequest> requests(static_cast<size_t>(cfg.prompts_per_step) - out.groups.size());
+  const int64_t rank = world != nullptr ? world->rank() : 0, ranks = world != nullptr ? world->size() : 1;
+  int64_t kept = 0;  // groups kept so far, over all ranks
+  for (int64_t round = 0; kept < cfg.prompts_per_step; ++round) {
+    std::vector<RolloutRequest> requests(static_cast<size_t>(cfg.prompts_per_step - kept));
     for (auto& r : requests) {
       r.record = order.next_batch().front();
       r.seed = derive_seed(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(round),
                            static_cast<uint64_t>(r.record));
     }
-    auto scored = sample_scored(generate, tokenizer, prompt, records, requests, &rewards);
+    const auto [begin, end] = dist::share(static_cast<int64_t>(requests.size()), rank, ranks);
+    const std::vector<RolloutRequest> mine(requests.begin() + begin, requests.begin() + end);
+    auto scored = mine.empty() ? ScoredRollouts{} : sample_scored(generate, tokenizer, prompt, records, mine, &rewards);
     out.generated_tokens += scored.generated_tokens;
     out.generation_seconds += scored.generation_seconds;
     out.reward_seconds += scored.reward_seconds;
     const bool last_round = !cfg.dynamic_sampling || round >= cfg.max_refill_rounds;
-    for (auto& g : scored.groups) {
+    // Which of the round's groups were flat, agreed over ranks (each fills its share).
+    std::vector<double> flat(requests.size(), 0.0);
+    for (size_t g = 0; g < scored.groups.size(); ++g)
+      flat[static_cast<size_t>(begin) + g] = all_equal(scored.groups[g].totals);
+    if (world != nullptr && world->distributed()) flat = world->sum(std::move(flat));
+    for (size_t g = 0; g < requests.size(); ++g) {
       ++out.generated_groups;
-      const bool flat = all_equal(g.totals);
-      out.zero_std_groups += flat;
-      if (flat && !last_round) continue;  // resampled with a new prompt
-      out.groups.push_back(std::move(g));
+      out.zero_std_groups += flat[g] != 0;
+      if (flat[g] == 0 || last_round) ++kept;
     }
-    rewards::append_scores(out.scores, std::move(scored.scores));
+    for (size_t g = 0; g < scored.groups.size(); ++g) {
+      if (flat[static_cast<size_t>(begin) + g] != 0 && !last_round) continue;  // resampled with a new prompt
+      out.groups.push_back(std::move(scored.groups[g]));
+    }
+    if (!mine.empty()) rewards::append_scores(out.scores, std::move(scored.scores));
   }
   return out;
 }
@@ -113,12 +124,16 @@ torch::Tensor batch_logprobs(model::CausalLM& model, const GrpoBatch& batch, int
   return torch::cat(parts);
 }
 
-GrpoStepStats::Values GrpoStepStats::read() const {
-  const auto all = torch::stack({loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum,
-                                 sampler_diff_max})
-                       .to(torch::kCPU, torch::kDouble);
+GrpoStepStats::Values GrpoStepStats::read(dist::World* world) const {
+  auto all = torch::stack({loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum})
+                 .to(torch::kCPU, torch::kDouble);
+  auto diff_max = sampler_diff_max.reshape({1}).to(torch::kCPU, torch::kDouble);
+  if (world != nullptr && world->distributed()) {
+    world->all_reduce(all);
+    world->all_reduce(diff_max, dist::ReduceOp::max);
+  }
   const auto* x = all.data_ptr<double>();
-  return {x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8]};
+  return {x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], diff_max.item<double>()};
 }
 
 GrpoTrainer::GrpoTrainer(model::CausalLM model, const data::Tokenizer& tokenizer, data::PromptConfig prompt,
@@ -141,15 +156,55 @@ GrpoTrainer::GrpoTrainer(model::CausalLM model, const data::Tokenizer& tokenizer
 
 std::string GrpoTrainer::checkpoint_dir() const { return run_.path("checkpoints/" + stage_); }
 
-GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimizer& optimizer, int64_t step) {
+namespace {
+
+// Advantages of this rank's rows; batch-level scaling takes the std of every rank's rewards (the
+// groups themselves never span ranks).
+torch::Tensor step_advantages(const GrpoBatch& batch, RewardScaling scaling, dist::World& world) {
+  if (!world.distributed() || scaling != RewardScaling::batch) {
+    return compute_advantages(batch.rewards, batch.group_size, scaling);
+  }
+  const auto local = batch.rewards.to(torch::kDouble).contiguous();
+  const std::vector<double> mine(local.data_ptr<double>(), local.data_ptr<double>() + local.numel());
+  std::vector<double> all;
+  int64_t offset = 0;
+  const auto parts = world.all_gather(mine);
+  for (int64_t r = 0; r < world.size(); ++r) {
+    if (r == world.rank()) offset = static_cast<int64_t>(all.size());
+    all.insert(all.end(), parts[static_cast<size_t>(r)].begin(), parts[static_cast<size_t>(r)].end());
+  }
+  const auto global = torch::tensor(all, torch::kDouble).to(batch.rewards.scalar_type());
+  // The centring is per group (local); the scale is the global batch's std, as compute_advantages.
+  return compute_advantages(global, batch.group_size, scaling).narrow(0, offset, batch.rewards.size(0)).clone();
+}
+
+}  // namespace
+
+GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& dp, int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
+  auto& world = dp.world();
   const auto device = model_->embed_tokens.device();
   const bool autocast = cfg_.bf16_autocast && device.is_cuda();
   const bool has_mtp = model_->config().num_nextn_predict_layers > 0 && cfg_.mtp_weight > 0;
-  const int64_t n = batch.size(), L = batch.completion_length(), P = batch.input_ids.size(1) - L;
+  const bool has_rows = batch.input_ids.defined() && batch.size() > 0;
+  const int64_t n = has_rows ? batch.size() : 0;
+  const int64_t L = has_rows ? batch.completion_length() : 0, P = has_rows ? batch.input_ids.size(1) - L : 0;
   const double temperature = cfg_.generation.sampling.temperature;
-  const auto advantages = compute_advantages(batch.rewards, batch.group_size, cfg_.loss.scale_rewards);
-  const double tokens = batch.completion_tokens();
+  // The whole step's normalisers: rows and completion tokens over every rank.
+  const auto totals = world.sum({static_cast<double>(n), has_rows ? batch.completion_tokens() : 0.0});
+  const double rows = totals[0], tokens = totals[1];
+  torch::Tensor advantages;
+  if (world.distributed() && cfg_.loss.scale_rewards == RewardScaling::batch) {
+    // Every rank takes part in the gather, also one without rows.
+    GrpoBatch empty;
+    if (!has_rows) {
+      empty.rewards = torch::zeros({0}, torch::kFloat);
+      empty.group_size = cfg_.generation.num_generations;
+    }
+    advantages = step_advantages(has_rows ? batch : empty, cfg_.loss.scale_rewards, world);
+  } else if (has_rows) {
+    advantages = compute_advantages(batch.rewards, batch.group_size, cfg_.loss.scale_rewards);
+  }
   model_->train();
   model_->activation_checkpointing = cfg_.activation_checkpointing;
 
@@ -163,8 +218,7 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
   for (int64_t it = 0; it < cfg_.num_iterations; ++it) {
     const int64_t opt_step = step * cfg_.num_iterations + it;
     s.lr = lr_at(cfg_.schedule, cfg_.optim.lr, opt_step, cfg_.steps * cfg_.num_iterations);
-    set_learning_rate(optimizer, s.lr);
-    optimizer.zero_grad();
+    dp.begin_step(s.lr);
     for (int64_t b = 0; b < n; b += cfg_.micro_batch_size) {
       const int64_t m = std::min(cfg_.micro_batch_size, n - b);
       const auto mb = batch.rows(b, m);
@@ -176,12 +230,12 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
       GrpoLossInputs in{.logps = f.logps,
                         .advantages = advantages.narrow(0, b, m).to(device),
                         .completion_mask = cmask,
-                        .rows_in_batch = static_cast<double>(n),
+                        .rows_in_batch = rows,
                         .tokens_in_batch = tokens};
       if (cfg_.num_iterations > 1) in.old_logps = mb.sampler_logps.to(device);
       if (mb.ref_logps.defined()) in.ref_logps = mb.ref_logps.to(device);
       const auto out = grpo_loss(in, cfg_.loss);
-      const double row_share = static_cast<double>(m) / static_cast<double>(n);
+      const double row_share = static_cast<double>(m) / rows;
       const auto balance = f.balance_loss() * row_share;
       auto loss = out.loss + balance;
       torch::Tensor mtp;
@@ -191,6 +245,7 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
         mtp = model::mtp_loss(f.model, ids, mtp_mask, cfg_.mtp_weight) * row_share;
         loss = loss + mtp;
       }
+      dp.before_backward(b + cfg_.micro_batch_size >= n);
       loss.backward();
       torch::NoGradGuard no_grad;
       const auto token_weight = cmask.sum().to(torch::kFloat) * per_token;
@@ -207,28 +262,92 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, torch::optim::Optimi
         s.sampler_diff_max = torch::maximum(s.sampler_diff_max, diff.max().to(torch::kFloat));
       }
     }
-    s.grad_norm = clip_gradients(*model_, cfg_.optim.max_grad_norm);
-    if (std::isfinite(s.grad_norm)) {
-      optimizer.step();
-    } else {
+    s.grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
+    if (!dp.step(s.grad_norm)) {
       log::warn("{}: step {}: non-finite gradient norm, optimizer step skipped", stage_, step + 1);
     }
-    if (!model_->moe_layers().empty() && cfg_.router_bias_gamma > 0)
-      model_->update_router_biases(cfg_.router_bias_gamma);
+    if (!model_->moe_layers().empty() && cfg_.router_bias_gamma > 0) dp.update_router_biases(cfg_.router_bias_gamma);
   }
   s.seconds = seconds_since(t0);
   return s;
 }
 
+namespace {
+
+// A RewardScores as JSON text and back (to gather every rank's scores on rank 0).
+std::string scores_to_text(const rewards::RewardScores& r) {
+  nlohmann::json j;
+  j["labels"] = r.labels;
+  j["weights"] = r.weights;
+  j["total"] = r.total;
+  j["errors"] = r.errors;
+  j["reasons"] = r.reasons;
+  j["metrics"] = r.metrics;
+  nlohmann::json scores = nlohmann::json::array();
+  for (const auto& f : r.scores) {
+    nlohmann::json col = nlohmann::json::array();
+    for (const auto& x : f) col.push_back(x ? nlohmann::json(*x) : nlohmann::json());
+    scores.push_back(std::move(col));
+  }
+  j["scores"] = std::move(scores);
+  return j.dump();
+}
+
+rewards::RewardScores scores_from_text(const std::string& text) {
+  const auto j = nlohmann::json::parse(text);
+  rewards::RewardScores r;
+  r.labels = j.at("labels").get<std::vector<std::string>>();
+  r.weights = j.at("weights").get<std::vector<double>>();
+  r.total = j.at("total").get<std::vector<double>>();
+  r.errors = j.at("errors").get<std::vector<std::string>>();
+  r.reasons = j.at("reasons").get<std::vector<std::vector<std::string>>>();
+  r.metrics = j.at("metrics").get<std::map<std::string, double>>();
+  for (const auto& col : j.at("scores")) {
+    std::vector<std::optional<double>> f;
+    for (const auto& x : col) f.push_back(x.is_null() ? std::nullopt : std::optional<double>(x.get<double>()));
+    r.scores.push_back(std::move(f));
+  }
+  return r;
+}
+
+}  // namespace
+
 GrpoTrainer::StepSummary GrpoTrainer::log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch,
                                                const GrpoStepStats& stats, std::vector<Metric> eval_metrics,
                                                double step_seconds, const std::vector<data::Record>& records,
-                                               std::ostream& completions_log) {
-  std::vector<double> totals;
+                                               std::ostream& completions_log, dist::World& world) {
+  // Everything this rank sampled, then (data parallel) every rank's, in rank order.
+  const bool has_rows = batch.input_ids.defined() && batch.size() > 0;
+  std::vector<double> totals, lengths = has_rows ? batch.lengths : std::vector<double>{};
   for (const auto& g : rollouts.groups) totals.insert(totals.end(), g.totals.begin(), g.totals.end());
-  const double tokens = batch.completion_tokens();
-  const auto n = static_cast<double>(batch.size());
-  const auto v = stats.read();  // the step's one read-back of its metrics
+  rewards::RewardScores scores = rollouts.scores;
+  const double neg_logp = has_rows ? -(batch.sampler_logps * batch.completion_mask).sum().item<double>() : 0.0;
+  const double real_tokens = has_rows ? batch.attention_mask.sum().item<double>() : 0.0;
+  auto sums = std::vector<double>{has_rows ? batch.completion_tokens() : 0.0, neg_logp,
+                                  static_cast<double>(has_rows ? batch.truncated : 0),
+                                  static_cast<double>(rollouts.generated_tokens), real_tokens};
+  auto seconds = torch::tensor({rollouts.generation_seconds, rollouts.reward_seconds, stats.seconds}, torch::kDouble);
+  if (world.distributed()) {
+    sums = world.sum(std::move(sums));
+    world.all_reduce(seconds, dist::ReduceOp::max);
+    auto join = [&](const std::vector<double>& mine) {
+      std::vector<double> all;
+      for (const auto& part : world.all_gather(mine)) all.insert(all.end(), part.begin(), part.end());
+      return all;
+    };
+    totals = join(totals);
+    lengths = join(lengths);
+    const auto texts = world.all_gather_bytes(rollouts.scores.total.empty() ? std::string() : scores_to_text(scores));
+    scores = rewards::RewardScores{};
+    for (const auto& t : texts) {
+      if (!t.empty()) rewards::append_scores(scores, scores_from_text(t));
+    }
+  }
+  const double tokens = sums[0];
+  const auto n = static_cast<double>(totals.size());
+  const double gen_seconds = seconds[0].item<double>(), reward_seconds = seconds[1].item<double>(),
+               train_seconds = seconds[2].item<double>();
+  const auto v = stats.read(&world);  // the step's one read-back of its metrics
   std::vector<Metric> metrics = {
       {"stage", stage_},
       {"loss", v.loss},
@@ -238,40 +357,41 @@ GrpoTrainer::StepSummary GrpoTrainer::log_step(int64_t step, const StepRollouts&
       {"clip_ratio_low", v.clip_low},
       {"clip_ratio_high", v.clip_high},
       {"clip_ratio_region", v.clip_region},
-      {"entropy", tokens > 0 ? -(batch.sampler_logps * batch.completion_mask).sum().item<double>() / tokens : 0.0},
+      {"entropy", tokens > 0 ? sums[1] / tokens : 0.0},
       {"logprob_diff_mean", v.sampler_diff_sum / std::max(tokens, 1.0)},
       {"logprob_diff_max", v.sampler_diff_max},
-      {"completion_length", mean_of(batch.lengths)},
-      {"completion_length_max", *std::max_element(batch.lengths.begin(), batch.lengths.end())},
-      {"truncated_fraction", static_cast<double>(batch.truncated) / n},
+      {"completion_length", mean_of(lengths)},
+      {"completion_length_max", lengths.empty() ? 0.0 : *std::max_element(lengths.begin(), lengths.end())},
+      {"truncated_fraction", n > 0 ? sums[2] / n : 0.0},
       {"zero_std_fraction",
        static_cast<double>(rollouts.zero_std_groups) / static_cast<double>(rollouts.generated_groups)},
       {"generated_groups", rollouts.generated_groups},
       {"lr", stats.lr},
       {"grad_norm", stats.grad_norm},
-      {"gen_tokens_per_s",
-       static_cast<double>(rollouts.generated_tokens) / std::max(rollouts.generation_seconds, 1e-9)},
-      {"train_tokens_per_s", static_cast<double>(cfg_.num_iterations) * batch.attention_mask.sum().item<double>() /
-                                 std::max(stats.seconds, 1e-9)},
-      {"gen_seconds", rollouts.generation_seconds},
-      {"reward_seconds", rollouts.reward_seconds},
-      {"train_seconds", stats.seconds}};
+      {"gen_tokens_per_s", sums[3] / std::max(gen_seconds, 1e-9)},
+      {"train_tokens_per_s", static_cast<double>(cfg_.num_iterations) * sums[4] / std::max(train_seconds, 1e-9)},
+      {"gen_seconds", gen_seconds},
+      {"reward_seconds", reward_seconds},
+      {"train_seconds", train_seconds}};
+  if (world.distributed()) metrics.emplace_back("world_size", world.size());
   if (cfg_.mtp_weight > 0 && model_->config().num_nextn_predict_layers > 0) {
     metrics.emplace_back("mtp_loss", v.mtp_loss);
   }
   if (const double balance = v.balance_loss; balance != 0) metrics.emplace_back("balance_loss", balance);
   // Every reward function's metrics, as the RewardSet reports them over all the step's samples.
-  for (const auto& [key, value] : rollouts.scores.metrics) metrics.emplace_back(key, value);
+  for (const auto& [key, value] : scores.metrics) metrics.emplace_back(key, value);
   if (accuracy_index_) {
-    const auto it = rollouts.scores.metrics.find("rewards/" + rewards_.labels()[*accuracy_index_] + "/mean");
-    if (it != rollouts.scores.metrics.end()) metrics.emplace_back("accuracy", it->second);
+    const auto it = scores.metrics.find("rewards/" + rewards_.labels()[*accuracy_index_] + "/mean");
+    if (it != scores.metrics.end()) metrics.emplace_back("accuracy", it->second);
   }
   for (auto& m : eval_metrics) metrics.push_back(std::move(m));
   metrics.emplace_back("step_seconds", step_seconds);
   run_.metrics().write(step, metrics);
 
+  // Sample completions: rank 0's groups (the first share of the step's).
   const auto& groups = rollouts.groups;
-  for (int64_t k = 0; k < std::min<int64_t>(cfg_.log_completions, batch.size()); ++k) {
+  const int64_t logged = world.is_main() && has_rows ? std::min<int64_t>(cfg_.log_completions, batch.size()) : 0;
+  for (int64_t k = 0; k < logged; ++k) {
     const auto& g = groups[static_cast<size_t>(k % static_cast<int64_t>(groups.size()))];
     const auto i = static_cast<size_t>(k / static_cast<int64_t>(groups.size())) % g.completions.size();
     const auto& c = g.completions[i];
@@ -286,7 +406,7 @@ GrpoTrainer::StepSummary GrpoTrainer::log_step(int64_t step, const StepRollouts&
     completions_log << j.dump() << "\n";
   }
   completions_log.flush();
-  return {mean_of(totals), v.kl};
+  return {mean_of(totals), v.kl, mean_of(lengths)};
 }
 
 GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const EvalFn& eval, bool resume) {
@@ -294,7 +414,8 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   if (records.empty()) throw std::runtime_error(stage_ + ": no prompts");
   const auto device = model_->embed_tokens.device();
   const uint64_t seed = static_cast<uint64_t>(run_.config().seed + cfg_.seed_offset);
-  auto optimizer = make_optimizer(*model_, cfg_.optim);
+  dist::DataParallel dp(model_, cfg_.optim);  // a world of one: plain AdamW, as always
+  auto& world = dp.world();
   data::DataOrder order(static_cast<int64_t>(records.size()), {.batch_size = 1}, seed);
   // The reference policy (beta > 0): the policy at the start of the stage or at the last refresh,
   // also saved under checkpoints/<stage>/reference so that a resumed run gets it back.
@@ -302,10 +423,11 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   const std::string ref_dir = checkpoint_dir() + "/reference";
   const auto set_reference = [&](model::CausalLM& from) {
     ref = frozen_copy(from);
-    if (&from == &model_) model::save_hf_checkpoint(*ref, ref_dir);
+    if (&from == &model_ && world.is_main()) model::save_hf_checkpoint(*ref, ref_dir);
   };
   int64_t step = 0;
-  if (const auto st = resume ? resume_latest(checkpoint_dir(), model_, optimizer.get(), stage_) : std::nullopt) {
+  if (const auto st = resume ? resume_latest(checkpoint_dir(), model_, dp.optimizer(), cfg_.optim, stage_)
+                             : std::nullopt) {
     step = st->step;
     order.restore(data::DataOrderState::from_json(st->values.at("data_order")));
     if (cfg_.loss.beta > 0) {
@@ -315,20 +437,23 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   }
   if (cfg_.loss.beta > 0 && !ref) set_reference(model_);
   rollout::Engine engine(model_, &tokenizer_, cfg_.generation);
-  std::ofstream completions_log(run_.path("completions.jsonl"), std::ios::app);
+  std::ofstream completions_log;  // rank 0 writes the sample completions
+  if (world.is_main()) completions_log.open(run_.path("completions.jsonl"), std::ios::app);
   Progress progress(stage_, cfg_.steps, run_.config().progress_interval_s);
   GrpoResult result;
   while (step < cfg_.steps) {
     const auto t_step = std::chrono::steady_clock::now();
     model_->eval();
     const auto rollouts = sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_,
-                                      seed, step);
-    auto batch = build_grpo_batch(rollouts.groups, cfg_.mask_truncated_completions);
-    if (ref) {
+                                      seed, step, &world);
+    // This rank's groups (data parallel: possibly none, after dynamic sampling's refills).
+    GrpoBatch batch;
+    if (!rollouts.groups.empty()) batch = build_grpo_batch(rollouts.groups, cfg_.mask_truncated_completions);
+    if (ref && !rollouts.groups.empty()) {
       batch.ref_logps = batch_logprobs(*ref, batch, cfg_.micro_batch_size, cfg_.generation.sampling.temperature,
                                        cfg_.logprob_chunk_size, cfg_.bf16_autocast && device.is_cuda());
     }
-    const auto stats = optimise(batch, *optimizer, step);
+    const auto stats = optimise(batch, dp, step);
     ++step;
     if (ref && cfg_.ref_refresh_steps > 0 && step % cfg_.ref_refresh_steps == 0) {
       set_reference(model_);
@@ -338,12 +463,12 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     auto eval_metrics = eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0)) ? eval(step)
                                                                                                : std::vector<Metric>{};
     const auto summary = log_step(step, rollouts, batch, stats, std::move(eval_metrics), seconds_since(t_step), records,
-                                  completions_log);
+                                  completions_log, world);
     result.last_reward = summary.reward;
-    progress.update(
-        step, grpo::format("reward {:.3f} len {:.0f} kl {:.4f}", summary.reward, mean_of(batch.lengths), summary.kl));
+    progress.update(step,
+                    grpo::format("reward {:.3f} len {:.0f} kl {:.4f}", summary.reward, summary.length, summary.kl));
     if (last || (cfg_.checkpoint.every_steps > 0 && step % cfg_.checkpoint.every_steps == 0)) {
-      save_stage_checkpoint(checkpoint_dir(), step, model_, optimizer.get(),
+      save_stage_checkpoint(checkpoint_dir(), step, model_, dp.optimizer(),
                             {.values = {{"data_order", order.state().to_json()}}}, cfg_.checkpoint, stage_);
     }
   }

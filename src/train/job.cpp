@@ -1,5 +1,7 @@
 #include "grpo/train/job.h"
 
+#include "grpo/dist/world.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -33,7 +35,9 @@ std::unique_ptr<data::Tokenizer> make_tokenizer(const TokenizerSection& cfg) {
 }
 
 model::CausalLM make_model(const ModelSection& cfg, const data::Tokenizer& tokenizer, const std::string& eos_token) {
-  const torch::Device device(cfg.device);
+  // Under a launcher, "cuda" is this rank's GPU, and the process group starts here (grpo/dist/world.h).
+  const torch::Device device = dist::device_for(cfg.device);
+  dist::world(device);
   const auto dtype = cfg.dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
   if (!cfg.init.empty()) {
     model::LoadOptions lo;
@@ -67,11 +71,15 @@ std::vector<data::Record> load_records(const DataSection& cfg) {
 std::string save_model(const Run& run, model::CausalLM& model, const TokenizerSection& tokenizer,
                        const std::string& name) {
   const std::string dir = run.path(name);
-  model::save_hf_checkpoint(model, dir);
-  if (tokenizer.path.empty()) {
-    write_file_atomic(dir + "/tokenizer.json", data::byte_tokenizer_json(tokenizer.special_tokens));
+  auto& world = dist::world();
+  if (world.is_main()) {  // rank 0 writes; every rank returns once the folder is complete
+    model::save_hf_checkpoint(model, dir);
+    if (tokenizer.path.empty()) {
+      write_file_atomic(dir + "/tokenizer.json", data::byte_tokenizer_json(tokenizer.special_tokens));
+    }
+    log::info("saved {}", dir);
   }
-  log::info("saved {}", dir);
+  world.barrier();
   return dir;
 }
 
@@ -89,6 +97,7 @@ std::function<std::vector<Metric>(int64_t)> held_out_eval(model::CausalLM model,
 
 std::string write_training_plot(const Run& run) {
   const std::string path = run.path("training.png");
+  if (!dist::is_main_process()) return path;  // rank 0's
   try {
     const auto rows = read_metrics(run.path("metrics.jsonl"));
     // Steps restart per stage; plot against the row index (global step) with one series per stage.

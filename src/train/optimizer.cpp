@@ -42,7 +42,7 @@ ParamGroups split_parameters(torch::nn::Module& model, const OptimizerConfig& cf
   return groups;
 }
 
-std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, const OptimizerConfig& cfg) {
+void freeze_parameters(torch::nn::Module& model, const OptimizerConfig& cfg) {
   for (const auto& pattern : cfg.freeze) {
     TORCH_CHECK(!pattern.empty(), "optim.freeze: an empty pattern would freeze every parameter");
     int64_t matched = 0;
@@ -54,7 +54,9 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, co
     TORCH_CHECK(matched > 0, "optim.freeze: '", pattern, "' matches no parameter name (names look like ",
                 model.named_parameters().size() > 0 ? model.named_parameters()[0].key() : std::string("?"), ")");
   }
-  ParamGroups groups = split_parameters(model, cfg);
+}
+
+std::unique_ptr<torch::optim::AdamW> make_adamw(const ParamGroups& groups, const OptimizerConfig& cfg) {
   TORCH_CHECK(!groups.decay.empty() || !groups.no_decay.empty(),
               "make_optimizer: the model has no trainable parameters");
   auto options = [&](double weight_decay) {
@@ -68,6 +70,11 @@ std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, co
   torch::optim::AdamWOptions defaults(cfg.lr);
   defaults.betas(std::make_tuple(cfg.beta1, cfg.beta2)).eps(cfg.eps).weight_decay(cfg.weight_decay);
   return std::make_unique<torch::optim::AdamW>(std::move(param_groups), defaults);
+}
+
+std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, const OptimizerConfig& cfg) {
+  freeze_parameters(model, cfg);
+  return make_adamw(split_parameters(model, cfg), cfg);
 }
 
 double clip_gradients(torch::nn::Module& model, double max_norm) {

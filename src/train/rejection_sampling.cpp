@@ -22,6 +22,7 @@
 #include "grpo/core/log.h"
 #include "grpo/core/progress.h"
 #include "grpo/core/random.h"
+#include "grpo/dist/world.h"
 #include "grpo/train/scored_rollouts.h"
 
 namespace grpo::train {
@@ -474,45 +475,67 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
   const Fingerprint fp = make_fingerprint(prompt, prompts, rewards, cfg, provenance);
   const std::string state_path = cfg.output + ".state.json";
 
+  // Data parallel: rank 0 alone reads, checks and writes the output and its state; each rank
+  // samples its share of every batch, and rank 0 appends every rank's lines in prompt order.
+  auto& world = dist::world();
   State st;
   std::unique_ptr<OutputFile> out;
-  if (resume && std::filesystem::exists(state_path)) {
-    Fingerprint was;
-    st = read_state(state_path, was);
-    if (const std::string diff = fingerprint_diff(was, fp); !diff.empty()) {
-      throw std::runtime_error("generate_traces: cannot resume '" + cfg.output +
-                               "': settings differ from the run that wrote it: " + diff +
-                               " (resume with the same settings, or start over without resume)");
+  std::string setup_error;
+  if (world.is_main()) {
+    try {
+      if (resume && std::filesystem::exists(state_path)) {
+        Fingerprint was;
+        st = read_state(state_path, was);
+        if (const std::string diff = fingerprint_diff(was, fp); !diff.empty()) {
+          throw std::runtime_error("generate_traces: cannot resume '" + cfg.output +
+                                   "': settings differ from the run that wrote it: " + diff +
+                                   " (resume with the same settings, or start over without resume)");
+        }
+        if (!std::filesystem::exists(cfg.output)) {
+          throw std::runtime_error("generate_traces: cannot resume: the state '" + state_path + "' records " +
+                                   std::to_string(st.bytes) + " bytes but the output '" + cfg.output + "' is missing");
+        }
+        out = std::make_unique<OutputFile>(cfg.output, false);
+        const int64_t size = out->size();
+        if (size < st.bytes) {
+          throw std::runtime_error("generate_traces: cannot resume: the output '" + cfg.output + "' has " +
+                                   std::to_string(size) + " bytes, fewer than the " + std::to_string(st.bytes) +
+                                   " its state '" + state_path + "' records");
+        }
+        if (size > st.bytes) {
+          log::warn("generate_traces: dropping {} bytes after the last complete batch of '{}'", size - st.bytes,
+                    cfg.output);
+          out->truncate(st.bytes);
+        }
+        log::info("generate_traces: resuming '{}' at prompt {} of {} ({} traces kept so far)", cfg.output,
+                  st.prompts_done, n, st.counts.kept);
+      } else {
+        if (resume && std::filesystem::exists(cfg.output) && std::filesystem::file_size(cfg.output) > 0) {
+          throw std::runtime_error("generate_traces: cannot resume '" + cfg.output +
+                                   "': it exists but has no state file '" + state_path +
+                                   "' (not written by a resumable run); start without resume to replace it");
+        }
+        st.done = n == 0;
+        // The state first: should we stop between the two, it says 0 bytes, which a resume accepts.
+        write_file_atomic(state_path, state_json(st, fp));
+        out = std::make_unique<OutputFile>(cfg.output, true);
+        out->sync();
+      }
+    } catch (const std::exception& e) {
+      if (!world.distributed()) throw;
+      setup_error = e.what();
     }
-    if (!std::filesystem::exists(cfg.output)) {
-      throw std::runtime_error("generate_traces: cannot resume: the state '" + state_path + "' records " +
-                               std::to_string(st.bytes) + " bytes but the output '" + cfg.output + "' is missing");
+  }
+  if (world.distributed()) {
+    const auto said = world.all_gather_bytes(world.is_main() ? setup_error : std::string());
+    if (!said[0].empty()) {
+      if (world.is_main()) throw std::runtime_error(said[0]);
+      throw std::runtime_error("rank 0: " + said[0]);
     }
-    out = std::make_unique<OutputFile>(cfg.output, false);
-    const int64_t size = out->size();
-    if (size < st.bytes) {
-      throw std::runtime_error("generate_traces: cannot resume: the output '" + cfg.output + "' has " +
-                               std::to_string(size) + " bytes, fewer than the " + std::to_string(st.bytes) +
-                               " its state '" + state_path + "' records");
+    if (!world.is_main()) {
+      Fingerprint was;
+      st = read_state(state_path, was);  // as rank 0 left it
     }
-    if (size > st.bytes) {
-      log::warn("generate_traces: dropping {} bytes after the last complete batch of '{}'", size - st.bytes,
-                cfg.output);
-      out->truncate(st.bytes);
-    }
-    log::info("generate_traces: resuming '{}' at prompt {} of {} ({} traces kept so far)", cfg.output, st.prompts_done,
-              n, st.counts.kept);
-  } else {
-    if (resume && std::filesystem::exists(cfg.output) && std::filesystem::file_size(cfg.output) > 0) {
-      throw std::runtime_error("generate_traces: cannot resume '" + cfg.output +
-                               "': it exists but has no state file '" + state_path +
-                               "' (not written by a resumable run); start without resume to replace it");
-    }
-    st.done = n == 0;
-    // The state first: should we stop between the two, it says 0 bytes, which a resume accepts.
-    write_file_atomic(state_path, state_json(st, fp));
-    out = std::make_unique<OutputFile>(cfg.output, true);
-    out->sync();
   }
   const int64_t resumed = st.prompts_done;
   if (st.prompts_done >= target) {
@@ -527,13 +550,18 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
     // Batches sit at multiples of B, so a resumed run batches prompts as an uninterrupted one.
     const int64_t begin = st.prompts_done;
     const int64_t end = std::min(target, (begin / B + 1) * B);
+    const auto [mine_begin, mine_end] = [&] {
+      const auto [b, e] = dist::share(end - begin, world.rank(), world.size());
+      return std::pair<int64_t, int64_t>(begin + b, begin + e);
+    }();
     std::vector<RolloutRequest> requests;
-    for (int64_t i = begin; i < end; ++i) requests.push_back({.record = i, .seed = prompt_seed(cfg.seed, i)});
-    const auto rollouts = sample_scored(
-        [&](const std::vector<rollout::GenerationRequest>& reqs, rollout::GenerationStats*) { return generate(reqs); },
-        tokenizer, prompt, prompts, requests, &rewards);
-    const auto P = static_cast<size_t>(end - begin);
-    if (rollouts.group_size() != k) {
+    for (int64_t i = mine_begin; i < mine_end; ++i) requests.push_back({.record = i, .seed = prompt_seed(cfg.seed, i)});
+    const auto rollouts = requests.empty() ? ScoredRollouts{}
+                                           : sample_scored([&](const std::vector<rollout::GenerationRequest>& reqs,
+                                                               rollout::GenerationStats*) { return generate(reqs); },
+                                                           tokenizer, prompt, prompts, requests, &rewards);
+    const auto P = static_cast<size_t>(mine_end - mine_begin);
+    if (P > 0 && rollouts.group_size() != k) {
       throw std::runtime_error("generate_traces: the generator returned " +
                                std::to_string(P * static_cast<size_t>(rollouts.group_size())) + " completions for " +
                                std::to_string(P) + " prompts x " + std::to_string(k));
@@ -541,8 +569,9 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
     const auto& scores = rollouts.scores;
 
     std::string lines;
+    const auto counts_before = st.counts;
     for (size_t p = 0; p < P; ++p) {
-      const auto index = begin + static_cast<int64_t>(p);
+      const auto index = mine_begin + static_cast<int64_t>(p);
       const auto& rec = prompts[static_cast<size_t>(index)];
       std::vector<std::string> texts;
       for (const auto& c : rollouts.groups[p].completions) texts.push_back(c.text);
@@ -594,13 +623,35 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
         lines += '\n';
       }
     }
+    if (world.distributed()) {  // every rank's counts and lines, in rank (= prompt) order
+      auto& c = st.counts;
+      const auto& b0 = counts_before;
+      const auto sums = world.sum(
+          {static_cast<double>(c.completions - b0.completions), static_cast<double>(c.accepted - b0.accepted),
+           static_cast<double>(c.malformed - b0.malformed), static_cast<double>(c.incorrect - b0.incorrect),
+           static_cast<double>(c.below_min_reward - b0.below_min_reward),
+           static_cast<double>(c.duplicates - b0.duplicates), static_cast<double>(c.kept - b0.kept),
+           static_cast<double>(c.prompts_with_trace - b0.prompts_with_trace)});
+      c = b0;
+      c.completions += static_cast<int64_t>(sums[0]);
+      c.accepted += static_cast<int64_t>(sums[1]);
+      c.malformed += static_cast<int64_t>(sums[2]);
+      c.incorrect += static_cast<int64_t>(sums[3]);
+      c.below_min_reward += static_cast<int64_t>(sums[4]);
+      c.duplicates += static_cast<int64_t>(sums[5]);
+      c.kept += static_cast<int64_t>(sums[6]);
+      c.prompts_with_trace += static_cast<int64_t>(sums[7]);
+      std::string all;
+      for (const auto& part : world.all_gather_bytes(lines)) all += part;
+      lines = std::move(all);
+    }
     // The lines on disk first, then the state that counts them: a crash in between leaves lines
     // past `bytes`, which a resume drops and writes again.
-    out->append(lines);
+    if (world.is_main()) out->append(lines);
     st.bytes += static_cast<int64_t>(lines.size());
     st.prompts_done = end;
     st.done = end == n;
-    write_file_atomic(state_path, state_json(st, fp));
+    if (world.is_main()) write_file_atomic(state_path, state_json(st, fp));
     const double pass = st.counts.completions > 0 ? 100.0 * static_cast<double>(st.counts.accepted) /
                                                         static_cast<double>(st.counts.completions)
                                                   : 0.0;

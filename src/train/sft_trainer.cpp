@@ -13,6 +13,7 @@
 #include "grpo/core/log.h"
 #include "grpo/core/progress.h"
 #include "grpo/data/dataset.h"
+#include "grpo/dist/data_parallel.h"
 
 namespace grpo::train {
 
@@ -28,6 +29,34 @@ SftBatch zero_batch(int64_t b, int64_t t) {
   out.position_ids = torch::zeros({b, t}, torch::kLong);
   out.loss_mask = torch::zeros({b, t}, torch::kLong);
   return out;
+}
+
+// Rows [begin, end) of `b`, cut after the last real token of those rows (padded batches), with
+// their counts.
+SftBatch rows_of(const SftBatch& b, int64_t begin, int64_t end) {
+  SftBatch out;
+  const int64_t n = end - begin;
+  if (n <= 0) return out;
+  const auto mask = b.attention_mask.narrow(0, begin, n);
+  const auto real = mask.ne(0).any(0);
+  const auto nz = real.nonzero();
+  const int64_t t = nz.numel() > 0 ? nz.max().item<int64_t>() + 1 : 1;
+  out.input_ids = b.input_ids.narrow(0, begin, n).narrow(1, 0, t);
+  out.attention_mask = mask.narrow(1, 0, t);
+  out.position_ids = b.position_ids.narrow(0, begin, n).narrow(1, 0, t);
+  out.loss_mask = b.loss_mask.narrow(0, begin, n).narrow(1, 0, t);
+  out.tokens = out.attention_mask.ne(0).sum().item<int64_t>();
+  out.completion_tokens = out.loss_mask.sum().item<int64_t>();
+  return out;
+}
+
+// Targets of the first MTP module (token i + 2 from position i, both trained on): what
+// model::mtp_loss averages over.
+int64_t mtp_targets(const SftBatch& b) {
+  const int64_t t = b.loss_mask.size(1);
+  if (t < 3) return 0;
+  const auto m = b.loss_mask.to(torch::kBool);
+  return m.narrow(1, 0, t - 2).logical_and(m.narrow(1, 2, t - 2)).sum().item<int64_t>();
 }
 
 }  // namespace
@@ -144,7 +173,9 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
   const bool autocast = cfg_.bf16_autocast && device.is_cuda();
   const bool has_mtp = model_->config().num_nextn_predict_layers > 0 && cfg_.mtp_weight > 0;
   const bool has_moe = !model_->moe_layers().empty();
-  auto optimizer = make_optimizer(*model_, cfg_.optim);
+  dist::DataParallel dp(model_, cfg_.optim);  // a world of one: plain AdamW, as always
+  auto& world = dp.world();
+  auto& optimizer = dp.optimizer();
 
   data::DataOrderConfig order_cfg;
   order_cfg.batch_size = cfg_.packing ? 1 : std::min<int64_t>(cfg_.batch_size, static_cast<int64_t>(examples.size()));
@@ -153,7 +184,7 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
   std::optional<int64_t> pending;  // packing: an example that did not fit the last batch
 
   int64_t step = 0;
-  if (const auto st = resume ? resume_latest(checkpoint_dir(), model_, optimizer.get(), stage_) : std::nullopt) {
+  if (const auto st = resume ? resume_latest(checkpoint_dir(), model_, optimizer, cfg_.optim, stage_) : std::nullopt) {
     step = st->step;
     order.restore(data::DataOrderState::from_json(st->values.at("data_order")));
     if (const auto it = st->values.find("pending"); it != st->values.end() && !it->second.empty()) {
@@ -164,7 +195,7 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
     TrainState st;
     st.values["data_order"] = order.state().to_json();
     st.values["pending"] = pending ? std::to_string(*pending) : "";
-    save_stage_checkpoint(checkpoint_dir(), at, model_, optimizer.get(), st, cfg_.checkpoint, stage_);
+    save_stage_checkpoint(checkpoint_dir(), at, model_, optimizer, st, cfg_.checkpoint, stage_);
   };
 
   // The examples of the next micro-batch.
@@ -198,8 +229,9 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
   while (step < cfg_.steps) {
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = lr_at(cfg_.schedule, cfg_.optim.lr, step, cfg_.steps);
-    set_learning_rate(*optimizer, lr);
-    optimizer->zero_grad();
+    dp.begin_step(lr);
+    // Every rank builds the step's global micro-batches (the same on every rank) and trains on its
+    // share of each one's rows; every normaliser is the global batch's.
     std::vector<SftBatch> micro;
     int64_t step_completion = 0, step_tokens = 0;
     for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
@@ -208,38 +240,58 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
       step_completion += micro.back().completion_tokens;
       step_tokens += micro.back().tokens;
     }
+    const double step_norm = static_cast<double>(std::max<int64_t>(step_completion, 1));
+    int64_t last_mine = -1;  // this rank's last micro-batch with rows: its backward starts the all-reduce
+    for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
+      const auto [begin, end] = dist::share(micro[static_cast<size_t>(m)].input_ids.size(0), world.rank(),
+                                            world.size());
+      if (end > begin) last_mine = m;
+    }
     double ce_sum = 0, mtp_sum = 0, balance_sum = 0;
-    for (const auto& b : micro) {
+    for (int64_t m = 0; m <= last_mine; ++m) {
+      const auto& global = micro[static_cast<size_t>(m)];
+      const int64_t rows = global.input_ids.size(0);
+      const auto [begin, end] = dist::share(rows, world.rank(), world.size());
+      if (end == begin) continue;
+      const SftBatch b = world.distributed() ? rows_of(global, begin, end) : global;
+      // The micro-batch's MTP and balance terms are means over its targets / rows, weighted by its
+      // share of the step's completion tokens; a rank's part of it is weighted by its share of those.
+      const double share = static_cast<double>(global.completion_tokens) / step_norm;
+      double mtp_share = share, balance_share = share;
+      if (world.distributed()) {
+        const int64_t all_targets = has_mtp ? mtp_targets(global) : 0;
+        mtp_share = all_targets > 0 ? share * static_cast<double>(mtp_targets(b)) / static_cast<double>(all_targets)
+                                    : 0.0;
+        balance_share = share * static_cast<double>(end - begin) / static_cast<double>(rows);
+      }
       AutocastScope ac(autocast);
       model::ForwardOptions fo;
       fo.mtp = has_mtp;
       const auto out = model_->forward(b.input_ids.to(device), b.position_ids.to(device), b.attention_mask.to(device),
                                        nullptr, fo);
       const auto ce = sft_token_loss_sum(out.logits, b);
-      auto loss = ce / static_cast<double>(std::max<int64_t>(step_completion, 1));
+      auto loss = ce / step_norm;
       ce_sum += ce.item<double>();
-      const double share = static_cast<double>(b.completion_tokens) /
-                           static_cast<double>(std::max<int64_t>(step_completion, 1));
-      if (has_mtp) {
+      if (has_mtp && mtp_share > 0) {
         const auto mtp = model::mtp_loss(out, b.input_ids.to(device), b.loss_mask.to(device), cfg_.mtp_weight);
-        loss = loss + mtp * share;
-        mtp_sum += mtp.item<double>() * share;
+        loss = loss + mtp * mtp_share;
+        mtp_sum += mtp.item<double>() * mtp_share;
       }
       if (out.balance_loss.defined()) {
-        loss = loss + out.balance_loss * share;
-        balance_sum += out.balance_loss.item<double>() * share;
+        loss = loss + out.balance_loss * balance_share;
+        balance_sum += out.balance_loss.item<double>() * balance_share;
       }
+      dp.before_backward(m == last_mine);
       loss.backward();
     }
-    const double grad_norm = clip_gradients(*model_, cfg_.optim.max_grad_norm);
-    const bool finite = std::isfinite(grad_norm);
-    if (finite) {
-      optimizer->step();
-    } else {
-      log::warn("{}: step {}: non-finite gradient norm, step skipped", stage_, step + 1);
-    }
+    const double grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
+    if (!dp.step(grad_norm)) log::warn("{}: step {}: non-finite gradient norm, step skipped", stage_, step + 1);
     std::vector<double> imbalance;
-    if (has_moe && cfg_.router_bias_gamma > 0) imbalance = model_->update_router_biases(cfg_.router_bias_gamma);
+    if (has_moe && cfg_.router_bias_gamma > 0) imbalance = dp.update_router_biases(cfg_.router_bias_gamma);
+    if (world.distributed()) {
+      const auto sums = world.sum({ce_sum, mtp_sum, balance_sum});
+      ce_sum = sums[0], mtp_sum = sums[1], balance_sum = sums[2];
+    }
     ++step;
     const double ce_mean = ce_sum / static_cast<double>(std::max<int64_t>(step_completion, 1));
     const double dt = seconds_since(t0);

@@ -1,5 +1,7 @@
 #include "grpo/train/stage_ledger.h"
 
+#include "grpo/dist/launch_env.h"
+
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -101,7 +103,7 @@ void StageLedger::record(StageSummary summary) {
                       {"inputs", summary.inputs},
                       {"numbers", summary.numbers},
                       {"texts", summary.texts}};
-  write_file_atomic(path(summary.stage), j.dump(2) + "\n");
+  if (dist::is_main_process()) write_file_atomic(path(summary.stage), j.dump(2) + "\n");  // rank 0's folder
   ran_ = true;
 }
 

@@ -23,6 +23,7 @@
 
 #include "grpo/core/files.h"
 #include "grpo/core/log.h"
+#include "grpo/dist/sharded_optimizer.h"
 #include "grpo/model/checkpoint.h"
 #include "grpo/version.h"
 
@@ -215,9 +216,12 @@ void set_mt_state(std::mt19937_64& rng, const std::string& text) {
   rng = parsed;
 }
 
-std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
-                            torch::optim::Optimizer* optimizer, const TrainState& state, const CheckpointConfig& cfg) {
-  const fs::path root(dir);
+namespace {
+
+// Saving in three steps: the temporary folder (leftovers of interrupted saves removed), the files,
+// and publishing it under its final name. A multi-process save runs the first and last on rank 0
+// only, the middle on every rank.
+fs::path begin_save(const fs::path& root, int64_t step) {
   fs::create_directories(root);
   // Leftovers of an interrupted save (step_<N>.tmp, step_<N>.old.tmp) are never a checkpoint.
   std::vector<fs::path> leftovers;
@@ -229,35 +233,37 @@ std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalL
     }
   }
   for (const auto& path : leftovers) fs::remove_all(path);
+  const fs::path tmp = root / ("step_" + std::to_string(step) + ".tmp");
+  fs::create_directories(tmp);
+  return tmp;
+}
+
+void write_main_files(const fs::path& tmp, int64_t step, model::CausalLM& model, torch::optim::Optimizer* optimizer,
+                      const TrainState& state, bool with_optimizer, int64_t optimizer_shards) {
+  model::save_hf_checkpoint(model, (tmp / "model").string(), torch::kFloat);
+  if (optimizer != nullptr) {
+    torch::serialize::OutputArchive archive;
+    optimizer->save(archive);
+    archive.save_to((tmp / "optimizer.pt").string());
+  }
+  write_bytes(tmp / "rng.pt", capture_rng_state());
+  nlohmann::json j;
+  j["format"] = kStateFormat;
+  j["step"] = step;
+  j["values"] = state.values;
+  j["grpo_version"] = GRPO_VERSION_STRING;
+  j["torch_version"] = GRPO_TORCH_VERSION;
+  j["time"] = utc_now();
+  j["optimizer"] = with_optimizer;
+  if (optimizer_shards > 0) j["optimizer_shards"] = optimizer_shards;
+  write_bytes(tmp / "state.json", j.dump(2) + "\n");
+}
+
+std::string publish(const fs::path& root, const fs::path& tmp, int64_t step, const CheckpointConfig& cfg) {
+  fsync_tree(tmp);
+  // Publish: the folder appears under its final name complete, or not at all.
   const std::string name = "step_" + std::to_string(step);
   const fs::path final_path = root / name;
-  const fs::path tmp = root / (name + ".tmp");
-  const bool with_optimizer = optimizer != nullptr && cfg.save_optimizer;
-  try {
-    fs::create_directories(tmp);
-    model::save_hf_checkpoint(model, (tmp / "model").string(), torch::kFloat);
-    if (with_optimizer) {
-      torch::serialize::OutputArchive archive;
-      optimizer->save(archive);
-      archive.save_to((tmp / "optimizer.pt").string());
-    }
-    write_bytes(tmp / "rng.pt", capture_rng_state());
-    nlohmann::json j;
-    j["format"] = kStateFormat;
-    j["step"] = step;
-    j["values"] = state.values;
-    j["grpo_version"] = GRPO_VERSION_STRING;
-    j["torch_version"] = GRPO_TORCH_VERSION;
-    j["time"] = utc_now();
-    j["optimizer"] = with_optimizer;
-    write_bytes(tmp / "state.json", j.dump(2) + "\n");
-    fsync_tree(tmp);
-  } catch (const std::exception& e) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw std::runtime_error("saving checkpoint " + final_path.string() + ": " + one_line(e));
-  }
-  // Publish: the folder appears under its final name complete, or not at all.
   const fs::path old = root / (name + ".old.tmp");
   if (fs::exists(final_path)) fs::rename(final_path, old);
   fs::rename(tmp, final_path);
@@ -272,6 +278,77 @@ std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalL
     for (std::size_t i = 0; i + others < all.size(); ++i) fs::remove_all(all[i].second);
   }
   return final_path.string();
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
+                            torch::optim::Optimizer* optimizer, const TrainState& state, const CheckpointConfig& cfg) {
+  const fs::path root(dir);
+  const fs::path final_path = root / ("step_" + std::to_string(step));
+  const bool with_optimizer = optimizer != nullptr && cfg.save_optimizer;
+  fs::path tmp;
+  try {
+    tmp = begin_save(root, step);
+    write_main_files(tmp, step, model, with_optimizer ? optimizer : nullptr, state, with_optimizer, 0);
+  } catch (const std::exception& e) {
+    std::error_code ec;
+    if (!tmp.empty()) fs::remove_all(tmp, ec);
+    throw std::runtime_error("saving checkpoint " + final_path.string() + ": " + one_line(e));
+  }
+  return publish(root, tmp, step, cfg);
+}
+
+std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
+                            dist::ShardedOptimizer& optimizer, const TrainState& state, const CheckpointConfig& cfg) {
+  auto& w = optimizer.world();
+  if (!w.distributed()) return save_checkpoint(dir, step, model, &optimizer.adamw(), state, cfg);
+  const fs::path root(dir);
+  const fs::path final_path = root / ("step_" + std::to_string(step));
+  const fs::path tmp = root / ("step_" + std::to_string(step) + ".tmp");
+  // Every rank learns whether every rank's part was written; rank 0 publishes only then.
+  std::string error;
+  auto agree = [&](const char* phase) {
+    auto failed = torch::tensor({error.empty() ? 0.0 : 1.0}, torch::kDouble);
+    w.all_reduce(failed);
+    if (failed.item<double>() > 0) {
+      if (w.is_main()) {
+        std::error_code ec;
+        fs::remove_all(tmp, ec);
+      }
+      throw std::runtime_error("saving checkpoint " + final_path.string() + ": " +
+                               (error.empty() ? std::string("another rank failed while ") + phase : error));
+    }
+  };
+  if (w.is_main()) {
+    try {
+      begin_save(root, step);
+    } catch (const std::exception& e) {
+      error = one_line(e);
+    }
+  }
+  agree("preparing the folder");
+  try {
+    if (cfg.save_optimizer) {
+      fs::create_directories(tmp / "optimizer");
+      dist::save_adam_states(optimizer.owned_states(),
+                             (tmp / "optimizer" / ("rank_" + std::to_string(w.rank()) + ".pt")).string());
+    }
+    if (w.is_main()) write_main_files(tmp, step, model, nullptr, state, cfg.save_optimizer, w.size());
+  } catch (const std::exception& e) {
+    error = "rank " + std::to_string(w.rank()) + ": " + one_line(e);
+  }
+  agree("writing its files");
+  std::string path = final_path.string();
+  if (w.is_main()) {
+    try {
+      path = publish(root, tmp, step, cfg);
+    } catch (const std::exception& e) {
+      error = one_line(e);
+    }
+  }
+  agree("publishing");
+  return path;
 }
 
 std::optional<std::string> latest_checkpoint(const std::string& dir) {
@@ -396,6 +473,73 @@ TrainState load_checkpoint(const std::string& path, model::CausalLM& model, torc
   }
   apply_rng_state(rng);
   return state;
+}
+
+TrainState load_checkpoint(const std::string& path, model::CausalLM& model, dist::ShardedOptimizer& optimizer,
+                           const OptimizerConfig& cfg) {
+  const fs::path root(path);
+  std::error_code ec;
+  const fs::path shards = root / "optimizer";
+  const fs::path single = root / "optimizer.pt";
+  // A single-process optimizer.pt into an AdamW over every parameter: as before.
+  if (!fs::is_directory(shards, ec) && !optimizer.zero1()) return load_checkpoint(path, model, &optimizer.adamw());
+  // Otherwise by parameter name: every shard there is (or optimizer.pt), checked before anything
+  // changes.
+  dist::NamedAdamStates states;
+  std::string source;
+  {
+    const fs::path state_path = root / "state.json";
+    if (!fs::is_regular_file(state_path, ec)) fail(state_path, "missing");
+    bool has_optimizer = false;
+    try {
+      has_optimizer = nlohmann::json::parse(read_file(state_path.string())).at("optimizer").get<bool>();
+    } catch (const nlohmann::json::exception& e) {
+      fail(state_path, std::string("not a checkpoint state: ") + e.what());
+    }
+    if (!has_optimizer) fail(single, "not saved (the checkpoint was written with save_optimizer: false)");
+  }
+  if (fs::is_directory(shards, ec)) {
+    source = shards.string();
+    std::vector<fs::path> files;
+    for (const auto& entry : fs::directory_iterator(shards)) {
+      if (entry.path().extension() == ".pt") files.push_back(entry.path());
+    }
+    std::sort(files.begin(), files.end());
+    if (files.empty()) fail(shards, "no optimizer shards (rank_<r>.pt)");
+    for (const auto& f : files) {
+      for (auto& [name, st] : dist::load_adam_states(f.string())) states[name] = std::move(st);
+    }
+  } else {
+    if (!fs::is_regular_file(single, ec)) fail(single, "missing");
+    source = single.string();
+    states = dist::load_legacy_adam_states(single.string(), *model, cfg);
+  }
+  TrainState state = load_checkpoint(path, model, nullptr);
+  optimizer.load_states(states, source);
+  return state;
+}
+
+std::optional<TrainState> resume_latest(const std::string& dir, model::CausalLM& model,
+                                        dist::ShardedOptimizer& optimizer, const OptimizerConfig& cfg,
+                                        const std::string& stage) {
+  const auto path = latest_checkpoint(dir);
+  if (!path) {
+    log::info("{}: --resume: no checkpoint in {}, starting at step 0", stage, dir);
+    return std::nullopt;
+  }
+  TrainState st = load_checkpoint(*path, model, optimizer, cfg);
+  log::info("{}: resumed from {} at step {}", stage, *path, st.step);
+  return st;
+}
+
+std::string save_stage_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
+                                  dist::ShardedOptimizer& optimizer, TrainState state, const CheckpointConfig& cfg,
+                                  const std::string& stage) {
+  state.step = step;
+  state.values["stage"] = stage;
+  const auto path = save_checkpoint(dir, step, model, optimizer, state, cfg);
+  log::info("{}: checkpoint {}", stage, path);
+  return path;
 }
 
 std::optional<TrainState> resume_latest(const std::string& dir, model::CausalLM& model,

@@ -33,6 +33,7 @@ struct Metric {
 class MetricsWriter {
  public:
   // Opens `path` for appending (creating parent folders). Throws std::runtime_error naming it.
+  // An empty path writes nothing (the metrics of ranks other than 0 under data parallelism).
   explicit MetricsWriter(std::string path);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;

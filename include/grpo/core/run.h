@@ -6,6 +6,8 @@
 //
 // Re-running into the same folder appends to the log and metrics; a config.yaml that differs from
 // the new one is kept as config.N.yaml first, so nothing already written is lost.
+// Under data parallelism (grpo/dist/launch_env.h) only rank 0 writes these three; the other ranks
+// log warnings and errors to the console only, and their metrics() writes nothing.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +17,7 @@
 
 #include "grpo/config/config.h"
 #include "grpo/core/metrics.h"
+#include "grpo/dist/launch_env.h"
 
 namespace grpo {
 
@@ -24,6 +27,7 @@ struct RunConfig {
   std::int64_t seed = 1234;                 // seeds every random source of the run
   std::string log_level = "info";           // trace | debug | info | warn | error
   double progress_interval_s = 10.0;        // seconds between progress lines (0 = every step)
+  dist::DistConfig dist;                    // multi-process runs (grpo launch, torchrun, srun)
 
   template <class V>
   void visit(V& v) {
@@ -33,6 +37,7 @@ struct RunConfig {
     v("log_level", log_level, "console and log.txt verbosity",
       Check().one_of({"trace", "debug", "info", "warn", "error"}));
     v("progress_interval_s", progress_interval_s, "seconds between progress lines", Check().ge(0));
+    v("dist", dist, "multi-process runs: backend, collective timeout, gradient buckets, ZeRO-1 (docs/distributed.md)");
   }
 };
 

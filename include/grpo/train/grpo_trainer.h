@@ -38,6 +38,8 @@
 #include "grpo/data/prompt.h"
 #include "grpo/data/record.h"
 #include "grpo/data/tokenizer.h"
+#include "grpo/dist/data_parallel.h"
+#include "grpo/dist/world.h"
 #include "grpo/model/causal_lm.h"
 #include "grpo/rewards/reward_set.h"
 #include "grpo/rollout/engine.h"
@@ -126,9 +128,14 @@ struct StepRollouts {
 // derive_seed(seed, step, round, record). With dynamic sampling, groups whose totals are all equal
 // are dropped and refilled from new prompts for up to max_refill_rounds further rounds (the last
 // round keeps them).
+// Data parallel (`world` of N ranks): every rank draws the same requests from `order`, samples and
+// scores its share of each round's (dist::share: whole groups, so group advantages stay local),
+// and the ranks agree on which groups were flat, so every rank refills the same number and the
+// step's groups, over all ranks, are those one process samples. `groups`, `scores` and
+// generated_tokens are this rank's; generated_groups and zero_std_groups count all ranks'.
 StepRollouts sample_step(const Generator& generate, const data::Tokenizer& tokenizer, const data::PromptConfig& prompt,
                          const std::vector<data::Record>& records, data::DataOrder& order, const GrpoConfig& cfg,
-                         const rewards::RewardSet& rewards, uint64_t seed, int64_t step);
+                         const rewards::RewardSet& rewards, uint64_t seed, int64_t step, dist::World* world = nullptr);
 
 // Phase 3: log-probs of the batch's completions under `model` (no grad), micro_batch rows at a time
 // on the model's device, returned on the CPU: [N, L].
@@ -146,7 +153,9 @@ struct GrpoStepStats {
   struct Values {
     double loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum, sampler_diff_max;
   };
-  Values read() const;  // one device-to-host copy of every tensor above
+  // One device-to-host copy of every tensor above; data parallel: each rank holds its part of the
+  // step's sums (every normaliser is global), so the values are summed over ranks (the max: max).
+  Values read(dist::World* world = nullptr) const;
 };
 
 class GrpoTrainer {
@@ -160,7 +169,9 @@ class GrpoTrainer {
   GrpoResult train(const std::vector<data::Record>& records, const EvalFn& eval = {}, bool resume = false);
 
   // Phase 4: num_iterations optimizer steps on the batch (optimizer steps step * num_iterations ...).
-  GrpoStepStats optimise(const GrpoBatch& batch, torch::optim::Optimizer& optimizer, int64_t step);
+  // Data parallel: `batch` is this rank's groups (none: an empty GrpoBatch); the loss's row and token
+  // normalisers and batch-level reward scaling are the whole step's, over all ranks.
+  GrpoStepStats optimise(const GrpoBatch& batch, dist::DataParallel& dp, int64_t step);
 
   std::string checkpoint_dir() const;
 
@@ -168,11 +179,11 @@ class GrpoTrainer {
   // Phase 5: one metrics.jsonl row and the sample completions of a finished step (1-based);
   // returns the batch's mean reward and the KL for the progress line.
   struct StepSummary {
-    double reward = 0, kl = 0;
+    double reward = 0, kl = 0, length = 0;
   };
   StepSummary log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch, const GrpoStepStats& stats,
                        std::vector<Metric> eval_metrics, double step_seconds, const std::vector<data::Record>& records,
-                       std::ostream& completions_log);
+                       std::ostream& completions_log, dist::World& world);
 
   model::CausalLM model_;
   const data::Tokenizer& tokenizer_;

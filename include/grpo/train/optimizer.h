@@ -62,6 +62,12 @@ ParamGroups split_parameters(torch::nn::Module& model, const OptimizerConfig& cf
 // set_learning_rate.
 std::unique_ptr<torch::optim::AdamW> make_optimizer(torch::nn::Module& model, const OptimizerConfig& cfg);
 
+// make_optimizer's two steps: turning requires_grad off for cfg.freeze's names (an error naming the
+// pattern that matches nothing), and AdamW over given groups (an empty group is left out; both
+// empty is an error). ZeRO-1 (grpo/dist/sharded_optimizer.h) builds its AdamW over its share.
+void freeze_parameters(torch::nn::Module& model, const OptimizerConfig& cfg);
+std::unique_ptr<torch::optim::AdamW> make_adamw(const ParamGroups& groups, const OptimizerConfig& cfg);
+
 // The global L2 norm of the gradients of `model`'s trainable parameters (those with a gradient;
 // a tied tensor counted once), as torch.nn.utils.clip_grad_norm_ computes it. When max_norm > 0
 // and the norm is finite, gradients are scaled by max_norm / (norm + 1e-6) if that is below 1.

@@ -29,7 +29,13 @@
 #include "grpo/config/config.h"
 #include "grpo/model/causal_lm.h"
 
+namespace grpo::dist {
+class ShardedOptimizer;
+}
+
 namespace grpo::train {
+
+struct OptimizerConfig;
 
 struct TrainState {
   int64_t step = 0;                           // optimizer steps done
@@ -75,6 +81,26 @@ std::optional<TrainState> resume_latest(const std::string& dir, model::CausalLM&
                                         torch::optim::Optimizer* optimizer, const std::string& stage);
 std::string save_stage_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
                                   torch::optim::Optimizer* optimizer, TrainState state, const CheckpointConfig& cfg,
+                                  const std::string& stage);
+
+// The same under data parallelism, with the trainers' optimizer (grpo/dist/sharded_optimizer.h).
+// On a world of one these are the functions above with its AdamW. With more ranks, rank 0 writes
+// model/, rng.pt and state.json ("optimizer_shards": N) and every rank r writes
+// optimizer/rank_<r>.pt (the AdamW states of its share, by parameter name) into the same
+// temporary folder; rank 0 publishes it only when every rank's part was written, else every rank
+// throws and nothing under a final name changed. The run folder must be shared by the ranks (one
+// machine, or a shared filesystem). Loading takes optimizer/ shards written by any number of ranks,
+// or a single-process optimizer.pt (matched by name through make_optimizer(model, cfg)'s order),
+// so a run resumes on another world size; every rank reads the weights.
+std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
+                            dist::ShardedOptimizer& optimizer, const TrainState& state, const CheckpointConfig& cfg);
+TrainState load_checkpoint(const std::string& path, model::CausalLM& model, dist::ShardedOptimizer& optimizer,
+                           const OptimizerConfig& cfg);
+std::optional<TrainState> resume_latest(const std::string& dir, model::CausalLM& model,
+                                        dist::ShardedOptimizer& optimizer, const OptimizerConfig& cfg,
+                                        const std::string& stage);
+std::string save_stage_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
+                                  dist::ShardedOptimizer& optimizer, TrainState state, const CheckpointConfig& cfg,
                                   const std::string& stage);
 
 // torch's RNG state (the CPU default generator, and every CUDA device's default generator when

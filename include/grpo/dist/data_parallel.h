@@ -1,0 +1,58 @@
+// Data parallelism for the trainers, applied from outside the model (the model code knows nothing
+// of ranks): the same replica on every rank, each rank's share of the step's batch, gradients
+// summed over ranks while backward runs (grpo/dist/grad_sync.h), AdamW plain or ZeRO-1
+// (grpo/dist/sharded_optimizer.h), and the MoE router-bias update from loads summed over ranks.
+//
+//   dist::DataParallel dp(model, cfg.optim);           // broadcasts rank 0's weights and buffers
+//   dp.begin_step(lr);                                 // learning rate, gradients cleared
+//   for (m : my micro-batches) { dp.before_backward(m == last); loss_m.backward(); }
+//   const double norm = dp.reduce_gradients(cfg.optim.max_grad_norm);   // summed, then clipped
+//   dp.step(norm);                                     // AdamW when the norm is finite
+//   dp.update_router_biases(gamma);                    // identical on every rank
+//
+// On a world of one each call is what the trainers did before (clip_gradients, AdamW step,
+// update_router_biases), in the same order, so single-process runs are unchanged.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "grpo/dist/grad_sync.h"
+#include "grpo/dist/sharded_optimizer.h"
+#include "grpo/dist/world.h"
+#include "grpo/model/causal_lm.h"
+#include "grpo/train/optimizer.h"
+
+namespace grpo::dist {
+
+class DataParallel {
+ public:
+  // The world is dist::world() for the model's device; run.dist (config()) says bucket size and
+  // ZeRO-1.
+  DataParallel(model::CausalLM& model, const train::OptimizerConfig& cfg);
+
+  World& world() { return world_; }
+  ShardedOptimizer& optimizer() { return *optimizer_; }
+
+  void begin_step(double lr);
+  void before_backward(bool last_micro_batch);
+  // Gradients summed over ranks, then clip_gradients (grpo/train/optimizer.h): returns the norm.
+  double reduce_gradients(double max_grad_norm);
+  // The optimizer step when `grad_norm` is finite (the same on every rank); false when skipped.
+  bool step(double grad_norm);
+  // Each MoE layer's expert loads summed over ranks, then its aux-loss-free bias update.
+  std::vector<double> update_router_biases(double gamma);
+
+ private:
+  model::CausalLM model_;
+  World& world_;
+  std::unique_ptr<ShardedOptimizer> optimizer_;
+  std::unique_ptr<GradSync> sync_;
+};
+
+// Copies rank 0's parameters and buffers to every rank (a new model's random initialisation, or a
+// checkpoint only rank 0 read). Identity on a world of one.
+void broadcast_model(torch::nn::Module& model, World& world);
+
+}  // namespace grpo::dist

@@ -1,0 +1,107 @@
+// The process group of a multi-process run: c10d's ProcessGroupNCCL (CUDA) or ProcessGroupGloo
+// (CPU), rendezvous through a c10d::TCPStore at MASTER_ADDR:MASTER_PORT, ranks from the launch
+// environment (grpo/dist/launch_env.h), and the few collectives the trainers use. Without a launch
+// environment it is a world of one whose collectives do nothing, so every program still runs as a
+// single process.
+//
+//   dist::World& w = dist::world();              // created on first use, from the environment
+//   w.all_reduce(counts);                        // in place, summed over ranks
+//   auto [begin, end] = dist::share(n, w.rank(), w.size());
+//
+// Devices: one per local rank. A model configured for "cuda" runs on cuda:LOCAL_RANK
+// (device_for). Threads: each rank gets max(1, cores / LOCAL_WORLD_SIZE) intra-op threads unless
+// OMP_NUM_THREADS is set, since ranks sharing cores otherwise slow each other down many times over.
+// Errors: a collective that fails (a dead peer, a timeout after run.dist.timeout_s) throws
+// std::runtime_error "rank R: <what> failed: ...".
+#pragma once
+
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "grpo/dist/launch_env.h"
+
+namespace grpo::dist {
+
+enum class ReduceOp { sum, max, min };
+
+class World {
+ public:
+  // A world of one.
+  World();
+  // Rendezvous and build the process group; `device` decides the backend when cfg.backend is auto.
+  World(const LaunchEnv& env, const DistConfig& cfg, const torch::Device& device);
+  ~World();
+  World(const World&) = delete;
+  World& operator=(const World&) = delete;
+
+  int64_t rank() const { return env_.rank; }
+  int64_t size() const { return env_.world_size; }
+  int64_t local_rank() const { return env_.local_rank; }
+  int64_t local_size() const { return env_.local_world_size; }
+  bool distributed() const { return env_.world_size > 1; }
+  bool is_main() const { return env_.rank == 0; }
+  const std::string& backend_name() const { return backend_name_; }
+  const DistConfig& config() const { return cfg_; }
+  // Where collectives' tensors live: cuda:LOCAL_RANK for nccl, the CPU for gloo.
+  torch::Device comm_device() const { return comm_device_; }
+
+  // Collectives, synchronous, in place; identity on a world of one. Every rank must call the same
+  // collectives in the same order.
+  void all_reduce(torch::Tensor& t, ReduceOp op = ReduceOp::sum);
+  void broadcast(torch::Tensor& t, int64_t root);
+  void barrier();
+  // Each rank's bytes, by rank (variable sizes).
+  std::vector<std::string> all_gather_bytes(const std::string& mine);
+  // Each rank's doubles, by rank (variable sizes).
+  std::vector<std::vector<double>> all_gather(const std::vector<double>& mine);
+  // A sum of doubles over ranks (in double precision).
+  std::vector<double> sum(std::vector<double> values);
+  double sum(double value) { return sum(std::vector<double>{value}).front(); }
+
+  // Asynchronous all-reduce (sum) of one tensor; wait() on the result (rank-stamped errors).
+  class Pending {
+   public:
+    Pending() = default;
+    Pending(c10::intrusive_ptr<c10d::Work> work, const World* world);
+    ~Pending();
+    Pending(Pending&&) noexcept;
+    Pending& operator=(Pending&&) noexcept;
+    void wait();
+
+   private:
+    c10::intrusive_ptr<c10d::Work> work_;
+    const World* world_ = nullptr;
+  };
+  Pending all_reduce_async(torch::Tensor& t);
+
+ private:
+  void check(const c10::intrusive_ptr<c10d::Work>& work, const char* what) const;
+
+  LaunchEnv env_;
+  DistConfig cfg_;
+  std::string backend_name_ = "none";
+  torch::Device comm_device_ = torch::kCPU;
+  c10::intrusive_ptr<c10d::Backend> backend_;
+};
+
+// The process's world: created on the first call from launch_env() and config() (Run records
+// run.dist there), with the backend for `device` (auto: nccl for CUDA, gloo otherwise). Later calls
+// return the same world whatever their device.
+World& world(const torch::Device& device = torch::kCPU);
+
+// The device a rank uses for a configured one: "cuda" becomes cuda:LOCAL_RANK under a launch
+// environment; anything else is returned as it is.
+torch::Device device_for(const std::string& configured);
+
+// The contiguous share [begin, end) of n items that rank `rank` of `size` takes: the first
+// n % size ranks take one more. Shares of every rank, in rank order, concatenate to [0, n).
+std::pair<int64_t, int64_t> share(int64_t n, int64_t rank, int64_t size);
+
+}  // namespace grpo::dist
