@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <unordered_map>
+#include <unordered_set>
 
 namespace grpo::dist {
 
@@ -25,7 +27,8 @@ struct GradSync::State {
   std::vector<torch::Tensor> params;
   std::vector<int64_t> bucket_of;  // param -> bucket
   std::vector<Bucket> buckets;
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;  // kept alive: they hold the hooks
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;    // kept alive: they hold the hooks
+  std::unordered_map<const torch::autograd::Node*, int64_t> param_of;  // accumulator -> param
   std::vector<char> ready;
   int64_t next = 0;  // the next bucket to start (buckets start in order)
   int64_t overlapped = 0;
@@ -105,6 +108,7 @@ GradSync::GradSync(std::vector<torch::Tensor> params, World& world, double bucke
           if (auto st = weak.lock()) st->on_ready(static_cast<int64_t>(i));
           return outputs;
         }));
+    s.param_of[acc.get()] = static_cast<int64_t>(i);
     s.accumulators.push_back(std::move(acc));
   }
   s.reset();
@@ -112,7 +116,7 @@ GradSync::GradSync(std::vector<torch::Tensor> params, World& world, double bucke
 
 GradSync::~GradSync() { state_->alive = false; }
 
-void GradSync::arm(bool last) {
+void GradSync::arm(bool last, const torch::Tensor& loss) {
   auto& s = *state_;
   if (!s.world->distributed()) return;
   if (last && !s.armed) {
@@ -120,6 +124,21 @@ void GradSync::arm(bool last) {
     s.overlapped = 0;
   }
   s.armed = last;
+  if (!last || !loss.defined() || !loss.grad_fn()) return;
+  // The accumulators the loss's graph reaches; every other parameter is ready now.
+  std::vector<char> reached(s.params.size(), 0);
+  std::unordered_set<const torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> stack = {loss.grad_fn().get()};
+  while (!stack.empty()) {
+    auto* node = stack.back();
+    stack.pop_back();
+    if (node == nullptr || !seen.insert(node).second) continue;
+    if (const auto it = s.param_of.find(node); it != s.param_of.end()) reached[static_cast<size_t>(it->second)] = 1;
+    for (const auto& edge : node->next_edges()) stack.push_back(edge.function.get());
+  }
+  for (size_t i = 0; i < s.params.size(); ++i) {
+    if (!reached[i]) s.on_ready(static_cast<int64_t>(i));
+  }
 }
 
 void GradSync::finish() {

@@ -224,8 +224,7 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
           balance = out.balance_loss.item<double>() * row_share;
           loss = loss + out.balance_loss * row_share;
         }
-        dp.before_backward(true);
-        loss.backward();
+        dp.backward(loss, true);
       }
       grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
       if (!dp.step(grad_norm)) log::warn("{}: step {}: non-finite gradient norm, step skipped", stage_, step + 1);

@@ -245,8 +245,7 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
         mtp = model::mtp_loss(f.model, ids, mtp_mask, cfg_.mtp_weight) * row_share;
         loss = loss + mtp;
       }
-      dp.before_backward(b + cfg_.micro_batch_size >= n);
-      loss.backward();
+      dp.backward(loss, b + cfg_.micro_batch_size >= n);
       torch::NoGradGuard no_grad;
       const auto token_weight = cmask.sum().to(torch::kFloat) * per_token;
       s.loss = s.loss + loss.detach().to(torch::kFloat) * per_iteration;

@@ -281,8 +281,7 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
         loss = loss + out.balance_loss * balance_share;
         balance_sum += out.balance_loss.item<double>() * balance_share;
       }
-      dp.before_backward(m == last_mine);
-      loss.backward();
+      dp.backward(loss, m == last_mine);
     }
     const double grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
     if (!dp.step(grad_norm)) log::warn("{}: step {}: non-finite gradient norm, step skipped", stage_, step + 1);

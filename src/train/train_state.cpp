@@ -23,6 +23,7 @@
 
 #include "grpo/core/files.h"
 #include "grpo/core/log.h"
+#include "grpo/dist/data_parallel.h"
 #include "grpo/dist/sharded_optimizer.h"
 #include "grpo/model/checkpoint.h"
 #include "grpo/version.h"
@@ -320,6 +321,7 @@ std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalL
                                (error.empty() ? std::string("another rank failed while ") + phase : error));
     }
   };
+  dist::check_replicas(*model, w);  // a checkpoint of one model for every rank
   if (w.is_main()) {
     try {
       begin_save(root, step);

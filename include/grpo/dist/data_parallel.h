@@ -5,7 +5,7 @@
 //
 //   dist::DataParallel dp(model, cfg.optim);           // broadcasts rank 0's weights and buffers
 //   dp.begin_step(lr);                                 // learning rate, gradients cleared
-//   for (m : my micro-batches) { dp.before_backward(m == last); loss_m.backward(); }
+//   for (m : my micro-batches) dp.backward(loss_m, m == last);   // the last one starts the all-reduce
 //   const double norm = dp.reduce_gradients(cfg.optim.max_grad_norm);   // summed, then clipped
 //   dp.step(norm);                                     // AdamW when the norm is finite
 //   dp.update_router_biases(gamma);                    // identical on every rank
@@ -36,7 +36,8 @@ class DataParallel {
   ShardedOptimizer& optimizer() { return *optimizer_; }
 
   void begin_step(double lr);
-  void before_backward(bool last_micro_batch);
+  // loss.backward(), the step's last micro-batch's starting the gradient all-reduce as buckets fill.
+  void backward(const torch::Tensor& loss, bool last_micro_batch);
   // Gradients summed over ranks, then clip_gradients (grpo/train/optimizer.h): returns the norm.
   double reduce_gradients(double max_grad_norm);
   // The optimizer step when `grad_norm` is finite (the same on every rank); false when skipped.
@@ -50,6 +51,11 @@ class DataParallel {
   std::unique_ptr<ShardedOptimizer> optimizer_;
   std::unique_ptr<GradSync> sync_;
 };
+
+// Checks that every rank holds the same parameters and buffers (each tensor's sum and sum of
+// squares in float64, compared over ranks): throws std::runtime_error naming the first tensor whose
+// fingerprint differs between ranks. save_checkpoint runs it before every multi-process checkpoint.
+void check_replicas(torch::nn::Module& model, World& world);
 
 // Copies rank 0's parameters and buffers to every rank (a new model's random initialisation, or a
 // checkpoint only rank 0 read). Identity on a world of one.

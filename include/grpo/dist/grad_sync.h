@@ -7,7 +7,7 @@
 // back.
 //
 //   GradSync sync(params, world, /*bucket_mb=*/25);
-//   for (micro-batch m) { sync.arm(m == last); loss_m.backward(); }
+//   for (micro-batch m) { sync.arm(m == last, loss_m); loss_m.backward(); }
 //   sync.finish();   // p.grad() = sum over ranks
 //
 // Summed, not averaged: the trainers divide each rank's loss by the whole step's normaliser (rows
@@ -37,8 +37,11 @@ class GradSync {
   GradSync& operator=(const GradSync&) = delete;
 
   // Before a micro-batch's backward: `last` = it is the step's last, so its backward starts the
-  // buckets' all-reduces as they fill (earlier micro-batches only accumulate).
-  void arm(bool last);
+  // buckets' all-reduces as they fill (earlier micro-batches only accumulate). With `loss`, the
+  // parameters its graph does not reach (an MTP module not run, experts no token chose) count as
+  // ready from the start, as DDP's find_unused_parameters, so the buckets holding them still start
+  // during backward; without it they wait for finish().
+  void arm(bool last, const torch::Tensor& loss = {});
   // After the step's backward passes (also when this rank had none): all-reduces whatever was not
   // started, waits for every bucket, and writes the summed gradients into the parameters.
   void finish();
