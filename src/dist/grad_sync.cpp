@@ -19,7 +19,7 @@ struct GradSync::State {
     torch::ScalarType dtype = torch::kFloat;
     int64_t pending = 0;  // parameters not yet ready in this step
     bool started = false;
-    torch::Tensor flat, used;
+    torch::Tensor flat;
     World::Pending work;
   };
 
@@ -156,7 +156,6 @@ void GradSync::finish() {
   }
   auto used = torch::zeros({static_cast<int64_t>(s.params.size())}, torch::kFloat);
   for (size_t i = 0; i < s.params.size(); ++i) used[static_cast<int64_t>(i)] = s.params[i].grad().defined() ? 1 : 0;
-  s.next = static_cast<int64_t>(s.buckets.size());
   for (auto& b : s.buckets) b.work.wait();
   s.world->all_reduce(used);
   const auto* u = used.data_ptr<float>();

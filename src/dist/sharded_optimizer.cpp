@@ -7,23 +7,14 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include "../error_text.h"
+#include "grpo/dist/expert_parallel.h"
+
 namespace grpo::dist {
 
-namespace {
+using grpo::detail::one_line;
 
-std::string one_line(const std::exception& e) {
-  std::string text;
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) {
-    text = c10_error->what_without_backtrace();
-  } else {
-    text = e.what();
-  }
-  for (auto& c : text) {
-    if (c == '\n') c = ' ';
-  }
-  while (!text.empty() && text.back() == ' ') text.pop_back();
-  return text;
-}
+namespace {
 
 const torch::optim::AdamWParamState* state_of(torch::optim::AdamW& adamw, const torch::Tensor& p) {
   auto it = adamw.state().find(p.unsafeGetTensorImpl());
@@ -67,6 +58,13 @@ ShardedOptimizer::ShardedOptimizer(torch::nn::Module& model, const train::Optimi
                                 " trainable parameters cannot be shared among " + std::to_string(world.size()) +
                                 " ranks");
   }
+  for (const auto& p : params_) {
+    if (p.scalar_type() != params_.front().scalar_type()) {
+      throw std::invalid_argument("run.dist.zero1: the parameters have more than one dtype (" +
+                                  std::string(c10::toString(params_.front().scalar_type())) + " and " +
+                                  std::string(c10::toString(p.scalar_type())) + "); ZeRO-1 expects one");
+    }
+  }
   train::ParamGroups mine;
   for (size_t i = 0; i < groups.decay.size(); ++i) {
     if (owner_[i] != world.rank()) continue;
@@ -90,7 +88,7 @@ void ShardedOptimizer::zero_grad() {
 void ShardedOptimizer::step() {
   adamw_->step();
   if (!zero1_) return;
-  // Every rank's share, flattened per dtype group... one flat buffer per rank, broadcast from it.
+  // Every rank's share as one flat buffer, broadcast from that rank (an all-gather of the parameters).
   torch::NoGradGuard no_grad;
   for (int64_t r = 0; r < world_.size(); ++r) {
     std::vector<size_t> idx;
@@ -135,9 +133,15 @@ int64_t ShardedOptimizer::state_bytes() const {
 NamedAdamStates ShardedOptimizer::owned_states() const {
   NamedAdamStates out;
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (owner_[i] != world_.rank()) continue;
+    const bool expert = experts_ != nullptr && experts_->active() && experts_->is_expert(params_[i]);
+    if (owner_[i] != world_.rank() && !expert) continue;
     const auto* s = state_of(*adamw_, params_[i]);
-    if (s == nullptr) continue;  // never stepped
+    if (s == nullptr) continue;  // never stepped (on every rank alike: the experts' gradients are never missing)
+    if (expert) {                // whole, gathered over the expert group (every rank takes part)
+      AdamState whole{s->step(), experts_->gather(s->exp_avg()), experts_->gather(s->exp_avg_sq())};
+      if (owner_[i] == world_.rank()) out[names_[i]] = std::move(whole);
+      continue;
+    }
     out[names_[i]] = {s->step(), s->exp_avg(), s->exp_avg_sq()};
   }
   return out;
@@ -153,9 +157,12 @@ void ShardedOptimizer::load_states(const NamedAdamStates& states, const std::str
       if (states.empty()) continue;  // a checkpoint written before the first step
       throw std::runtime_error(source + ": no optimizer state for parameter '" + names_[i] + "'");
     }
+    const bool expert = experts_ != nullptr && experts_->active() && experts_->is_expert(params_[i]);
     for (const torch::Tensor* t : {&it->second.exp_avg, &it->second.exp_avg_sq}) {
-      if (!t->defined() || t->sizes() != params_[i].sizes()) {
-        throw std::runtime_error(source + ": parameter '" + names_[i] + "' has shape " + c10::str(params_[i].sizes()) +
+      auto expected = params_[i].sizes().vec();
+      if (expert) expected[0] *= experts_->size();  // saved whole: this rank takes its block
+      if (!t->defined() || t->sizes() != expected) {
+        throw std::runtime_error(source + ": parameter '" + names_[i] + "' has shape " + c10::str(expected) +
                                  " but its saved moments have shape " +
                                  (t->defined() ? c10::str(t->sizes()) : std::string("(none)")));
       }
@@ -167,8 +174,10 @@ void ShardedOptimizer::load_states(const NamedAdamStates& states, const std::str
     const auto& p = params_[i];
     auto s = std::make_unique<torch::optim::AdamWParamState>();
     s->step(st->step);
-    s->exp_avg(st->exp_avg.to(p.device(), p.scalar_type()).clone());
-    s->exp_avg_sq(st->exp_avg_sq.to(p.device(), p.scalar_type()).clone());
+    const bool expert = experts_ != nullptr && experts_->active() && experts_->is_expert(p);
+    const auto mine = [&](const torch::Tensor& t) { return expert ? experts_->local_block(t) : t; };
+    s->exp_avg(mine(st->exp_avg).to(p.device(), p.scalar_type()).clone());
+    s->exp_avg_sq(mine(st->exp_avg_sq).to(p.device(), p.scalar_type()).clone());
     adamw_->state()[p.unsafeGetTensorImpl()] = std::move(s);
   }
 }

@@ -6,30 +6,20 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
 
+#include "../error_text.h"
 #include "backend_factory.h"
 #include "grpo/core/log.h"
 
 namespace grpo::dist {
 
-namespace {
+using grpo::detail::one_line;
 
-std::string one_line(const std::exception& e) {
-  std::string text;
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) {
-    text = c10_error->what_without_backtrace();
-  } else {
-    text = e.what();
-  }
-  for (auto& c : text) {
-    if (c == '\n') c = ' ';
-  }
-  while (!text.empty() && text.back() == ' ') text.pop_back();
-  return text;
-}
+namespace {
 
 c10d::ReduceOp to_c10d(ReduceOp op) {
   switch (op) {
@@ -44,7 +34,8 @@ c10d::ReduceOp to_c10d(ReduceOp op) {
 
 World::World() = default;
 
-World::World(const LaunchEnv& env, const DistConfig& cfg, const torch::Device& device) : env_(env), cfg_(cfg) {
+World::World(const LaunchEnv& env, const DistConfig& cfg, const torch::Device& device)
+    : env_(env), global_rank_(env.rank), cfg_(cfg) {
   if (!env_.distributed()) return;
   std::string backend = cfg_.backend;
   if (backend == "auto") backend = device.is_cuda() ? "nccl" : "gloo";
@@ -60,6 +51,7 @@ World::World(const LaunchEnv& env, const DistConfig& cfg, const torch::Device& d
     opts.waitWorkers = true;
     opts.timeout = timeout;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, opts);
+    store_ = tcp;
     auto store = c10::make_intrusive<c10d::PrefixStore>("grpo/default", tcp);
     const int rank = static_cast<int>(env_.rank), size = static_cast<int>(env_.world_size);
     if (backend == "nccl") {
@@ -84,7 +76,7 @@ void World::check(const c10::intrusive_ptr<c10d::Work>& work, const char* what) 
   try {
     work->wait();
   } catch (const std::exception& e) {
-    throw std::runtime_error("rank " + std::to_string(env_.rank) + ": " + what + " failed: " + one_line(e));
+    throw std::runtime_error("rank " + std::to_string(global_rank_) + ": " + what + " failed: " + one_line(e));
   }
 }
 
@@ -138,23 +130,84 @@ std::vector<std::string> World::all_gather_bytes(const std::string& mine) {
 
 std::vector<std::vector<double>> World::all_gather(const std::vector<double>& mine) {
   if (!distributed()) return {mine};
-  const auto n = size();
-  auto lengths = torch::zeros({n}, torch::kLong);
-  lengths[rank()] = static_cast<int64_t>(mine.size());
-  all_reduce(lengths);
-  const auto* len = lengths.data_ptr<int64_t>();
-  int64_t total = 0, offset = 0;
-  for (int64_t r = 0; r < n; ++r) {
-    if (r < rank()) offset += len[r];
-    total += len[r];
-  }
-  auto buffer = torch::zeros({std::max<int64_t>(total, 1)}, torch::kDouble);
-  std::copy(mine.begin(), mine.end(), buffer.data_ptr<double>() + offset);
-  all_reduce(buffer);  // zeros elsewhere: the sum is each rank's values in its place
+  std::string bytes(mine.size() * sizeof(double), '\0');
+  if (!mine.empty()) std::memcpy(bytes.data(), mine.data(), bytes.size());
   std::vector<std::vector<double>> out;
-  const auto* x = buffer.data_ptr<double>();
-  for (int64_t r = 0, at = 0; r < n; at += len[r], ++r) out.emplace_back(x + at, x + at + len[r]);
+  for (const auto& part : all_gather_bytes(bytes)) {
+    out.emplace_back(part.size() / sizeof(double));
+    if (!part.empty()) std::memcpy(out.back().data(), part.data(), part.size());
+  }
   return out;
+}
+
+std::vector<double> World::all_gather_flat(const std::vector<double>& mine) {
+  std::vector<double> all;
+  for (const auto& part : all_gather(mine)) all.insert(all.end(), part.begin(), part.end());
+  return all;
+}
+
+torch::Tensor World::all_gather(const torch::Tensor& mine) {
+  if (!distributed()) return mine;
+  auto in = mine.to(comm_device_).contiguous();
+  auto sizes = in.sizes().vec();
+  if (sizes.empty()) sizes.push_back(1);
+  sizes[0] *= size();
+  auto out = torch::empty(sizes, in.options());
+  check(backend_->_allgather_base(out, in), "all_gather");
+  return out.to(mine.device());
+}
+
+torch::Tensor World::all_to_all(const torch::Tensor& in, const std::vector<int64_t>& send,
+                                const std::vector<int64_t>& recv) {
+  const auto n = static_cast<size_t>(size());
+  TORCH_CHECK(send.size() == n && recv.size() == n, "all_to_all: expected ", n, " send and receive counts, found ",
+              send.size(), " and ", recv.size());
+  int64_t sent = 0, received = 0;
+  for (size_t r = 0; r < n; ++r) {
+    sent += send[r];
+    received += recv[r];
+  }
+  TORCH_CHECK(in.dim() >= 1 && in.size(0) == sent, "all_to_all: expected ", sent, " rows to send, found ",
+              in.dim() >= 1 ? in.size(0) : 0);
+  if (!distributed()) return in;
+  auto on = in.to(comm_device_).contiguous();
+  auto sizes = on.sizes().vec();
+  sizes[0] = received;
+  auto out = torch::empty(sizes, on.options());
+  auto out_splits = recv, in_splits = send;
+  check(backend_->alltoall_base(out, on, out_splits, in_splits), "all_to_all");
+  return out.to(in.device());
+}
+
+std::unique_ptr<World> World::new_group(const std::vector<int64_t>& ranks, const std::string& name) {
+  if (!distributed()) return std::make_unique<World>();
+  TORCH_CHECK(!ranks.empty() && std::is_sorted(ranks.begin(), ranks.end()) && ranks.front() >= 0 &&
+                  ranks.back() < size() && std::adjacent_find(ranks.begin(), ranks.end()) == ranks.end(),
+              "new_group '", name, "': expected distinct ascending ranks below ", size());
+  const auto it = std::find(ranks.begin(), ranks.end(), rank());
+  if (it == ranks.end()) return nullptr;
+  auto group = std::unique_ptr<World>(new World());
+  group->env_ = env_;
+  group->env_.rank = it - ranks.begin();
+  group->env_.world_size = static_cast<int64_t>(ranks.size());
+  group->global_rank_ = global_rank_;
+  group->cfg_ = cfg_;
+  group->store_ = store_;
+  group->comm_device_ = comm_device_;
+  group->backend_name_ = backend_name_;
+  if (!group->distributed()) return group;
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.timeout_s * 1000.0));
+  const int r = static_cast<int>(group->env_.rank), n = static_cast<int>(ranks.size());
+  try {
+    auto store = c10::make_intrusive<c10d::PrefixStore>("grpo/group/" + name, store_);
+    group->backend_ = backend_name_ == "nccl"
+                          ? detail::make_nccl(store, r, n, timeout, static_cast<int>(env_.local_rank))
+                          : detail::make_gloo(store, r, n, timeout, env_.master_addr);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(global_rank_) + ": cannot create the process group '" + name +
+                             "' of " + std::to_string(n) + " ranks: " + one_line(e));
+  }
+  return group;
 }
 
 std::vector<double> World::sum(std::vector<double> values) {
@@ -185,7 +238,7 @@ World::Pending World::all_reduce_async(torch::Tensor& t) {
   try {
     return Pending(backend_->allreduce(tensors), this);
   } catch (const std::exception& e) {
-    throw std::runtime_error("rank " + std::to_string(env_.rank) + ": gradient all_reduce failed: " + one_line(e));
+    throw std::runtime_error("rank " + std::to_string(global_rank_) + ": gradient all_reduce failed: " + one_line(e));
   }
 }
 

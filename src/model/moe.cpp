@@ -1,6 +1,7 @@
 #include "grpo/model/moe.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <limits>
 
@@ -71,23 +72,15 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
   const auto counts = torch::bincount(flat_expert, {}, experts_).to(torch::kCPU);
 
   torch::Tensor routed;  // [N, D]
-  if (use_fused_kernels(kernel_backend_, x)) {
+  if (exchange && exchange->ranks() > 1) {
+    routed = routed_exchanged(x_flat, r.weight, order, counts);
+  } else if (use_fused_kernels(kernel_backend_, x)) {
     routed = routed_fused(x_flat, r.weight, order, counts);
   } else {
     const auto token = order.div(top_k_, "floor");                           // [N*K]
     const auto pair_weight = r.weight.reshape({-1}).index_select(0, order);  // [N*K]
     const auto gathered = x_flat.index_select(0, token);                     // [N*K, D]
-    std::vector<torch::Tensor> outputs;
-    const auto* count = counts.data_ptr<int64_t>();
-    int64_t offset = 0;
-    for (int64_t e = 0; e < experts_; ++e) {
-      if (count[e] == 0) continue;
-      const auto xs = gathered.narrow(0, offset, count[e]);
-      const auto h = torch::silu(expert_linear(xs, experts_gate[e], fp8)) * expert_linear(xs, experts_up[e], fp8);
-      outputs.push_back(expert_linear(h, experts_down[e], fp8));
-      offset += count[e];
-    }
-    const auto expert_out = torch::cat(outputs, 0) * pair_weight.unsqueeze(1).to(x.scalar_type());
+    const auto expert_out = held_experts(gathered, counts) * pair_weight.unsqueeze(1).to(x.scalar_type());
     routed = torch::zeros({n, d}, x.options()).index_add_(0, token, expert_out);
   }
   auto out = routed.view(shape);
@@ -141,6 +134,63 @@ torch::Tensor MoeImpl::routed_fused(const torch::Tensor& x_flat, const torch::Te
     ys = torch::cat(outputs, 0);
   }
   return grpo::kernels::moe_unpermute(ys, weight, order, top_k_);
+}
+
+torch::Tensor MoeImpl::held_experts(const torch::Tensor& xs, const torch::Tensor& counts) {
+  const int64_t held = experts_gate.size(0);
+  TORCH_CHECK(counts.numel() == held, "MoE: expected ", held, " expert counts, found ", counts.numel());
+  if (!fp8 && xs.size(0) > 0 && use_fused_kernels(kernel_backend_, xs)) {
+    const auto offsets = torch::cat({torch::zeros({1}, counts.options()), counts.cumsum(0)});
+    const auto gate = grpo::kernels::grouped_linear(xs, experts_gate, offsets);
+    const auto up = grpo::kernels::grouped_linear(xs, experts_up, offsets);
+    return grpo::kernels::grouped_linear(grpo::kernels::swiglu(gate, up), experts_down, offsets);
+  }
+  std::vector<torch::Tensor> outputs{xs.new_empty({0, xs.size(1)})};
+  const auto* count = counts.data_ptr<int64_t>();
+  int64_t offset = 0;
+  for (int64_t e = 0; e < held; ++e) {
+    if (count[e] == 0) continue;
+    const auto rows = xs.narrow(0, offset, count[e]);
+    const auto h = torch::silu(expert_linear(rows, experts_gate[e], fp8)) * expert_linear(rows, experts_up[e], fp8);
+    outputs.push_back(expert_linear(h, experts_down[e], fp8));
+    offset += count[e];
+  }
+  return torch::cat(outputs, 0);
+}
+
+torch::Tensor MoeImpl::routed_exchanged(const torch::Tensor& x_flat, const torch::Tensor& weight,
+                                        const torch::Tensor& order, const torch::Tensor& counts) {
+  const int64_t ranks = exchange->ranks(), held = experts_gate.size(0), n = x_flat.size(0), d = x_flat.size(1);
+  TORCH_CHECK(held * ranks == experts_, "MoE: an exchange of ", ranks, " ranks needs ", experts_, " / ", ranks,
+              " experts here, found ", held);
+  const auto token = order.div(top_k_, "floor");                         // [N*K]
+  const auto pair_weight = weight.reshape({-1}).index_select(0, order);  // [N*K]
+  const auto xs = x_flat.index_select(0, token);                         // [N*K, D] by expert = by owner
+  // Rows per destination, and what every rank sends here per local expert.
+  const auto received = exchange->exchange_counts(counts).contiguous();  // [R, held]
+  std::vector<int64_t> send(static_cast<size_t>(ranks)), recv(static_cast<size_t>(ranks));
+  const auto send_counts = counts.view({ranks, held}).sum(1);
+  const auto recv_counts = received.sum(1);
+  for (int64_t r = 0; r < ranks; ++r) {
+    send[static_cast<size_t>(r)] = send_counts[r].item<int64_t>();
+    recv[static_cast<size_t>(r)] = recv_counts[r].item<int64_t>();
+  }
+  const auto got = exchange->exchange(xs, send, recv);  // [M, D] by source rank, then local expert
+  // Sorted by local expert (stable: within an expert, by source rank), through the experts, back.
+  const auto local_expert = torch::arange(held, torch::kLong).repeat({ranks}).repeat_interleave(received.reshape({-1}));
+  const auto by_expert = std::get<1>(local_expert.sort(/*stable=*/true, 0, false)).to(x_flat.device());
+  auto ys_sorted = held_experts(got.index_select(0, by_expert), received.sum(0));
+  if (ys_sorted.size(0) == 0 && at::GradMode::is_enabled()) {
+    // No rows for any expert here: the (empty) results still hang from the rows received and the
+    // experts (gradient 0, as one process's whole tensors get), so that this rank's backward
+    // answers both exchanges as its peers' do.
+    const auto anchor = got.sum() + experts_gate.sum() + experts_up.sum() + experts_down.sum();
+    ys_sorted = ys_sorted + anchor.to(ys_sorted.scalar_type()) * 0;
+  }
+  const auto ys = torch::empty_like(ys_sorted).index_copy(0, by_expert, ys_sorted);  // by source rank
+  const auto back = exchange->exchange(ys, recv, send);                              // [N*K, D] as xs
+  const auto expert_out = back * pair_weight.unsqueeze(1).to(x_flat.scalar_type());
+  return torch::zeros({n, d}, x_flat.options()).index_add_(0, token, expert_out);
 }
 
 double MoeImpl::update_bias(double gamma) {

@@ -55,12 +55,7 @@ EvalResult evaluate(model::CausalLM& model, const data::Tokenizer& tokenizer, co
     }
   }
   if (world.distributed()) {
-    auto join = [&](const std::vector<double>& mine) {
-      std::vector<double> all;
-      for (const auto& part : world.all_gather(mine)) all.insert(all.end(), part.begin(), part.end());
-      return all;
-    };
-    acc = join(acc), reward = join(reward), length = join(length);
+    acc = world.all_gather_flat(acc), reward = world.all_gather_flat(reward), length = world.all_gather_flat(length);
   }
   double acc_sum = 0, reward_sum = 0, length_sum = 0;
   int64_t acc_n = 0;

@@ -158,24 +158,24 @@ std::string GrpoTrainer::checkpoint_dir() const { return run_.path("checkpoints/
 
 namespace {
 
-// Advantages of this rank's rows; batch-level scaling takes the std of every rank's rewards (the
-// groups themselves never span ranks).
-torch::Tensor step_advantages(const GrpoBatch& batch, RewardScaling scaling, dist::World& world) {
+// Advantages of this rank's rows [N] (none: [0]); batch-level scaling takes the std of every rank's
+// rewards (the groups themselves never span ranks, so the centring stays local).
+torch::Tensor step_advantages(const torch::Tensor& rewards, int64_t group_size, RewardScaling scaling,
+                              dist::World& world) {
   if (!world.distributed() || scaling != RewardScaling::batch) {
-    return compute_advantages(batch.rewards, batch.group_size, scaling);
+    return compute_advantages(rewards, group_size, scaling);
   }
-  const auto local = batch.rewards.to(torch::kDouble).contiguous();
-  const std::vector<double> mine(local.data_ptr<double>(), local.data_ptr<double>() + local.numel());
+  const auto local = rewards.to(torch::kDouble).contiguous();
+  const auto parts = world.all_gather(
+      std::vector<double>(local.data_ptr<double>(), local.data_ptr<double>() + local.numel()));
   std::vector<double> all;
   int64_t offset = 0;
-  const auto parts = world.all_gather(mine);
   for (int64_t r = 0; r < world.size(); ++r) {
     if (r == world.rank()) offset = static_cast<int64_t>(all.size());
     all.insert(all.end(), parts[static_cast<size_t>(r)].begin(), parts[static_cast<size_t>(r)].end());
   }
-  const auto global = torch::tensor(all, torch::kDouble).to(batch.rewards.scalar_type());
-  // The centring is per group (local); the scale is the global batch's std, as compute_advantages.
-  return compute_advantages(global, batch.group_size, scaling).narrow(0, offset, batch.rewards.size(0)).clone();
+  const auto global = torch::tensor(all, torch::kDouble).to(rewards.scalar_type());
+  return compute_advantages(global, group_size, scaling).narrow(0, offset, rewards.size(0)).clone();
 }
 
 }  // namespace
@@ -193,18 +193,10 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
   // The whole step's normalisers: rows and completion tokens over every rank.
   const auto totals = world.sum({static_cast<double>(n), has_rows ? batch.completion_tokens() : 0.0});
   const double rows = totals[0], tokens = totals[1];
-  torch::Tensor advantages;
-  if (world.distributed() && cfg_.loss.scale_rewards == RewardScaling::batch) {
-    // Every rank takes part in the gather, also one without rows.
-    GrpoBatch empty;
-    if (!has_rows) {
-      empty.rewards = torch::zeros({0}, torch::kFloat);
-      empty.group_size = cfg_.generation.num_generations;
-    }
-    advantages = step_advantages(has_rows ? batch : empty, cfg_.loss.scale_rewards, world);
-  } else if (has_rows) {
-    advantages = compute_advantages(batch.rewards, batch.group_size, cfg_.loss.scale_rewards);
-  }
+  // Every rank takes part in batch-level scaling's gather, also one without rows.
+  const auto advantages = step_advantages(has_rows ? batch.rewards : torch::zeros({0}, torch::kFloat),
+                                          has_rows ? batch.group_size : cfg_.generation.num_generations,
+                                          cfg_.loss.scale_rewards, world);
   model_->train();
   model_->activation_checkpointing = cfg_.activation_checkpointing;
 
@@ -329,13 +321,8 @@ GrpoTrainer::StepSummary GrpoTrainer::log_step(int64_t step, const StepRollouts&
   if (world.distributed()) {
     sums = world.sum(std::move(sums));
     world.all_reduce(seconds, dist::ReduceOp::max);
-    auto join = [&](const std::vector<double>& mine) {
-      std::vector<double> all;
-      for (const auto& part : world.all_gather(mine)) all.insert(all.end(), part.begin(), part.end());
-      return all;
-    };
-    totals = join(totals);
-    lengths = join(lengths);
+    totals = world.all_gather_flat(totals);
+    lengths = world.all_gather_flat(lengths);
     const auto texts = world.all_gather_bytes(rollouts.scores.total.empty() ? std::string() : scores_to_text(scores));
     scores = rewards::RewardScores{};
     for (const auto& t : texts) {
@@ -413,6 +400,12 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   if (records.empty()) throw std::runtime_error(stage_ + ": no prompts");
   const auto device = model_->embed_tokens.device();
   const uint64_t seed = static_cast<uint64_t>(run_.config().seed + cfg_.seed_offset);
+  if (dist::config().expert_parallel > 1) {
+    throw std::invalid_argument(stage_ + ": run.dist.expert_parallel " +
+                                std::to_string(dist::config().expert_parallel) +
+                                " is supported by SFT only so far (rollouts and the policy loss do not run in lockstep "
+                                "over the expert groups yet); set it to 1");
+  }
   dist::DataParallel dp(model_, cfg_.optim);  // a world of one: plain AdamW, as always
   auto& world = dp.world();
   data::DataOrder order(static_cast<int64_t>(records.size()), {.batch_size = 1}, seed);

@@ -624,34 +624,45 @@ RejectionSamplingResult generate_traces_with(const TraceGenerator& generate, con
       }
     }
     if (world.distributed()) {  // every rank's counts and lines, in rank (= prompt) order
-      auto& c = st.counts;
-      const auto& b0 = counts_before;
-      const auto sums = world.sum(
-          {static_cast<double>(c.completions - b0.completions), static_cast<double>(c.accepted - b0.accepted),
-           static_cast<double>(c.malformed - b0.malformed), static_cast<double>(c.incorrect - b0.incorrect),
-           static_cast<double>(c.below_min_reward - b0.below_min_reward),
-           static_cast<double>(c.duplicates - b0.duplicates), static_cast<double>(c.kept - b0.kept),
-           static_cast<double>(c.prompts_with_trace - b0.prompts_with_trace)});
-      c = b0;
-      c.completions += static_cast<int64_t>(sums[0]);
-      c.accepted += static_cast<int64_t>(sums[1]);
-      c.malformed += static_cast<int64_t>(sums[2]);
-      c.incorrect += static_cast<int64_t>(sums[3]);
-      c.below_min_reward += static_cast<int64_t>(sums[4]);
-      c.duplicates += static_cast<int64_t>(sums[5]);
-      c.kept += static_cast<int64_t>(sums[6]);
-      c.prompts_with_trace += static_cast<int64_t>(sums[7]);
+      // This batch's counts of every rank, added to those before it.
+      constexpr int64_t RejectionSamplingResult::*kCounts[] = {&RejectionSamplingResult::completions,
+                                                               &RejectionSamplingResult::accepted,
+                                                               &RejectionSamplingResult::malformed,
+                                                               &RejectionSamplingResult::incorrect,
+                                                               &RejectionSamplingResult::below_min_reward,
+                                                               &RejectionSamplingResult::duplicates,
+                                                               &RejectionSamplingResult::kept,
+                                                               &RejectionSamplingResult::prompts_with_trace};
+      std::vector<double> batch;
+      for (const auto field : kCounts) batch.push_back(static_cast<double>(st.counts.*field - counts_before.*field));
+      batch = world.sum(std::move(batch));
+      for (size_t f = 0; f < batch.size(); ++f) {
+        st.counts.*kCounts[f] = counts_before.*kCounts[f] + static_cast<int64_t>(batch[f]);
+      }
       std::string all;
       for (const auto& part : world.all_gather_bytes(lines)) all += part;
       lines = std::move(all);
     }
     // The lines on disk first, then the state that counts them: a crash in between leaves lines
     // past `bytes`, which a resume drops and writes again.
-    if (world.is_main()) out->append(lines);
     st.bytes += static_cast<int64_t>(lines.size());
     st.prompts_done = end;
     st.done = end == n;
-    if (world.is_main()) write_file_atomic(state_path, state_json(st, fp));
+    std::string write_error;
+    if (world.is_main()) {
+      try {
+        out->append(lines);
+        write_file_atomic(state_path, state_json(st, fp));
+      } catch (const std::exception& e) {
+        if (!world.distributed()) throw;
+        write_error = e.what();
+      }
+    }
+    // Data parallel: no rank goes on (to read the traces, say) before rank 0 has them on disk.
+    if (world.distributed()) {
+      const auto said = world.all_gather_bytes(write_error);
+      if (!said[0].empty()) throw std::runtime_error(world.is_main() ? said[0] : "rank 0: " + said[0]);
+    }
     const double pass = st.counts.completions > 0 ? 100.0 * static_cast<double>(st.counts.accepted) /
                                                         static_cast<double>(st.counts.completions)
                                                   : 0.0;

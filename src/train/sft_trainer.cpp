@@ -241,18 +241,34 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
       step_tokens += micro.back().tokens;
     }
     const double step_norm = static_cast<double>(std::max<int64_t>(step_completion, 1));
+    // Expert parallel: every rank runs every micro-batch (the all-to-alls pair up), one without
+    // rows a stand-in row whose loss is 0 and whose tokens the router statistics do not count.
+    const bool lockstep = dp.lockstep();
     int64_t last_mine = -1;  // this rank's last micro-batch with rows: its backward starts the all-reduce
     for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
       const auto [begin, end] = dist::share(micro[static_cast<size_t>(m)].input_ids.size(0), world.rank(),
                                             world.size());
-      if (end > begin) last_mine = m;
+      if (end > begin || lockstep) last_mine = m;
     }
     double ce_sum = 0, mtp_sum = 0, balance_sum = 0;
     for (int64_t m = 0; m <= last_mine; ++m) {
       const auto& global = micro[static_cast<size_t>(m)];
       const int64_t rows = global.input_ids.size(0);
       const auto [begin, end] = dist::share(rows, world.rank(), world.size());
-      if (end == begin) continue;
+      const bool stand_in = end == begin;
+      if (stand_in && !lockstep) continue;
+      if (stand_in) {
+        AutocastScope ac(autocast);
+        const SftBatch b = rows_of(global, 0, 1);
+        model::ForwardOptions fo;
+        fo.mtp = has_mtp;
+        const auto kept = dp.router_loads();
+        const auto out = model_->forward(b.input_ids.to(device), b.position_ids.to(device), b.attention_mask.to(device),
+                                         nullptr, fo);
+        dp.restore_router_loads(kept);
+        dp.backward(dist::DataParallel::graph_anchor(out), m == last_mine);
+        continue;
+      }
       const SftBatch b = world.distributed() ? rows_of(global, begin, end) : global;
       // The micro-batch's MTP and balance terms are means over its targets / rows, weighted by its
       // share of the step's completion tokens; a rank's part of it is weighted by its share of those.
@@ -281,6 +297,7 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
         loss = loss + out.balance_loss * balance_share;
         balance_sum += out.balance_loss.item<double>() * balance_share;
       }
+      if (lockstep) loss = loss + dist::DataParallel::graph_anchor(out);  // the same backward on every rank
       dp.backward(loss, m == last_mine);
     }
     const double grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
@@ -311,7 +328,10 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
     result.last_loss = ce_mean;
     const bool last = step == cfg_.steps;
     if (eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0))) {
-      for (auto& m : eval(step)) metrics.push_back(std::move(m));
+      {
+        const auto whole = dp.whole_model();  // expert parallel: evaluation sees every expert
+        for (auto& m : eval(step)) metrics.push_back(std::move(m));
+      }
       model_->train();
     }
     run_.metrics().write(step, metrics);

@@ -21,40 +21,24 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "../error_text.h"
 #include "grpo/core/files.h"
 #include "grpo/core/log.h"
 #include "grpo/dist/data_parallel.h"
+#include "grpo/dist/expert_parallel.h"
 #include "grpo/dist/sharded_optimizer.h"
 #include "grpo/model/checkpoint.h"
 #include "grpo/version.h"
 
 namespace grpo::train {
 
+using grpo::detail::one_line;
+
 namespace fs = std::filesystem;
 
 namespace {
 
 constexpr int kStateFormat = 1;
-
-// An error message on one line: torch's backtrace dropped, line breaks joined with "; ".
-std::string one_line(const std::exception& e) {
-  std::string text;
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) {
-    text = c10_error->what_without_backtrace();
-  } else {
-    text = e.what();
-  }
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  std::string out;
-  for (char c : text) {
-    if (c == '\n') {
-      out += "; ";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
 
 [[noreturn]] void fail(const fs::path& file, const std::string& what) {
   throw std::runtime_error(file.string() + ": " + what);
@@ -321,6 +305,9 @@ std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalL
                                (error.empty() ? std::string("another rank failed while ") + phase : error));
     }
   };
+  // Expert parallel: the experts gathered, so that the replicas compare whole and rank 0 writes
+  // every expert under its HF name.
+  const dist::ExpertParallel::Gathered whole(optimizer.expert_parallel());
   dist::check_replicas(*model, w);  // a checkpoint of one model for every rank
   if (w.is_main()) {
     try {
@@ -484,7 +471,11 @@ TrainState load_checkpoint(const std::string& path, model::CausalLM& model, dist
   const fs::path shards = root / "optimizer";
   const fs::path single = root / "optimizer.pt";
   // A single-process optimizer.pt into an AdamW over every parameter: as before.
-  if (!fs::is_directory(shards, ec) && !optimizer.zero1()) return load_checkpoint(path, model, &optimizer.adamw());
+  dist::ExpertParallel* experts = optimizer.expert_parallel();
+  const bool split_experts = experts != nullptr && experts->active();
+  if (!fs::is_directory(shards, ec) && !optimizer.zero1() && !split_experts) {
+    return load_checkpoint(path, model, &optimizer.adamw());
+  }
   // Otherwise by parameter name: every shard there is (or optimizer.pt), checked before anything
   // changes.
   dist::NamedAdamStates states;
@@ -500,6 +491,9 @@ TrainState load_checkpoint(const std::string& path, model::CausalLM& model, dist
     }
     if (!has_optimizer) fail(single, "not saved (the checkpoint was written with save_optimizer: false)");
   }
+  // Expert parallel: the checkpoint holds whole experts; the model takes them whole, then its block.
+  std::optional<dist::ExpertParallel::Gathered> whole;
+  whole.emplace(experts);
   if (fs::is_directory(shards, ec)) {
     source = shards.string();
     std::vector<fs::path> files;
@@ -517,53 +511,60 @@ TrainState load_checkpoint(const std::string& path, model::CausalLM& model, dist
     states = dist::load_legacy_adam_states(single.string(), *model, cfg);
   }
   TrainState state = load_checkpoint(path, model, nullptr);
+  whole.reset();
   optimizer.load_states(states, source);
   return state;
 }
 
-std::optional<TrainState> resume_latest(const std::string& dir, model::CausalLM& model,
-                                        dist::ShardedOptimizer& optimizer, const OptimizerConfig& cfg,
-                                        const std::string& stage) {
+namespace {
+
+// What both resume_latest and both save_stage_checkpoint do around their load / save.
+template <class Load>
+std::optional<TrainState> resume_with(const std::string& dir, const std::string& stage, const Load& load) {
   const auto path = latest_checkpoint(dir);
   if (!path) {
     log::info("{}: --resume: no checkpoint in {}, starting at step 0", stage, dir);
     return std::nullopt;
   }
-  TrainState st = load_checkpoint(*path, model, optimizer, cfg);
+  TrainState st = load(*path);
   log::info("{}: resumed from {} at step {}", stage, *path, st.step);
   return st;
+}
+
+template <class Save>
+std::string save_stage_with(int64_t step, TrainState state, const std::string& stage, const Save& save) {
+  state.step = step;
+  state.values["stage"] = stage;
+  const auto path = save(state);
+  log::info("{}: checkpoint {}", stage, path);
+  return path;
+}
+
+}  // namespace
+
+std::optional<TrainState> resume_latest(const std::string& dir, model::CausalLM& model,
+                                        dist::ShardedOptimizer& optimizer, const OptimizerConfig& cfg,
+                                        const std::string& stage) {
+  return resume_with(dir, stage, [&](const std::string& path) { return load_checkpoint(path, model, optimizer, cfg); });
 }
 
 std::string save_stage_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
                                   dist::ShardedOptimizer& optimizer, TrainState state, const CheckpointConfig& cfg,
                                   const std::string& stage) {
-  state.step = step;
-  state.values["stage"] = stage;
-  const auto path = save_checkpoint(dir, step, model, optimizer, state, cfg);
-  log::info("{}: checkpoint {}", stage, path);
-  return path;
+  return save_stage_with(step, std::move(state), stage,
+                         [&](const TrainState& st) { return save_checkpoint(dir, step, model, optimizer, st, cfg); });
 }
 
 std::optional<TrainState> resume_latest(const std::string& dir, model::CausalLM& model,
                                         torch::optim::Optimizer* optimizer, const std::string& stage) {
-  const auto path = latest_checkpoint(dir);
-  if (!path) {
-    log::info("{}: --resume: no checkpoint in {}, starting at step 0", stage, dir);
-    return std::nullopt;
-  }
-  TrainState st = load_checkpoint(*path, model, optimizer);
-  log::info("{}: resumed from {} at step {}", stage, *path, st.step);
-  return st;
+  return resume_with(dir, stage, [&](const std::string& path) { return load_checkpoint(path, model, optimizer); });
 }
 
 std::string save_stage_checkpoint(const std::string& dir, int64_t step, model::CausalLM& model,
                                   torch::optim::Optimizer* optimizer, TrainState state, const CheckpointConfig& cfg,
                                   const std::string& stage) {
-  state.step = step;
-  state.values["stage"] = stage;
-  const auto path = save_checkpoint(dir, step, model, optimizer, state, cfg);
-  log::info("{}: checkpoint {}", stage, path);
-  return path;
+  return save_stage_with(step, std::move(state), stage,
+                         [&](const TrainState& st) { return save_checkpoint(dir, step, model, optimizer, st, cfg); });
 }
 
 }  // namespace grpo::train

@@ -5,17 +5,25 @@
 //   dist_worker collectives          all_reduce / broadcast / all_gather(_bytes) / sum, checked here
 //   dist_worker grad_sync OUT        each rank's share of a fixed batch through GradSync: OUT/grads.pt
 //   dist_worker replicas             check_replicas passes on equal replicas, names a perturbed one
+//   dist_worker moe_ep EP            a MoE layer with its experts over EP ranks (all-to-all) against
+//                                    the whole layer on every rank's tokens, forward and gradients
+//   dist_worker traces OUT           rejection sampling of a scripted teacher: when generate_traces
+//                                    returns, every rank finds all of rank 0's traces in OUT
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
+#include <fstream>
 #include <iostream>
 #include <stdexcept>
 #include <string>
 
 #include "grpo/dist/data_parallel.h"
+#include "grpo/dist/expert_parallel.h"
 #include "grpo/dist/grad_sync.h"
 #include "grpo/dist/world.h"
+#include "grpo/train/rejection_sampling.h"
 #include "model/model_test_util.h"
+#include "train/train_test_util.h"
 
 using namespace grpo;
 
@@ -105,17 +113,159 @@ int replicas(dist::World& w) {
   throw std::runtime_error("check_replicas did not see rank 1's change");
 }
 
+// Eight runs of one batch of 16 prompts x 4 distinct, correct, long (8 KB) traces: ~0.5 MB that rank 0 appends
+// and fsyncs after the ranks gather their lines. A rank that returned before that write (and read
+// the file, as the distill stage does next) would find fewer lines than the result counts.
+int traces(dist::World& w, const std::string& out) {
+  const auto tok = train::test::byte_tokenizer();
+  const auto prompt = train::test::prompt_config();
+  const auto records = train::test::addition(16, 5, false);
+  const auto root = config::parse_yaml_string("threads: 1\nfunctions: [{name: math_accuracy, weight: 1.0}]\n",
+                                              "r.yaml");
+  const rewards::RewardSet rewards(config::from_value<rewards::RewardsConfig>(root));
+  train::RejectionSamplingConfig cfg;
+  cfg.samples_per_prompt = 4;
+  cfg.prompts_per_batch = 16;
+  cfg.keep = train::KeepRule::all_correct;
+  cfg.seed = 3;
+  std::map<uint64_t, int64_t> index_of_seed;
+  for (int64_t i = 0; i < 16; ++i) index_of_seed[train::prompt_seed(cfg.seed, i)] = i;
+  const train::TraceGenerator generate = [&](const std::vector<rollout::GenerationRequest>& reqs) {
+    std::vector<rollout::Completion> completions;
+    for (size_t p = 0; p < reqs.size(); ++p) {
+      const auto& answer = records[static_cast<size_t>(index_of_seed.at(*reqs[p].seed))].answer;
+      for (int64_t g = 0; g < cfg.samples_per_prompt; ++g) {
+        rollout::Completion c;
+        c.prompt_index = static_cast<int64_t>(p);
+        c.sample_index = g;
+        c.text = " <think> " + std::string(8192, static_cast<char>('a' + g)) + " </think> <answer> " + answer +
+                 " </answer>";
+        c.token_ids.assign(16, 1);
+        completions.push_back(std::move(c));
+      }
+    }
+    return completions;
+  };
+  for (int round = 0; round < 8; ++round) {  // the race, were there one, shows in some rounds
+    cfg.output = out + "/traces_" + std::to_string(round) + ".jsonl";
+    const auto r = train::generate_traces_with(generate, *tok, prompt, records, rewards, cfg, {.teacher = "scripted"},
+                                               false);
+    expect(r.kept == 64, "64 traces kept, found " + std::to_string(r.kept));
+    std::ifstream in(cfg.output);
+    int64_t lines = 0;
+    for (std::string line; std::getline(in, line);) ++lines;
+    expect(lines == r.kept, "rank " + std::to_string(w.rank()) + " reads " + std::to_string(lines) + " lines of " +
+                                cfg.output + " as generate_traces returns, expected " + std::to_string(r.kept));
+  }
+  return 0;
+}
+
+// max |a - b| / max |b| (0 when both are 0).
+double rel(const torch::Tensor& a, const torch::Tensor& b) {
+  if (b.numel() == 0) return a.numel() == 0 ? 0.0 : 1.0;
+  const double scale = b.abs().max().item<double>();
+  const double diff = (a - b).abs().max().item<double>();
+  return scale > 0 ? diff / scale : diff;
+}
+
+// Rank r's tokens: a different count on every rank (the last of 4 has none); the router's bias
+// leans hard towards experts 0 and 5 and away from expert 3, which no token chooses: uneven loads
+// and an expert without tokens.
+int moe_ep(dist::World& w, int64_t ep) {
+  auto cfg = model::test::tiny_dsv3();
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat);
+  torch::manual_seed(11);
+  model::Moe whole(cfg, opts), split(cfg, opts);
+  {
+    torch::NoGradGuard no_grad;
+    auto wp = whole->named_parameters(), sp = split->named_parameters();
+    for (const auto& item : wp) sp[item.key()].copy_(item.value());
+    auto bias = torch::zeros({cfg.n_routed_experts});
+    bias[0] = 0.3;
+    bias[5] = 0.2;
+    bias[3] = -10;
+    whole->e_score_correction_bias.copy_(bias);
+    split->e_score_correction_bias.copy_(bias);
+  }
+  const int64_t d = cfg.hidden_size;
+  auto tokens_of = [&](int64_t r) { return w.size() == 4 && r == 3 ? int64_t{0} : 3 + 4 * r; };
+  auto input_of = [&](int64_t r) {
+    torch::manual_seed(100 + r);
+    return torch::randn({1, tokens_of(r), d}).requires_grad_();
+  };
+  auto cotangent_of = [&](int64_t r) {
+    torch::manual_seed(200 + r);
+    return torch::randn({1, tokens_of(r), d});
+  };
+  // The reference: the whole layer on every rank's tokens, the loss summed over ranks.
+  std::vector<torch::Tensor> reference_out;
+  torch::Tensor reference_input_grad;
+  auto loss = torch::zeros({});
+  for (int64_t r = 0; r < w.size(); ++r) {
+    const auto x = input_of(r);
+    if (r == w.rank()) reference_input_grad = x;
+    reference_out.push_back(whole(x));
+    loss = loss + (reference_out.back() * cotangent_of(r)).sum();
+  }
+  loss.backward();
+  dist::ExpertParallel parallel(split.ptr(), w, ep);
+  expect(split->experts_gate.size(0) == cfg.n_routed_experts / ep, "this rank holds E / ep experts");
+  const auto x = input_of(w.rank());
+  const auto out = split(x);
+  (out * cotangent_of(w.rank())).sum().backward();
+  const double out_diff = rel(out, reference_out[static_cast<size_t>(w.rank())]);
+  expect(out_diff <= 1e-6, "rank " + std::to_string(w.rank()) + ": output differs by " + std::to_string(out_diff));
+  const double input_diff = rel(x.grad(), reference_input_grad.grad());
+  expect(input_diff <= 1e-6,
+         "rank " + std::to_string(w.rank()) + ": the input's gradient differs by " + std::to_string(input_diff));
+  auto whole_params = whole->named_parameters();
+  for (const auto& item : split->named_parameters()) {
+    const auto& name = item.key();
+    auto grad = item.value().grad();
+    expect(grad.defined(), name + " has a gradient");
+    torch::Tensor expected = whole_params[name].grad();
+    if (parallel.is_expert(item.value())) {
+      // This group's tokens reach it through the all-to-all; the other groups' through its replicas.
+      expected = parallel.local_block(expected);
+      grad = grad.clone();
+      parallel.replicas().all_reduce(grad);
+    } else {
+      grad = grad.clone();
+      w.all_reduce(grad);  // replicated: each rank's part of the sum
+    }
+    const double diff = rel(grad, expected);
+    expect(diff <= 1e-6,
+           "rank " + std::to_string(w.rank()) + ": gradient of " + name + " differs by " + std::to_string(diff));
+  }
+  // Expert 3 got no token: its gradient is exactly 0 where it lives.
+  const int64_t held = cfg.n_routed_experts / ep;
+  if (parallel.group().rank() == 3 / held) {
+    expect(split->experts_gate.grad()[3 % held].abs().max().item<double>() == 0, "expert 3 (no tokens) has grad 0");
+  }
+  {
+    dist::ExpertParallel::Gathered whole_again(&parallel);
+    expect(split->experts_gate.size(0) == cfg.n_routed_experts, "Gathered holds every expert");
+    expect(rel(split->experts_up, whole->experts_up) == 0, "Gathered gives back the weights");
+  }
+  expect(split->experts_gate.size(0) == cfg.n_routed_experts / ep, "cut again after Gathered");
+  std::cout << "rank " << w.rank() << " ok: output " << out_diff << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    if (argc < 2) throw std::invalid_argument("usage: dist_worker collectives|grad_sync OUT|replicas");
+    if (argc < 2)
+      throw std::invalid_argument("usage: dist_worker collectives|grad_sync OUT|replicas|moe_ep EP|traces OUT");
     const std::string mode = argv[1];
     auto& w = dist::world();
     if (!w.distributed()) throw std::runtime_error("run me under grpo launch (no RANK/WORLD_SIZE)");
     if (mode == "collectives") return collectives(w);
     if (mode == "grad_sync" && argc == 3) return grad_sync(w, argv[2]);
     if (mode == "replicas") return replicas(w);
+    if (mode == "moe_ep" && argc == 3) return moe_ep(w, std::stoll(argv[2]));
+    if (mode == "traces" && argc == 3) return traces(w, argv[2]);
     throw std::invalid_argument("unknown mode " + mode);
   } catch (const std::exception& e) {
     std::cerr << "dist_worker: " << e.what() << "\n";

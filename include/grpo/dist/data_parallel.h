@@ -10,6 +10,12 @@
 //   dp.step(norm);                                     // AdamW when the norm is finite
 //   dp.update_router_biases(gamma);                    // identical on every rank
 //
+// Expert parallelism (run.dist.expert_parallel > 1, grpo/dist/expert_parallel.h): the constructor
+// splits the MoE experts over the expert groups and the destructor gathers them back, so the model
+// is whole before and after the trainer's loop; the experts' gradients are summed over their
+// replicas and the clipping norm is that of the whole model. whole_model() gathers the experts for
+// a while (generation, evaluation, checkpoints see a whole model on every rank).
+//
 // On a world of one each call is what the trainers did before (clip_gradients, AdamW step,
 // update_router_biases), in the same order, so single-process runs are unchanged.
 #pragma once
@@ -18,6 +24,7 @@
 #include <memory>
 #include <vector>
 
+#include "grpo/dist/expert_parallel.h"
 #include "grpo/dist/grad_sync.h"
 #include "grpo/dist/sharded_optimizer.h"
 #include "grpo/dist/world.h"
@@ -31,8 +38,13 @@ class DataParallel {
   // The world is dist::world() for the model's device; run.dist (config()) says bucket size and
   // ZeRO-1.
   DataParallel(model::CausalLM& model, const train::OptimizerConfig& cfg);
+  ~DataParallel();
 
   World& world() { return world_; }
+  ExpertParallel* expert_parallel() { return experts_.get(); }
+  // The model with every expert on every rank while the result lives (nothing to do without
+  // expert parallelism). Collective.
+  ExpertParallel::Gathered whole_model() { return ExpertParallel::Gathered(experts_.get()); }
   ShardedOptimizer& optimizer() { return *optimizer_; }
 
   void begin_step(double lr);
@@ -45,11 +57,23 @@ class DataParallel {
   // Each MoE layer's expert loads summed over ranks, then its aux-loss-free bias update.
   std::vector<double> update_router_biases(double gamma);
 
+  // Expert parallelism pairs every rank's all-to-alls: every rank runs every micro-batch's forward
+  // and backward, through the same layers (a rank without rows: a stand-in row, loss 0).
+  bool lockstep() const { return experts_ && experts_->active(); }
+  // 0 times every output the forward made (logits, MTP logits, balance loss): added to a loss, it
+  // leaves the gradients as they are and makes the backward reach every layer, as on every rank.
+  static torch::Tensor graph_anchor(const model::ForwardOutput& out);
+  // The MoE layers' load counters, to put back after a stand-in forward (not counted).
+  std::vector<torch::Tensor> router_loads() const;
+  void restore_router_loads(const std::vector<torch::Tensor>& loads);
+
  private:
   model::CausalLM model_;
   World& world_;
+  std::unique_ptr<ExpertParallel> experts_;  // first made, last gone: the model is whole again after
   std::unique_ptr<ShardedOptimizer> optimizer_;
-  std::unique_ptr<GradSync> sync_;
+  std::unique_ptr<GradSync> sync_;         // the replicated parameters, over the world
+  std::unique_ptr<GradSync> expert_sync_;  // the experts, over their replicas (expert parallel)
 };
 
 // Checks that every rank holds the same parameters and buffers (each tensor's sum and sum of

@@ -24,6 +24,7 @@ struct DistConfig {
   double timeout_s = 300;        // a collective that waits longer fails (a dead or stuck rank)
   double bucket_mb = 25;         // gradient all-reduce bucket size (MiB), launched as buckets fill in backward
   bool zero1 = false;            // ZeRO-1: each rank keeps and updates 1/N of AdamW's moments
+  int64_t expert_parallel = 1;   // ranks sharing each MoE layer's routed experts (1: every rank holds all)
 
   template <class V>
   void visit(V& v) {
@@ -32,6 +33,10 @@ struct DistConfig {
     v("timeout_s", timeout_s, "seconds a collective may wait for the other ranks", Check().gt(0));
     v("bucket_mb", bucket_mb, "gradient all-reduce bucket size in MiB", Check().gt(0));
     v("zero1", zero1, "shard AdamW's moments across ranks (ZeRO-1), then all-gather the parameters");
+    v("expert_parallel", expert_parallel,
+      "ranks that split each MoE layer's routed experts between them, tokens exchanged all-to-all; must divide the "
+      "world size and the number of experts (1 = none)",
+      Check().ge(1));
   }
 };
 

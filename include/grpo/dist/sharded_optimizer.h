@@ -28,6 +28,8 @@
 
 namespace grpo::dist {
 
+class ExpertParallel;
+
 // One parameter's AdamW state, by name.
 struct AdamState {
   int64_t step = 0;
@@ -63,6 +65,12 @@ class ShardedOptimizer {
   // is changed then).
   void load_states(const NamedAdamStates& states, const std::string& source);
 
+  // Expert parallelism (grpo/dist/expert_parallel.h; set by DataParallel): the expert tensors'
+  // moments are saved whole (gathered over the expert group, so owned_states is collective) and
+  // loaded as this rank's block, so that checkpoints do not depend on the layout.
+  void set_expert_parallel(ExpertParallel* ep) { experts_ = ep; }
+  ExpertParallel* expert_parallel() const { return experts_; }
+
  private:
   World& world_;
   train::OptimizerConfig cfg_;
@@ -71,6 +79,7 @@ class ShardedOptimizer {
   std::vector<std::string> names_;
   std::vector<int64_t> owner_;
   std::unique_ptr<torch::optim::AdamW> adamw_;
+  ExpertParallel* experts_ = nullptr;
 };
 
 // The partition: owner rank of each of `numels` (largest first, to the least-loaded rank, ties to

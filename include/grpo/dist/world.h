@@ -47,6 +47,7 @@ class World {
   int64_t local_size() const { return env_.local_world_size; }
   bool distributed() const { return env_.world_size > 1; }
   bool is_main() const { return env_.rank == 0; }
+  int64_t global_rank() const { return global_rank_; }  // this rank in the whole world (a group's rank() is its index)
   const std::string& backend_name() const { return backend_name_; }
   const DistConfig& config() const { return cfg_; }
   // Where collectives' tensors live: cuda:LOCAL_RANK for nccl, the CPU for gloo.
@@ -59,8 +60,16 @@ class World {
   void barrier();
   // Each rank's bytes, by rank (variable sizes).
   std::vector<std::string> all_gather_bytes(const std::string& mine);
-  // Each rank's doubles, by rank (variable sizes).
+  // Each rank's doubles, by rank (variable sizes), and the same concatenated in rank order.
   std::vector<std::vector<double>> all_gather(const std::vector<double>& mine);
+  std::vector<double> all_gather_flat(const std::vector<double>& mine);
+  // Tensors: `mine` of every rank (the same shape everywhere), concatenated along dim 0 in rank
+  // order. The result is on mine's device.
+  torch::Tensor all_gather(const torch::Tensor& mine);
+  // All-to-all along dim 0: rank r sends rows [sum(send[:s]), sum(send[:s+1])) of `in` to rank s and
+  // receives recv[s] rows from each rank s, concatenated by source rank; rows keep their other dims.
+  // Every rank calls it, also with no rows. On a world of one, `in` (send[0] == recv[0]).
+  torch::Tensor all_to_all(const torch::Tensor& in, const std::vector<int64_t>& send, const std::vector<int64_t>& recv);
   // A sum of doubles over ranks (in double precision).
   std::vector<double> sum(std::vector<double> values);
   double sum(double value) { return sum(std::vector<double>{value}).front(); }
@@ -81,11 +90,20 @@ class World {
   };
   Pending all_reduce_async(torch::Tensor& t);
 
+  // A process group of some of this group's ranks (`ranks`: their ranks here, ascending), with its
+  // own communicator, so that its collectives never interleave with this group's (expert
+  // parallelism's all-to-all against the gradient all-reduce). Every member calls it with the same
+  // arguments; `name` (unique per group) keeps groups apart in the store. A rank not in `ranks`
+  // gets null. On a world of one: a world of one.
+  std::unique_ptr<World> new_group(const std::vector<int64_t>& ranks, const std::string& name);
+
  private:
   void check(const c10::intrusive_ptr<c10d::Work>& work, const char* what) const;
 
   LaunchEnv env_;
+  int64_t global_rank_ = 0;
   DistConfig cfg_;
+  c10::intrusive_ptr<c10d::Store> store_;  // the rendezvous store, shared by every group
   std::string backend_name_ = "none";
   torch::Device comm_device_ = torch::kCPU;
   c10::intrusive_ptr<c10d::Backend> backend_;

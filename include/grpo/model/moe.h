@@ -10,13 +10,20 @@
 // one contiguous buffer, each expert with at least one token runs its SwiGLU on its slice, and the
 // weighted results are added back per token in expert order. Work follows the tokens routed, not
 // the number of experts.
+//
+// Expert parallelism (an ExpertExchange installed from outside, grpo/model/expert_exchange.h): the
+// layer holds its block of E / R experts; the sorted rows go to the ranks owning their experts, the
+// local experts run on the rows received (sorted by local expert), and the results come back to be
+// weighted and added per token in the same order as in one process.
 #pragma once
 
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
 #include <optional>
 
+#include "grpo/model/expert_exchange.h"
 #include "grpo/model/layers.h"
 #include "grpo/model/model_config.h"
 
@@ -58,6 +65,11 @@ class MoeImpl : public torch::nn::Module {
   // choice, like LinearImpl::fp8): both expert paths, the per-expert loop and the fused dispatch,
   // run their GEMMs through fp8_linear with this config; unset = the experts' own dtype.
   std::optional<Fp8Config> fp8;
+  // Expert parallelism: set (with the expert tensors cut to this rank's block) by
+  // grpo/dist/expert_parallel.h; null = every expert here.
+  std::shared_ptr<ExpertExchange> exchange;
+
+  int64_t routed_experts() const { return experts_; }  // E, whatever this rank holds
 
  private:
   int64_t experts_, top_k_, groups_, topk_groups_;
@@ -67,6 +79,11 @@ class MoeImpl : public torch::nn::Module {
   // unpermute): x_flat [N, D], weight [N, K], order [N*K], counts [E] (CPU) -> [N, D].
   torch::Tensor routed_fused(const torch::Tensor& x_flat, const torch::Tensor& weight, const torch::Tensor& order,
                              const torch::Tensor& counts);
+  // The experts held here on rows sorted by (local) expert: xs [M, D], counts [held] (CPU) -> [M, D].
+  torch::Tensor held_experts(const torch::Tensor& xs, const torch::Tensor& counts);
+  // Routed experts over the exchange: the same arguments as routed_fused -> [N, D].
+  torch::Tensor routed_exchanged(const torch::Tensor& x_flat, const torch::Tensor& weight, const torch::Tensor& order,
+                                 const torch::Tensor& counts);
 
   torch::Tensor load_;
   torch::Tensor balance_loss_;
