@@ -1,5 +1,6 @@
 #include "grpo/dist/data_parallel.h"
 
+#include "grpo/core/log.h"
 #include "grpo/dist/launch_env.h"
 
 #include <ATen/ATen.h>
@@ -47,37 +48,94 @@ DataParallel::DataParallel(model::CausalLM& model, const train::OptimizerConfig&
     : model_(model), world_(dist::world(model->embed_tokens.device())) {
   broadcast_model(*model_, world_);
   const int64_t ep = config().expert_parallel;
-  if (ep > 1 && config().zero1) {
-    throw std::invalid_argument("run.dist: zero1 with expert_parallel " + std::to_string(ep) +
-                                " is not supported (ZeRO-1 partitions replicated parameters only); set one of them");
+  const std::string& sharding = config().sharding;
+  if (ep > 1 && sharding != "none") {
+    throw std::invalid_argument("run.dist: sharding " + sharding + " with expert_parallel " + std::to_string(ep) +
+                                " is not supported yet; set sharding: none or expert_parallel: 1");
+  }
+  if (sharding == "full" && world_.distributed()) {
+    train::freeze_parameters(*model_, cfg);
+    auto groups = train::split_parameters(*model_, cfg);  // by the whole tensors' shapes and names
+    FullyShardConfig fc;
+    fc.reshard_after_forward = config().reshard_after_forward;
+    fc.prefetch = config().prefetch;
+    fsdp_ = std::make_unique<FullyShard>(model_, world_, fc);
+    for (auto* list : {&groups.decay, &groups.no_decay}) {
+      for (auto& t : *list) t = fsdp_->shard_of(t);
+    }
+    optimizer_ = std::make_unique<ShardedOptimizer>(groups, cfg, world_, *fsdp_);
+    log_memory("planned");
+    return;
   }
   experts_ = std::make_unique<ExpertParallel>(model_.ptr(), world_, ep);
-  optimizer_ = std::make_unique<ShardedOptimizer>(*model_, cfg, world_, config().zero1);
+  optimizer_ = std::make_unique<ShardedOptimizer>(*model_, cfg, world_, sharding == "optimizer");
   optimizer_->set_expert_parallel(experts_.get());
   std::vector<torch::Tensor> replicated, experts;
   for (const auto& p : optimizer_->params()) (experts_->is_expert(p) ? experts : replicated).push_back(p);
   sync_ = std::make_unique<GradSync>(replicated, world_, config().bucket_mb);
   if (!experts.empty()) expert_sync_ = std::make_unique<GradSync>(experts, experts_->replicas(), config().bucket_mb);
+  log_memory("planned");
+}
+
+void DataParallel::log_memory(const char* when) const {
+  // Parameters and gradients this rank holds at rest, and AdamW's moments (planned: 2 per
+  // trainable element held, before the first step allocates them).
+  int64_t params = 0, trainable = 0, grads = 0;
+  if (fsdp_) {
+    params = fsdp_->parameter_bytes();
+    grads = fsdp_->gradient_bytes();
+  } else {
+    for (const auto& p : model_->parameters()) params += p.numel() * static_cast<int64_t>(p.element_size());
+    for (const auto& p : optimizer_->params()) {
+      if (p.grad().defined()) grads += p.grad().numel() * static_cast<int64_t>(p.element_size());
+    }
+  }
+  for (size_t i = 0; i < optimizer_->params().size(); ++i) {
+    const auto& p = optimizer_->params()[i];
+    if (optimizer_->zero1() && optimizer_->owner(i) != world_.rank()) continue;
+    trainable += p.numel() * static_cast<int64_t>(p.element_size());
+  }
+  const bool planned = std::string(when) == "planned";
+  const double mb = 1e6;
+  log::info("memory per rank ({}): parameters {:.2f} MB, gradients {:.2f} MB, optimizer {:.2f} MB ({} ranks, {})", when,
+            static_cast<double>(params) / mb, static_cast<double>(planned ? trainable : grads) / mb,
+            static_cast<double>(planned ? 2 * trainable : optimizer_->state_bytes()) / mb, world_.size(),
+            fsdp_                 ? "sharding full"
+            : optimizer_->zero1() ? "sharding optimizer"
+                                  : "replicas");
 }
 
 DataParallel::~DataParallel() {
   // The hooks go before the experts are gathered back (the tensors change shape).
   expert_sync_.reset();
   sync_.reset();
+  optimizer_.reset();
+  fsdp_.reset();  // the model whole again
 }
 
 void DataParallel::begin_step(double lr) {
   optimizer_->set_learning_rate(lr);
   optimizer_->zero_grad();
+  if (fsdp_) fsdp_->begin_step();
 }
 
 void DataParallel::backward(const torch::Tensor& loss, bool last_micro_batch) {
+  if (fsdp_) {
+    fsdp_->arm(loss);
+    loss.backward();
+    fsdp_->finish_backward();
+    return;
+  }
   sync_->arm(last_micro_batch, loss);
   if (expert_sync_) expert_sync_->arm(last_micro_batch, loss);
   loss.backward();
 }
 
 double DataParallel::reduce_gradients(double max_grad_norm) {
+  if (fsdp_) {
+    fsdp_->end_step();
+    return fsdp_->clip(max_grad_norm);
+  }
   sync_->finish();
   if (!experts_->active()) return train::clip_gradients(*model_, max_grad_norm);
   if (expert_sync_) expert_sync_->finish();
@@ -113,27 +171,25 @@ double DataParallel::reduce_gradients(double max_grad_norm) {
   }
   const auto device = grads.front().device();
   for (auto& n : norms) n = n.to(device);
-  const torch::Tensor total = at::linalg_vector_norm(torch::stack(norms), 2);
-  const double norm = total.item<double>();
-  if (!std::isfinite(norm) || max_grad_norm <= 0) return norm;
-  const torch::Tensor coef = (max_grad_norm / (total + 1e-6)).clamp_max(1.0);
-  if (coef.item<double>() < 1.0) {
-    torch::NoGradGuard no_grad;
-    for (auto& g : grads) g.mul_(coef.to(g.device(), g.scalar_type()));
-  }
-  return norm;
+  return train::clip_to_norm(grads, at::linalg_vector_norm(torch::stack(norms), 2), max_grad_norm);
 }
 
 bool DataParallel::step(double grad_norm) {
   if (!std::isfinite(grad_norm)) return false;
   optimizer_->step();
+  if (!logged_memory_) {
+    log_memory("after the first step");
+    logged_memory_ = true;
+  }
   return true;
 }
 
 torch::Tensor DataParallel::graph_anchor(const model::ForwardOutput& out) {
-  auto anchor = out.logits.sum().to(torch::kFloat);
-  for (const auto& l : out.mtp_logits) anchor = anchor + l.sum().to(torch::kFloat);
-  if (out.balance_loss.defined()) anchor = anchor + out.balance_loss.to(torch::kFloat);
+  auto anchor = torch::zeros({}, torch::kFloat);
+  if (out.logits.defined()) anchor = anchor + out.logits.sum().to(torch::kFloat).cpu();
+  if (out.hidden.defined()) anchor = anchor + out.hidden.sum().to(torch::kFloat).cpu();
+  for (const auto& l : out.mtp_logits) anchor = anchor + l.sum().to(torch::kFloat).cpu();
+  if (out.balance_loss.defined()) anchor = anchor + out.balance_loss.to(torch::kFloat).cpu();
   return anchor * 0;
 }
 

@@ -1,5 +1,7 @@
 #include "grpo/dist/grad_sync.h"
 
+#include "graph_reach.h"
+
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
 #include <torch/csrc/autograd/variable.h>
@@ -126,16 +128,7 @@ void GradSync::arm(bool last, const torch::Tensor& loss) {
   s.armed = last;
   if (!last || !loss.defined() || !loss.grad_fn()) return;
   // The accumulators the loss's graph reaches; every other parameter is ready now.
-  std::vector<char> reached(s.params.size(), 0);
-  std::unordered_set<const torch::autograd::Node*> seen;
-  std::vector<torch::autograd::Node*> stack = {loss.grad_fn().get()};
-  while (!stack.empty()) {
-    auto* node = stack.back();
-    stack.pop_back();
-    if (node == nullptr || !seen.insert(node).second) continue;
-    if (const auto it = s.param_of.find(node); it != s.param_of.end()) reached[static_cast<size_t>(it->second)] = 1;
-    for (const auto& edge : node->next_edges()) stack.push_back(edge.function.get());
-  }
+  const auto reached = detail::reached_accumulators(loss, s.param_of, s.params.size());
   for (size_t i = 0; i < s.params.size(); ++i) {
     if (!reached[i]) s.on_ready(static_cast<int64_t>(i));
   }

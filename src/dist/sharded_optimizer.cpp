@@ -9,6 +9,7 @@
 
 #include "../error_text.h"
 #include "grpo/dist/expert_parallel.h"
+#include "grpo/dist/fully_shard.h"
 
 namespace grpo::dist {
 
@@ -37,30 +38,34 @@ std::vector<int64_t> partition(const std::vector<int64_t>& numels, int64_t ranks
   return owner;
 }
 
-ShardedOptimizer::ShardedOptimizer(torch::nn::Module& model, const train::OptimizerConfig& cfg, World& world,
-                                   bool zero1)
-    : world_(world), cfg_(cfg), zero1_(zero1 && world.distributed()) {
-  train::freeze_parameters(model, cfg);
-  const auto groups = train::split_parameters(model, cfg);
+void ShardedOptimizer::take_parameters(const train::ParamGroups& groups) {
   params_ = groups.decay;
   params_.insert(params_.end(), groups.no_decay.begin(), groups.no_decay.end());
   names_ = groups.decay_names;
   names_.insert(names_.end(), groups.no_decay_names.begin(), groups.no_decay_names.end());
   std::vector<int64_t> numels;
   for (const auto& p : params_) numels.push_back(p.numel());
-  owner_ = partition(numels, world.size());
+  owner_ = partition(numels, world_.size());
+}
+
+ShardedOptimizer::ShardedOptimizer(torch::nn::Module& model, const train::OptimizerConfig& cfg, World& world,
+                                   bool zero1)
+    : world_(world), cfg_(cfg), zero1_(zero1 && world.distributed()) {
+  train::freeze_parameters(model, cfg);
+  const auto groups = train::split_parameters(model, cfg);
+  take_parameters(groups);
   if (!zero1_) {
     adamw_ = train::make_adamw(groups, cfg);
     return;
   }
   if (static_cast<int64_t>(params_.size()) < world.size()) {
-    throw std::invalid_argument("run.dist.zero1: " + std::to_string(params_.size()) +
+    throw std::invalid_argument("run.dist.sharding optimizer: " + std::to_string(params_.size()) +
                                 " trainable parameters cannot be shared among " + std::to_string(world.size()) +
                                 " ranks");
   }
   for (const auto& p : params_) {
     if (p.scalar_type() != params_.front().scalar_type()) {
-      throw std::invalid_argument("run.dist.zero1: the parameters have more than one dtype (" +
+      throw std::invalid_argument("run.dist.sharding optimizer: the parameters have more than one dtype (" +
                                   std::string(c10::toString(params_.front().scalar_type())) + " and " +
                                   std::string(c10::toString(p.scalar_type())) + "); ZeRO-1 expects one");
     }
@@ -77,6 +82,13 @@ ShardedOptimizer::ShardedOptimizer(torch::nn::Module& model, const train::Optimi
     mine.no_decay_names.push_back(groups.no_decay_names[i]);
   }
   adamw_ = train::make_adamw(mine, cfg);
+}
+
+ShardedOptimizer::ShardedOptimizer(const train::ParamGroups& groups, const train::OptimizerConfig& cfg, World& world,
+                                   FullyShard& fsdp)
+    : world_(world), cfg_(cfg), zero1_(false), fsdp_(&fsdp) {
+  take_parameters(groups);  // owner_: who writes each (whole, gathered) state
+  adamw_ = train::make_adamw(groups, cfg);
 }
 
 void ShardedOptimizer::set_learning_rate(double lr) { train::set_learning_rate(*adamw_, lr); }
@@ -134,8 +146,16 @@ NamedAdamStates ShardedOptimizer::owned_states() const {
   NamedAdamStates out;
   for (size_t i = 0; i < params_.size(); ++i) {
     const bool expert = experts_ != nullptr && experts_->active() && experts_->is_expert(params_[i]);
-    if (owner_[i] != world_.rank() && !expert) continue;
+    const bool chunk = fsdp_ != nullptr;
+    if (owner_[i] != world_.rank() && !expert && !chunk) continue;
     const auto* s = state_of(*adamw_, params_[i]);
+    if (chunk) {  // whole, gathered over every rank's chunks (every rank takes part)
+      if (s == nullptr) continue;
+      AdamState whole{s->step(), fsdp_->gather_full(s->exp_avg(), params_[i]),
+                      fsdp_->gather_full(s->exp_avg_sq(), params_[i])};
+      if (owner_[i] == world_.rank()) out[names_[i]] = std::move(whole);
+      continue;
+    }
     if (s == nullptr) continue;  // never stepped (on every rank alike: the experts' gradients are never missing)
     if (expert) {                // whole, gathered over the expert group (every rank takes part)
       AdamState whole{s->step(), experts_->gather(s->exp_avg()), experts_->gather(s->exp_avg_sq())};
@@ -160,7 +180,8 @@ void ShardedOptimizer::load_states(const NamedAdamStates& states, const std::str
     const bool expert = experts_ != nullptr && experts_->active() && experts_->is_expert(params_[i]);
     for (const torch::Tensor* t : {&it->second.exp_avg, &it->second.exp_avg_sq}) {
       auto expected = params_[i].sizes().vec();
-      if (expert) expected[0] *= experts_->size();  // saved whole: this rank takes its block
+      if (expert) expected[0] *= experts_->size();                     // saved whole: this rank takes its block
+      if (fsdp_ != nullptr) expected = fsdp_->full_shape(params_[i]);  // saved whole: this rank's chunk
       if (!t->defined() || t->sizes() != expected) {
         throw std::runtime_error(source + ": parameter '" + names_[i] + "' has shape " + c10::str(expected) +
                                  " but its saved moments have shape " +
@@ -175,7 +196,10 @@ void ShardedOptimizer::load_states(const NamedAdamStates& states, const std::str
     auto s = std::make_unique<torch::optim::AdamWParamState>();
     s->step(st->step);
     const bool expert = experts_ != nullptr && experts_->active() && experts_->is_expert(p);
-    const auto mine = [&](const torch::Tensor& t) { return expert ? experts_->local_block(t) : t; };
+    const auto mine = [&](const torch::Tensor& t) {
+      if (fsdp_ != nullptr) return fsdp_->local_chunk(t, p);
+      return expert ? experts_->local_block(t) : t;
+    };
     s->exp_avg(mine(st->exp_avg).to(p.device(), p.scalar_type()).clone());
     s->exp_avg_sq(mine(st->exp_avg_sq).to(p.device(), p.scalar_type()).clone());
     adamw_->state()[p.unsafeGetTensorImpl()] = std::move(s);

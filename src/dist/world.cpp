@@ -218,8 +218,8 @@ std::vector<double> World::sum(std::vector<double> values) {
   return values;
 }
 
-World::Pending::Pending(c10::intrusive_ptr<c10d::Work> work, const World* world)
-    : work_(std::move(work)), world_(world) {}
+World::Pending::Pending(c10::intrusive_ptr<c10d::Work> work, const World* world, const char* what)
+    : work_(std::move(work)), world_(world), what_(what) {}
 World::Pending::~Pending() = default;
 World::Pending::Pending(Pending&&) noexcept = default;
 World::Pending& World::Pending::operator=(Pending&&) noexcept = default;
@@ -227,7 +227,7 @@ World::Pending& World::Pending::operator=(Pending&&) noexcept = default;
 void World::Pending::wait() {
   if (!work_) return;
   auto work = std::move(work_);
-  world_->check(work, "gradient all_reduce");
+  world_->check(work, what_);
 }
 
 World::Pending World::all_reduce_async(torch::Tensor& t) {
@@ -240,6 +240,32 @@ World::Pending World::all_reduce_async(torch::Tensor& t) {
   } catch (const std::exception& e) {
     throw std::runtime_error("rank " + std::to_string(global_rank_) + ": gradient all_reduce failed: " + one_line(e));
   }
+}
+
+World::Pending World::all_gather_async(torch::Tensor& out, torch::Tensor& in) {
+  if (!distributed()) {
+    out.copy_(in);
+    return {};
+  }
+  TORCH_CHECK(out.numel() == in.numel() * size() && out.is_contiguous() && in.is_contiguous(),
+              "all_gather_async: expected contiguous buffers of ", in.numel(), " x ", size(), " and ", in.numel(),
+              " elements");
+  try {
+    return Pending(backend_->_allgather_base(out, in), this, "all_gather");
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(global_rank_) + ": all_gather failed: " + one_line(e));
+  }
+}
+
+void World::reduce_scatter(torch::Tensor& out, torch::Tensor& in) {
+  if (!distributed()) {
+    out.copy_(in);
+    return;
+  }
+  TORCH_CHECK(in.numel() == out.numel() * size() && out.is_contiguous() && in.is_contiguous(),
+              "reduce_scatter: expected contiguous buffers of ", out.numel(), " x ", size(), " and ", out.numel(),
+              " elements");
+  check(backend_->_reduce_scatter_base(out, in), "reduce_scatter");
 }
 
 World& world(const torch::Device& device) {

@@ -91,16 +91,21 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch:
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     ctx.cache_layer = l;
     const auto layer = layers->ptr<DecoderLayerImpl>(l);
+    const auto hooks = block_hooks;
     if (!recompute) {
+      if (hooks) hooks->before_block(l);
       h = layer->forward(h, ctx, valid);
       if (layer->moe) balance[l] = layer->moe->balance_loss();
+      if (hooks) hooks->after_block(l, {h});
       continue;
     }
     // The block's output and its balance loss (when there is one) come out of the checkpoint, so
     // that both back-propagate through the recomputation.
-    const auto block = [layer, ctx, valid](const std::vector<torch::Tensor>& in) {
+    const auto block = [layer, ctx, valid, hooks, l](const std::vector<torch::Tensor>& in) {
+      if (hooks) hooks->before_block(l);
       std::vector<torch::Tensor> result{layer->forward(in[0], ctx, valid)};
       if (layer->moe && layer->moe->balance_loss().defined()) result.push_back(layer->moe->balance_loss());
+      if (hooks) hooks->after_block(l, result);
       return result;
     };
     const auto outputs = checkpoint(block, {h}, layer->parameters());
@@ -121,8 +126,12 @@ ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch:
       if (k < t) ahead.narrow(1, 0, t - k).copy_(input_ids.narrow(1, k, t - k));
       const auto emb = torch::embedding(embed_tokens, ahead.to(device));
       auto* module = mtp[k - 1]->as<MtpModuleImpl>();
+      const int64_t index = cfg_.num_hidden_layers + k - 1;
+      if (block_hooks) block_hooks->before_block(index);
       h_prev = module->forward(h_prev, emb, ctx, valid);
-      out.mtp_logits.push_back(head(module->shared_head_norm(h_prev)));
+      const auto normed = module->shared_head_norm(h_prev);
+      if (block_hooks) block_hooks->after_block(index, {h_prev, normed});
+      out.mtp_logits.push_back(head(normed));
     }
   }
   if (cache != nullptr) cache->advance(t);
@@ -163,9 +172,12 @@ torch::Tensor CausalLMImpl::mtp_draft_logits(const torch::Tensor& trunk, const t
   if (attention_mask.defined()) valid = attention_mask.narrow(1, mtp_cache.length(), t).to(device).to(torch::kBool);
   auto* module = mtp[0]->as<MtpModuleImpl>();
   const auto emb = torch::embedding(embed_tokens, next_ids.to(device));
+  if (block_hooks) block_hooks->before_block(cfg_.num_hidden_layers);
   const auto h = module->forward(trunk, emb, ctx, valid);
   mtp_cache.advance(t);
-  return head(module->shared_head_norm(h));
+  const auto normed = module->shared_head_norm(h);
+  if (block_hooks) block_hooks->after_block(cfg_.num_hidden_layers, {normed});
+  return head(normed);
 }
 
 void CausalLMImpl::set_attention_impl(AttentionImpl impl) {

@@ -103,11 +103,16 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     if (cfg_.on_policy_fraction >= 1.0 || example_of[i] >= 0) pool.push_back(static_cast<int64_t>(i));
   }
 
+  if (dist::config().sharding == "full" && dist::launch_env().distributed()) {
+    throw std::invalid_argument(stage_ +
+                                ": run.dist.sharding full is supported by SFT and GRPO so far (distillation does not "
+                                "run in lockstep over the ranks yet); use none or optimizer");
+  }
   if (dist::config().expert_parallel > 1) {
     throw std::invalid_argument(stage_ + ": run.dist.expert_parallel " +
                                 std::to_string(dist::config().expert_parallel) +
-                                " is supported by SFT only so far (rollouts and the policy loss do not run in lockstep "
-                                "over the expert groups yet); set it to 1");
+                                " is supported by SFT and GRPO so far (distillation does not run in lockstep over "
+                                "the expert groups yet); set it to 1");
   }
   dist::DataParallel dp(student_, cfg_.optim);  // a world of one: plain AdamW, as always
   auto& world = dp.world();

@@ -211,6 +211,15 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
     const int64_t opt_step = step * cfg_.num_iterations + it;
     s.lr = lr_at(cfg_.schedule, cfg_.optim.lr, opt_step, cfg_.steps * cfg_.num_iterations);
     dp.begin_step(s.lr);
+    // Sharded or split: every rank runs as many micro-batches as the rank with the most, the
+    // missing ones (after its own) as a stand-in (one token, loss 0, router loads not counted).
+    const int64_t mine = (n + cfg_.micro_batch_size - 1) / cfg_.micro_batch_size;
+    int64_t passes = mine;
+    if (dp.lockstep()) {
+      auto most = torch::tensor({static_cast<double>(mine)}, torch::kDouble);
+      world.all_reduce(most, dist::ReduceOp::max);
+      passes = static_cast<int64_t>(most.item<double>());
+    }
     for (int64_t b = 0; b < n; b += cfg_.micro_batch_size) {
       const int64_t m = std::min(cfg_.micro_batch_size, n - b);
       const auto mb = batch.rows(b, m);
@@ -237,7 +246,8 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
         mtp = model::mtp_loss(f.model, ids, mtp_mask, cfg_.mtp_weight) * row_share;
         loss = loss + mtp;
       }
-      dp.backward(loss, b + cfg_.micro_batch_size >= n);
+      if (dp.lockstep()) loss = loss + f.logps.sum() * 0 + dist::DataParallel::graph_anchor(f.model).to(loss.device());
+      dp.backward(loss, b + cfg_.micro_batch_size >= n && mine == passes);
       torch::NoGradGuard no_grad;
       const auto token_weight = cmask.sum().to(torch::kFloat) * per_token;
       s.loss = s.loss + loss.detach().to(torch::kFloat) * per_iteration;
@@ -252,6 +262,17 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
         s.sampler_diff_sum = s.sampler_diff_sum + diff.sum().to(torch::kFloat);
         s.sampler_diff_max = torch::maximum(s.sampler_diff_max, diff.max().to(torch::kFloat));
       }
+    }
+    for (int64_t k = mine; k < passes; ++k) {
+      AutocastScope ac(autocast);
+      const auto ids = torch::zeros({1, 2}, torch::TensorOptions().dtype(torch::kLong).device(device));
+      const auto kept = dp.router_loads();
+      const auto f = completion_forward(
+          model_, ids, torch::ones_like(ids), torch::arange(2, ids.options()).unsqueeze(0), 1,
+          {.temperature = temperature, .chunk_size = cfg_.logprob_chunk_size, .mtp = has_mtp});
+      dp.restore_router_loads(kept);
+      dp.backward(f.logps.sum().to(torch::kFloat).cpu() * 0 + dist::DataParallel::graph_anchor(f.model),
+                  k + 1 == passes);
     }
     s.grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
     if (!dp.step(s.grad_norm)) {
@@ -400,12 +421,6 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   if (records.empty()) throw std::runtime_error(stage_ + ": no prompts");
   const auto device = model_->embed_tokens.device();
   const uint64_t seed = static_cast<uint64_t>(run_.config().seed + cfg_.seed_offset);
-  if (dist::config().expert_parallel > 1) {
-    throw std::invalid_argument(stage_ + ": run.dist.expert_parallel " +
-                                std::to_string(dist::config().expert_parallel) +
-                                " is supported by SFT only so far (rollouts and the policy loss do not run in lockstep "
-                                "over the expert groups yet); set it to 1");
-  }
   dist::DataParallel dp(model_, cfg_.optim);  // a world of one: plain AdamW, as always
   auto& world = dp.world();
   data::DataOrder order(static_cast<int64_t>(records.size()), {.batch_size = 1}, seed);
@@ -414,6 +429,7 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   std::optional<model::CausalLM> ref;
   const std::string ref_dir = checkpoint_dir() + "/reference";
   const auto set_reference = [&](model::CausalLM& from) {
+    const auto whole = dp.whole_model();  // sharded or split: the copy is of the whole policy
     ref = frozen_copy(from);
     if (&from == &model_ && world.is_main()) model::save_hf_checkpoint(*ref, ref_dir);
   };
@@ -436,8 +452,12 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   while (step < cfg_.steps) {
     const auto t_step = std::chrono::steady_clock::now();
     model_->eval();
+    // Sharded or split: generation on the whole policy, each rank alone (a gathered copy).
+    std::optional<dist::WholeModel> whole;
+    whole.emplace(dp.expert_parallel(), dp.fully_shard());
     const auto rollouts = sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_,
                                       seed, step, &world);
+    whole.reset();
     // This rank's groups (data parallel: possibly none, after dynamic sampling's refills).
     GrpoBatch batch;
     if (!rollouts.groups.empty()) batch = build_grpo_batch(rollouts.groups, cfg_.mask_truncated_completions);
@@ -452,8 +472,11 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
       log::info("{}: step {}: reference policy refreshed", stage_, step);
     }
     const bool last = step == cfg_.steps;
-    auto eval_metrics = eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0)) ? eval(step)
-                                                                                               : std::vector<Metric>{};
+    std::vector<Metric> eval_metrics;
+    if (eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0))) {
+      const auto whole_for_eval = dp.whole_model();
+      eval_metrics = eval(step);
+    }
     const auto summary = log_step(step, rollouts, batch, stats, std::move(eval_metrics), seconds_since(t_step), records,
                                   completions_log, world);
     result.last_reward = summary.reward;

@@ -92,7 +92,10 @@ double clip_gradients(torch::nn::Module& model, double max_norm) {
     const auto dtype = g.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
     norms.push_back(at::linalg_vector_norm(g, 2, std::nullopt, false, dtype).to(device));
   }
-  const torch::Tensor total = at::linalg_vector_norm(torch::stack(norms), 2);
+  return clip_to_norm(grads, at::linalg_vector_norm(torch::stack(norms), 2), max_norm);
+}
+
+double clip_to_norm(std::vector<torch::Tensor>& grads, const torch::Tensor& total, double max_norm) {
   const double norm = total.item<double>();
   if (!std::isfinite(norm) || max_norm <= 0) return norm;
   const torch::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);

@@ -25,8 +25,8 @@
 #include "grpo/core/files.h"
 #include "grpo/core/log.h"
 #include "grpo/dist/data_parallel.h"
-#include "grpo/dist/expert_parallel.h"
 #include "grpo/dist/sharded_optimizer.h"
+#include "grpo/dist/whole_model.h"
 #include "grpo/model/checkpoint.h"
 #include "grpo/version.h"
 
@@ -305,9 +305,9 @@ std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalL
                                (error.empty() ? std::string("another rank failed while ") + phase : error));
     }
   };
-  // Expert parallel: the experts gathered, so that the replicas compare whole and rank 0 writes
-  // every expert under its HF name.
-  const dist::ExpertParallel::Gathered whole(optimizer.expert_parallel());
+  // Expert parallel / full sharding: the model gathered, so that the replicas compare whole and
+  // rank 0 writes every tensor under its HF name.
+  const dist::WholeModel whole(optimizer);
   dist::check_replicas(*model, w);  // a checkpoint of one model for every rank
   if (w.is_main()) {
     try {
@@ -472,8 +472,8 @@ TrainState load_checkpoint(const std::string& path, model::CausalLM& model, dist
   const fs::path single = root / "optimizer.pt";
   // A single-process optimizer.pt into an AdamW over every parameter: as before.
   dist::ExpertParallel* experts = optimizer.expert_parallel();
-  const bool split_experts = experts != nullptr && experts->active();
-  if (!fs::is_directory(shards, ec) && !optimizer.zero1() && !split_experts) {
+  const bool split = (experts != nullptr && experts->active()) || optimizer.fully_shard() != nullptr;
+  if (!fs::is_directory(shards, ec) && !optimizer.zero1() && !split) {
     return load_checkpoint(path, model, &optimizer.adamw());
   }
   // Otherwise by parameter name: every shard there is (or optimizer.pt), checked before anything
@@ -491,9 +491,10 @@ TrainState load_checkpoint(const std::string& path, model::CausalLM& model, dist
     }
     if (!has_optimizer) fail(single, "not saved (the checkpoint was written with save_optimizer: false)");
   }
-  // Expert parallel: the checkpoint holds whole experts; the model takes them whole, then its block.
-  std::optional<dist::ExpertParallel::Gathered> whole;
-  whole.emplace(experts);
+  // Expert parallel / full sharding: the checkpoint holds the whole model; the model takes it whole,
+  // then each rank its part.
+  std::optional<dist::WholeModel> whole;
+  whole.emplace(optimizer);
   if (fs::is_directory(shards, ec)) {
     source = shards.string();
     std::vector<fs::path> files;

@@ -6,10 +6,13 @@
 //
 // Tolerances: the ranks' gradients are summed in another order than one process sums them, so
 // weights after a run differ by rounding only: at most 1e-5 of each tensor's largest entry.
+#include <array>
+#include <cstdio>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
+#include <tuple>
 #include <unistd.h>
 
 #include <chrono>
@@ -256,8 +259,9 @@ TEST(DataParallel, SftMatchesOneProcess) {
     int ranks;
     std::string extra;
   };
-  for (const auto& c : {Case{"two", 2, ""}, Case{"three", 3, ""}, Case{"two_zero1", 2, "--set run.dist.zero1=true"},
-                        Case{"two_packed", 2, "--set sft.packing=true --set sft.batch_size=4"}}) {
+  for (const auto& c :
+       {Case{"two", 2, ""}, Case{"three", 3, ""}, Case{"two_zero1", 2, "--set run.dist.sharding=optimizer"},
+        Case{"two_packed", 2, "--set sft.packing=true --set sft.batch_size=4"}}) {
     const auto log = dir.path(c.name + ".log");
     ASSERT_EQ(run(launch(c.ranks) + sft_command(dir.path(c.name), c.extra), log), 0) << tail_of(log);
     std::string where;
@@ -291,6 +295,69 @@ void stopped_at_step_10(const std::string& from, const std::string& to) {
   fs::create_directories(dst.parent_path());
   fs::copy(src, dst, fs::copy_options::recursive);
   write_file_atomic((dst.parent_path() / "latest").string(), "step_10\n");
+}
+
+// "memory per rank (after the first step): parameters P MB, gradients G MB, optimizer O MB" of rank 0.
+std::array<double, 3> memory_line(const std::string& log) {
+  const std::string text = read_file(log);
+  const std::string key = "memory per rank (after the first step): ";
+  const auto at = text.find(key);
+  std::array<double, 3> mb{-1, -1, -1};
+  if (at == std::string::npos) return mb;
+  std::sscanf(text.c_str() + at + key.size(), "parameters %lf MB, gradients %lf MB, optimizer %lf MB", &mb[0], &mb[1],
+              &mb[2]);
+  return mb;
+}
+
+// Full sharding (FSDP) against plain data parallelism on 2 ranks: 2 and 4 ranks, and 2 ranks with
+// blocks kept gathered after the forward, no prefetch and activation checkpointing; parameters,
+// gradients and AdamW's moments per rank at 1/2 and 1/4; a resume from the 4-rank run's step-10
+// checkpoint on 2 ranks (full), on 2 ranks (replicas) and in one process.
+TEST(DataParallel, FullShardingMatchesDataParallelAndResumesOnOtherLayouts) {
+  test::TempDir dir;
+  ASSERT_EQ(run(launch(2) + sft_command(dir.path("dp2")), dir.path("dp2.log")), 0) << tail_of(dir.path("dp2.log"));
+  const std::string full = "--set run.dist.sharding=full";
+  struct Case {
+    std::string name;
+    int ranks;
+    std::string extra;
+  };
+  for (const auto& c : {Case{"full2", 2, full}, Case{"full4", 4, full},
+                        Case{"full2_kept", 2,
+                             full + " --set run.dist.reshard_after_forward=false --set run.dist.prefetch=false"
+                                    " --set sft.activation_checkpointing=true"}}) {
+    const auto log = dir.path(c.name + ".log");
+    ASSERT_EQ(run(launch(c.ranks) + sft_command(dir.path(c.name), c.extra), log), 0) << tail_of(log);
+    std::string where;
+    EXPECT_LE(max_relative_difference(dir.path("dp2/model"), dir.path(c.name + "/model"), &where), 1e-5)
+        << c.name << ": " << where;
+    const auto dp = read_metrics(dir.path("dp2/metrics.jsonl")), fs = read_metrics(dir.path(c.name + "/metrics.jsonl"));
+    ASSERT_EQ(dp.size(), fs.size()) << c.name;
+    for (size_t i = 0; i < dp.size(); ++i) {
+      EXPECT_NEAR(dp[i].get("loss", -1), fs[i].get("loss", -2), 1e-5) << c.name << " row " << i;
+      EXPECT_NEAR(dp[i].get("grad_norm", -1), fs[i].get("grad_norm", -2), 1e-5) << c.name << " row " << i;
+    }
+  }
+  // Bytes per rank: 1/N of the replicas' (up to each tensor's padding to a multiple of N).
+  const auto replicas = memory_line(dir.path("dp2.log"));
+  ASSERT_GT(replicas[0], 0) << tail_of(dir.path("dp2.log"));
+  for (const auto& [name, n] :
+       {std::pair<std::string, double>{"full2", 2}, std::pair<std::string, double>{"full4", 4}}) {
+    const auto mine = memory_line(dir.path(name + ".log"));
+    for (size_t k = 0; k < 3; ++k) {
+      EXPECT_NEAR(mine[k], replicas[k] / n, 0.01 * replicas[k]) << name << " quantity " << k;
+    }
+  }
+  for (const auto& c : {Case{"resume_full2", 2, full}, Case{"resume_dp2", 2, ""}, Case{"resume_one", 1, ""}}) {
+    stopped_at_step_10(dir.path("full4"), dir.path(c.name));
+    const auto log = dir.path(c.name + ".log");
+    const auto cmd = (c.ranks == 1 ? single() : launch(c.ranks)) + sft_command(dir.path(c.name), c.extra) + " --resume";
+    ASSERT_EQ(run(cmd, log), 0) << tail_of(log);
+    EXPECT_NE(read_file(log).find("resumed from"), std::string::npos) << tail_of(log);
+    std::string where;
+    EXPECT_LE(max_relative_difference(dir.path("full4/model"), dir.path(c.name) + "/model", &where), 1e-5)
+        << c.name << ": " << where;
+  }
 }
 
 // Expert parallelism, one MoE layer (dist_worker moe_ep): outputs, input gradients and parameter
@@ -346,7 +413,7 @@ TEST(DataParallel, ExpertParallelSftMatchesOneProcessAndResumesOnOtherLayouts) {
 
 TEST(DataParallel, ResumeOnTheSameAndOtherWorldSizes) {
   test::TempDir dir;
-  const auto zero = std::string("--set run.dist.zero1=true");
+  const auto zero = std::string("--set run.dist.sharding=optimizer");
   ASSERT_EQ(run(launch(2) + sft_command(dir.path("full"), zero), dir.path("full.log")), 0)
       << tail_of(dir.path("full.log"));
   struct Case {
@@ -396,14 +463,28 @@ TEST(DataParallel, GrpoMatchesOneProcess) {
   }
   ASSERT_GT(reward, 0) << "the fixture model should earn some reward";
   ASSERT_GT(refills, 0) << "dynamic sampling should refill some steps";
-  for (const auto& [ranks, extra] : {std::pair<int, std::string>{2, ""}, std::pair<int, std::string>{3, ""},
-                                     std::pair<int, std::string>{2, "--set run.dist.zero1=true"}}) {
-    const auto name = "dp" + std::to_string(ranks) + (extra.empty() ? "" : "_zero1");
+  for (const auto& [ranks, extra, tag] :
+       {std::tuple<int, std::string, std::string>{2, "", ""}, std::tuple<int, std::string, std::string>{3, "", ""},
+        std::tuple<int, std::string, std::string>{2, "--set run.dist.sharding=optimizer", "_zero1"},
+        std::tuple<int, std::string, std::string>{2, "--set run.dist.sharding=full", "_full"},
+        std::tuple<int, std::string, std::string>{4, "--set run.dist.sharding=full", "_full"},
+        std::tuple<int, std::string, std::string>{2, "--set run.dist.expert_parallel=2", "_ep"}}) {
+    const auto name = "dp" + std::to_string(ranks) + tag;
     const auto log = dir.path(name + ".log");
     ASSERT_EQ(run(launch(ranks) + grpo_command(dir.path(name), extra), log), 0) << tail_of(log);
     std::string where;
-    EXPECT_LE(max_relative_difference(dir.path("one/model"), dir.path(name) + "/model", &where), 1e-5)
-        << name << ": " << where;
+    if (tag == "_full" || tag == "_ep") {
+      // Sharded or split, every tensor holds 1e-5 but the embedding: two rows of it (rare byte
+      // tokens, gradients at rounding-noise level, which AdamW scales up to steps of the learning
+      // rate's size) end 1.2e-5..2.0e-5 from one process after 6 steps (docs/distributed.md).
+      EXPECT_LE(max_relative_difference(dir.path("one/model"), dir.path(name) + "/model", &where, "embed_tokens"), 1e-5)
+          << name << ": " << where;
+      EXPECT_LE(max_relative_difference(dir.path("one/model"), dir.path(name) + "/model", &where), 5e-5)
+          << name << ": " << where;
+    } else {
+      EXPECT_LE(max_relative_difference(dir.path("one/model"), dir.path(name) + "/model", &where), 1e-5)
+          << name << ": " << where;
+    }
     // The same completions: every step's rewards, lengths and refills over all ranks are those of
     // one process.
     const auto dp = read_metrics(dir.path(name + "/metrics.jsonl"));

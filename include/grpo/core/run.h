@@ -37,7 +37,9 @@ struct RunConfig {
     v("log_level", log_level, "console and log.txt verbosity",
       Check().one_of({"trace", "debug", "info", "warn", "error"}));
     v("progress_interval_s", progress_interval_s, "seconds between progress lines", Check().ge(0));
-    v("dist", dist, "multi-process runs: backend, collective timeout, gradient buckets, ZeRO-1 (docs/distributed.md)");
+    v("dist", dist,
+      "multi-process runs: backend, collective timeout, gradient buckets, sharding, expert parallelism "
+      "(docs/distributed.md)");
   }
 };
 

@@ -10,6 +10,10 @@
 //   dp.step(norm);                                     // AdamW when the norm is finite
 //   dp.update_router_biases(gamma);                    // identical on every rank
 //
+// Full sharding (run.dist.sharding: full, grpo/dist/fully_shard.h): parameters, gradients and
+// AdamW's moments are 1/N per rank; blocks are gathered as the passes reach them, gradients
+// reduce-scattered as their backward ends; the model is whole again when DataParallel ends.
+//
 // Expert parallelism (run.dist.expert_parallel > 1, grpo/dist/expert_parallel.h): the constructor
 // splits the MoE experts over the expert groups and the destructor gathers them back, so the model
 // is whole before and after the trainer's loop; the experts' gradients are summed over their
@@ -25,8 +29,10 @@
 #include <vector>
 
 #include "grpo/dist/expert_parallel.h"
+#include "grpo/dist/fully_shard.h"
 #include "grpo/dist/grad_sync.h"
 #include "grpo/dist/sharded_optimizer.h"
+#include "grpo/dist/whole_model.h"
 #include "grpo/dist/world.h"
 #include "grpo/model/causal_lm.h"
 #include "grpo/train/optimizer.h"
@@ -42,9 +48,10 @@ class DataParallel {
 
   World& world() { return world_; }
   ExpertParallel* expert_parallel() { return experts_.get(); }
-  // The model with every expert on every rank while the result lives (nothing to do without
-  // expert parallelism). Collective.
-  ExpertParallel::Gathered whole_model() { return ExpertParallel::Gathered(experts_.get()); }
+  FullyShard* fully_shard() { return fsdp_.get(); }
+  // The whole model on every rank while the result lives (nothing to do without expert
+  // parallelism or full sharding). Collective.
+  WholeModel whole_model() { return WholeModel(experts_.get(), fsdp_.get()); }
   ShardedOptimizer& optimizer() { return *optimizer_; }
 
   void begin_step(double lr);
@@ -59,8 +66,9 @@ class DataParallel {
 
   // Expert parallelism pairs every rank's all-to-alls: every rank runs every micro-batch's forward
   // and backward, through the same layers (a rank without rows: a stand-in row, loss 0).
-  bool lockstep() const { return experts_ && experts_->active(); }
-  // 0 times every output the forward made (logits, MTP logits, balance loss): added to a loss, it
+  bool lockstep() const { return (experts_ && experts_->active()) || fsdp_ != nullptr; }
+  // 0 times every output the forward made (logits or hidden states, MTP logits, balance loss; a
+  // CPU scalar): added to a loss, it
   // leaves the gradients as they are and makes the backward reach every layer, as on every rank.
   static torch::Tensor graph_anchor(const model::ForwardOutput& out);
   // The MoE layers' load counters, to put back after a stand-in forward (not counted).
@@ -71,9 +79,13 @@ class DataParallel {
   model::CausalLM model_;
   World& world_;
   std::unique_ptr<ExpertParallel> experts_;  // first made, last gone: the model is whole again after
+  std::unique_ptr<FullyShard> fsdp_;         // sharding full (then no GradSync: reduce-scatters)
   std::unique_ptr<ShardedOptimizer> optimizer_;
   std::unique_ptr<GradSync> sync_;         // the replicated parameters, over the world
   std::unique_ptr<GradSync> expert_sync_;  // the experts, over their replicas (expert parallel)
+  bool logged_memory_ = false;
+
+  void log_memory(const char* when) const;
 };
 
 // Checks that every rank holds the same parameters and buffers (each tensor's sum and sum of

@@ -20,11 +20,13 @@ namespace grpo::dist {
 
 // `run.dist`: how ranks talk to each other and what data parallelism shards.
 struct DistConfig {
-  std::string backend = "auto";  // auto (nccl on CUDA, gloo on CPU) | nccl | gloo
-  double timeout_s = 300;        // a collective that waits longer fails (a dead or stuck rank)
-  double bucket_mb = 25;         // gradient all-reduce bucket size (MiB), launched as buckets fill in backward
-  bool zero1 = false;            // ZeRO-1: each rank keeps and updates 1/N of AdamW's moments
-  int64_t expert_parallel = 1;   // ranks sharing each MoE layer's routed experts (1: every rank holds all)
+  std::string backend = "auto";       // auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+  double timeout_s = 300;             // a collective that waits longer fails (a dead or stuck rank)
+  double bucket_mb = 25;              // gradient all-reduce bucket size (MiB), launched as buckets fill in backward
+  std::string sharding = "none";      // none | optimizer (ZeRO-1) | full (FSDP: parameters, gradients, moments)
+  bool reshard_after_forward = true;  // full: free a block's gathered parameters after its forward
+  bool prefetch = true;               // full: start the next block's all-gather ahead
+  int64_t expert_parallel = 1;        // ranks sharing each MoE layer's routed experts (1: every rank holds all)
 
   template <class V>
   void visit(V& v) {
@@ -32,7 +34,13 @@ struct DistConfig {
     v("backend", backend, "auto (nccl on CUDA, gloo on CPU), nccl or gloo", Check().one_of({"auto", "nccl", "gloo"}));
     v("timeout_s", timeout_s, "seconds a collective may wait for the other ranks", Check().gt(0));
     v("bucket_mb", bucket_mb, "gradient all-reduce bucket size in MiB", Check().gt(0));
-    v("zero1", zero1, "shard AdamW's moments across ranks (ZeRO-1), then all-gather the parameters");
+    v("sharding", sharding,
+      "none (replicas), optimizer (ZeRO-1: AdamW's moments 1/N per rank) or full (FSDP: parameters, gradients and "
+      "moments 1/N per rank, gathered per block)",
+      Check().one_of({"none", "optimizer", "full"}));
+    v("reshard_after_forward", reshard_after_forward,
+      "sharding full: free each block's gathered parameters after its forward (gathered again for the backward)");
+    v("prefetch", prefetch, "sharding full: start the next block's all-gather while this one runs");
     v("expert_parallel", expert_parallel,
       "ranks that split each MoE layer's routed experts between them, tokens exchanged all-to-all; must divide the "
       "world size and the number of experts (1 = none)",

@@ -1,7 +1,7 @@
 // The trainers' AdamW under data parallelism, plain or ZeRO-1, and its checkpoint shards.
 //
 // Plain: every rank holds AdamW over every trainable parameter; the ranks' gradients are equal
-// after GradSync, so their updates are too. ZeRO-1 (run.dist.zero1): the parameters are
+// after GradSync, so their updates are too. ZeRO-1 (run.dist.sharding: optimizer): the parameters are
 // partitioned among the ranks (whole tensors, largest first, each to the rank with the fewest
 // elements so far, as torch's ZeroRedundancyOptimizer); each rank's AdamW holds and updates only
 // its share's moments (about 1/N of the optimizer memory), then every rank's updated parameters
@@ -29,6 +29,7 @@
 namespace grpo::dist {
 
 class ExpertParallel;
+class FullyShard;
 
 // One parameter's AdamW state, by name.
 struct AdamState {
@@ -42,6 +43,10 @@ class ShardedOptimizer {
   // make_optimizer's AdamW (grpo/train/optimizer.h) over every trainable parameter of `model`, or
   // under ZeRO-1 (zero1 and a world of more than one) over this rank's share.
   ShardedOptimizer(torch::nn::Module& model, const train::OptimizerConfig& cfg, World& world, bool zero1);
+  // Full sharding (grpo/dist/fully_shard.h): AdamW over the chunks in `groups` (split_parameters'
+  // groups of the whole parameters, each tensor replaced by its chunk); their moments are saved
+  // whole (gathered, so owned_states is collective) and loaded as this rank's chunk.
+  ShardedOptimizer(const train::ParamGroups& groups, const train::OptimizerConfig& cfg, World& world, FullyShard& fsdp);
 
   torch::optim::AdamW& adamw() { return *adamw_; }
   bool zero1() const { return zero1_; }
@@ -70,8 +75,12 @@ class ShardedOptimizer {
   // loaded as this rank's block, so that checkpoints do not depend on the layout.
   void set_expert_parallel(ExpertParallel* ep) { experts_ = ep; }
   ExpertParallel* expert_parallel() const { return experts_; }
+  FullyShard* fully_shard() const { return fsdp_; }
 
  private:
+  // params_, names_ (the decay group, then the others) and owner_ from `groups`.
+  void take_parameters(const train::ParamGroups& groups);
+
   World& world_;
   train::OptimizerConfig cfg_;
   bool zero1_;
@@ -80,6 +89,7 @@ class ShardedOptimizer {
   std::vector<int64_t> owner_;
   std::unique_ptr<torch::optim::AdamW> adamw_;
   ExpertParallel* experts_ = nullptr;
+  FullyShard* fsdp_ = nullptr;
 };
 
 // The partition: owner rank of each of `numels` (largest first, to the least-loaded rank, ties to

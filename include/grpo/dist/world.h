@@ -78,7 +78,7 @@ class World {
   class Pending {
    public:
     Pending() = default;
-    Pending(c10::intrusive_ptr<c10d::Work> work, const World* world);
+    Pending(c10::intrusive_ptr<c10d::Work> work, const World* world, const char* what = "gradient all_reduce");
     ~Pending();
     Pending(Pending&&) noexcept;
     Pending& operator=(Pending&&) noexcept;
@@ -87,8 +87,14 @@ class World {
    private:
     c10::intrusive_ptr<c10d::Work> work_;
     const World* world_ = nullptr;
+    const char* what_ = "";
   };
   Pending all_reduce_async(torch::Tensor& t);
+  // out [size * n] = every rank's `in` [n], in rank order; both contiguous on comm_device() and kept
+  // alive until wait().
+  Pending all_gather_async(torch::Tensor& out, torch::Tensor& in);
+  // out [n] = the sum over ranks of their in[rank n, (rank + 1) n) (in [size * n]); synchronous.
+  void reduce_scatter(torch::Tensor& out, torch::Tensor& in);
 
   // A process group of some of this group's ranks (`ranks`: their ranks here, ascending), with its
   // own communicator, so that its collectives never interleave with this group's (expert

@@ -13,6 +13,7 @@
 #include <memory>
 #include <vector>
 
+#include "grpo/model/block_hooks.h"
 #include "grpo/model/decoder_layer.h"
 #include "grpo/model/kv_cache.h"
 #include "grpo/model/layers.h"
@@ -104,6 +105,9 @@ class CausalLMImpl : public torch::nn::Module {
   // (model/activation_checkpoint.h); applies to training-mode forwards with gradients and no KV
   // cache. The MTP modules are not checkpointed.
   bool activation_checkpointing = false;
+  // Called around every block run (grpo/model/block_hooks.h); null = none. Installed from outside
+  // (parameter sharding).
+  std::shared_ptr<BlockHooks> block_hooks;
 
  private:
   ModelConfig cfg_;

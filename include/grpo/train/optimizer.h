@@ -74,6 +74,10 @@ std::unique_ptr<torch::optim::AdamW> make_adamw(const ParamGroups& groups, const
 // A non-finite norm (inf/NaN gradients) is returned with the gradients left as they are: the caller
 // should skip the optimizer step (and zero the gradients). max_norm = 0 only measures.
 double clip_gradients(torch::nn::Module& model, double max_norm);
+// clip_gradients' last part, for norms computed elsewhere (sharded gradients): `total` is the
+// whole model's gradient norm (a float32 scalar tensor); scales `grads` by
+// min(1, max_norm / (total + 1e-6)) when max_norm > 0 and the norm is finite. Returns the norm.
+double clip_to_norm(std::vector<torch::Tensor>& grads, const torch::Tensor& total, double max_norm);
 
 // Sets the learning rate of every parameter group of `optimizer`.
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
