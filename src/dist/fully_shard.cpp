@@ -411,7 +411,10 @@ FullyShard::Gathered::Gathered(FullyShard* fsdp) : fsdp_(fsdp) {
     fsdp_ = nullptr;  // an outer one holds it
     return;
   }
-  for (int64_t u = 0; u <= s.root; ++u) s.gather(u);
+  for (int64_t u = 0; u <= s.root; ++u) {
+    was_gathered_.push_back(s.units[static_cast<size_t>(u)].gathered ? 1 : 0);
+    s.gather(u);
+  }
   s.whole = true;
 }
 
@@ -427,7 +430,9 @@ FullyShard::Gathered::~Gathered() {
     q.p.mutable_grad() = torch::Tensor();
   }
   s.whole = false;
-  for (int64_t u = 0; u <= s.root; ++u) s.reshard(u);
+  for (int64_t u = 0; u <= s.root; ++u) {
+    if (!was_gathered_[static_cast<size_t>(u)]) s.reshard(u);
+  }
 }
 
 }  // namespace grpo::dist

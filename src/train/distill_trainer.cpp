@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 
 #include "autocast.h"
@@ -103,17 +104,6 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     if (cfg_.on_policy_fraction >= 1.0 || example_of[i] >= 0) pool.push_back(static_cast<int64_t>(i));
   }
 
-  if (dist::config().sharding == "full" && dist::launch_env().distributed()) {
-    throw std::invalid_argument(stage_ +
-                                ": run.dist.sharding full is supported by SFT and GRPO so far (distillation does not "
-                                "run in lockstep over the ranks yet); use none or optimizer");
-  }
-  if (dist::config().expert_parallel > 1) {
-    throw std::invalid_argument(stage_ + ": run.dist.expert_parallel " +
-                                std::to_string(dist::config().expert_parallel) +
-                                " is supported by SFT and GRPO so far (distillation does not run in lockstep over "
-                                "the expert groups yet); set it to 1");
-  }
   dist::DataParallel dp(student_, cfg_.optim);  // a world of one: plain AdamW, as always
   auto& world = dp.world();
   data::DataOrderConfig order_cfg;
@@ -155,6 +145,9 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     std::vector<const data::TokenizedExample*> rows;
     double gen_seconds = 0;
     int64_t batch_tokens = 0;
+    // Sharded or split: the student samples on its whole self (gathered on every rank).
+    std::optional<dist::WholeModel> whole;
+    if (on_policy) whole.emplace(dp.expert_parallel(), dp.fully_shard());
     if (batch_idx.empty()) {
       // no rows on this rank this step: it still takes part in the gradient sum
     } else if (on_policy) {
@@ -187,6 +180,7 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
         rows.push_back(&examples[static_cast<size_t>(example_of[static_cast<size_t>(pool[static_cast<size_t>(k)])])]);
       }
     }
+    whole.reset();
     const SftBatch batch = rows.empty() ? SftBatch{} : pad_batch(rows);
     const int64_t t = rows.empty() ? 0 : batch.input_ids.size(1);
     // Position i predicts token i + 1 when that token is a completion token.
@@ -235,7 +229,18 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
           balance = out.balance_loss.item<double>() * row_share;
           loss = loss + out.balance_loss * row_share;
         }
+        if (dp.lockstep()) loss = loss + dist::DataParallel::graph_anchor(out).to(loss.device());
         dp.backward(loss, true);
+      } else if (dp.lockstep()) {
+        // Sharded or split: a rank without tokens still runs the pass, on a stand-in (loss 0, its
+        // router loads not counted).
+        AutocastScope ac(autocast);
+        const auto ids = torch::zeros({1, 2}, torch::TensorOptions().dtype(torch::kLong).device(device));
+        const auto kept = dp.router_loads();
+        const auto out = student_->forward(ids, torch::arange(2, ids.options()).unsqueeze(0), torch::ones_like(ids),
+                                           nullptr, hidden_only);
+        dp.restore_router_loads(kept);
+        dp.backward(dist::DataParallel::graph_anchor(out), true);
       }
       grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
       if (!dp.step(grad_norm)) log::warn("{}: step {}: non-finite gradient norm, step skipped", stage_, step + 1);
@@ -271,6 +276,7 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     result.last_loss = loss_value;
     const bool last = step == cfg_.steps;
     if (eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0))) {
+      const auto whole_for_eval = dp.whole_model();  // sharded: evaluation sees the whole student
       for (auto& m : eval(step)) metrics.push_back(std::move(m));
     }
     run_.metrics().write(step, metrics);

@@ -542,6 +542,21 @@ TEST(DataParallel, DistillMatchesOneProcess) {
       max_relative_difference(dir.path("one/student_model"), dir.path("two/student_model"), &where, "k_proj.bias"),
       1e-5)
       << where;
+  // Fully sharded on 2 ranks (the student's blocks gathered as the passes reach them; on-policy
+  // steps sample on the gathered student): the same traces, tokens and weights.
+  ASSERT_EQ(run(launch(2) + distill_command(dir.path("full")) + " --set run.dist.sharding=full", dir.path("full.log")),
+            0)
+      << tail_of(dir.path("full.log"));
+  const auto full = read_metrics(dir.path("full/metrics.jsonl"));
+  ASSERT_EQ(one.size(), full.size());
+  for (size_t i = 0; i < one.size(); ++i) {
+    EXPECT_EQ(one[i].get("completion_tokens", -1), full[i].get("completion_tokens", -2)) << "row " << i;
+    EXPECT_NEAR(one[i].get("divergence", -1), full[i].get("divergence", -2), 1e-5) << "row " << i;
+  }
+  EXPECT_LE(
+      max_relative_difference(dir.path("one/student_model"), dir.path("full/student_model"), &where, "k_proj.bias"),
+      1e-5)
+      << "full: " << where;
 }
 
 // The pid of the process of rank `rank` whose command line mentions `marker` (or -1).

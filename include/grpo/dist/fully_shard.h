@@ -80,6 +80,7 @@ class FullyShard {
 
    private:
     FullyShard* fsdp_;
+    std::vector<char> was_gathered_;  // units gathered before: they stay so
   };
 
   struct State;
