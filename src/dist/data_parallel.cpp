@@ -159,10 +159,9 @@ double DataParallel::reduce_gradients(double max_grad_norm) {
   }
   if (grads.empty()) return 0.0;
   if (!expert_index.empty()) {
-    auto squares = torch::empty({static_cast<int64_t>(expert_index.size())}, torch::kDouble);
-    for (size_t k = 0; k < expert_index.size(); ++k) {
-      squares[static_cast<int64_t>(k)] = norms[expert_index[k]].to(torch::kDouble).square().item<double>();
-    }
+    std::vector<torch::Tensor> expert_norms;
+    for (const size_t k : expert_index) expert_norms.push_back(norms[k].to(torch::kDouble));
+    auto squares = torch::stack(expert_norms).square().cpu();  // one copy to the host
     experts_->group().all_reduce(squares);
     for (size_t k = 0; k < expert_index.size(); ++k) {
       auto& n = norms[expert_index[k]];
@@ -185,27 +184,32 @@ bool DataParallel::step(double grad_norm) {
 }
 
 torch::Tensor DataParallel::graph_anchor(const model::ForwardOutput& out) {
-  auto anchor = torch::zeros({}, torch::kFloat);
-  if (out.logits.defined()) anchor = anchor + out.logits.sum().to(torch::kFloat).cpu();
-  if (out.hidden.defined()) anchor = anchor + out.hidden.sum().to(torch::kFloat).cpu();
-  for (const auto& l : out.mtp_logits) anchor = anchor + l.sum().to(torch::kFloat).cpu();
-  if (out.balance_loss.defined()) anchor = anchor + out.balance_loss.to(torch::kFloat).cpu();
+  torch::Tensor anchor;  // on the outputs' device: no copy to the host in the step
+  const auto add = [&](const torch::Tensor& t) {
+    if (!t.defined()) return;
+    const auto s = t.sum().to(torch::kFloat);
+    anchor = anchor.defined() ? anchor + s : s;
+  };
+  add(out.logits);
+  add(out.hidden);
+  for (const auto& l : out.mtp_logits) add(l);
+  add(out.balance_loss);
+  TORCH_CHECK(anchor.defined(), "graph_anchor: the forward returned no output");
   return anchor * 0;
 }
 
-std::vector<torch::Tensor> DataParallel::router_loads() const {
-  std::vector<torch::Tensor> out;
+void DataParallel::stand_in(const std::function<torch::Tensor()>& zero_loss, bool last_micro_batch) {
+  // The router loads before the pass, put back after it: a stand-in's tokens are not counted.
+  std::vector<torch::Tensor> loads;
   for (const auto& m : model_->modules(/*include_self=*/false)) {
-    if (const auto* moe = m->as<model::MoeImpl>()) out.push_back(moe->expert_load().clone());
+    if (const auto* moe = m->as<model::MoeImpl>()) loads.push_back(moe->expert_load().clone());
   }
-  return out;
-}
-
-void DataParallel::restore_router_loads(const std::vector<torch::Tensor>& loads) {
+  const auto loss = zero_loss();
   size_t i = 0;
   for (const auto& m : model_->modules(/*include_self=*/false)) {
     if (auto* moe = m->as<model::MoeImpl>()) moe->expert_load().copy_(loads.at(i++));
   }
+  backward(loss, last_micro_batch);
 }
 
 std::vector<double> DataParallel::update_router_biases(double gamma) {

@@ -159,13 +159,11 @@ struct FullyShard::State : model::BlockHooks {
     auto& unit = units[static_cast<size_t>(u)];
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> columns;
-    bool any = false;
     for (const size_t i : unit.params) {
       auto& q = params[i];
       auto flat = torch::zeros({q.chunk * n}, q.shard.options().device(world->comm_device()));
       if (q.p.grad().defined()) {
         flat.narrow(0, 0, q.numel).copy_(q.p.grad().reshape({-1}));
-        any = true;
       }
       columns.push_back(flat.view({n, q.chunk}));
     }
@@ -173,7 +171,6 @@ struct FullyShard::State : model::BlockHooks {
     auto out = torch::empty({unit.row}, in.options());
     // Every rank takes part, also one whose unit got no gradient (zeros).
     reduces->reduce_scatter(out, in);
-    (void)any;
     for (const size_t i : unit.params) {
       auto& q = params[i];
       q.p.mutable_grad() = torch::Tensor();
@@ -370,17 +367,16 @@ double FullyShard::clip(double max_norm) {
   // from its chunks' squared norms summed over ranks), then the norm of those norms, and the
   // coefficient in float32, so that the clipped gradients round as one process's do.
   auto& s = *state_;
-  std::vector<torch::Tensor> grads;
-  std::vector<double> squares;
+  std::vector<torch::Tensor> grads, chunk_norms;
   for (auto& q : s.params) {
     if (!q.shard.grad().defined()) continue;
     grads.push_back(q.shard.grad());
-    squares.push_back(
-        at::linalg_vector_norm(q.shard.grad(), 2, std::nullopt, false, torch::kDouble).square().item<double>());
+    chunk_norms.push_back(at::linalg_vector_norm(q.shard.grad(), 2, std::nullopt, false, torch::kDouble));
   }
   if (grads.empty()) return 0.0;
-  squares = s.world->sum(std::move(squares));
-  auto norms = torch::tensor(squares, torch::kDouble).sqrt().to(torch::kFloat);
+  auto squares = torch::stack(chunk_norms).square();  // summed over ranks: each whole tensor's
+  s.world->all_reduce(squares);
+  auto norms = squares.sqrt().to(torch::kFloat);
   return train::clip_to_norm(grads, at::linalg_vector_norm(norms, 2), max_norm);
 }
 

@@ -229,18 +229,19 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
           balance = out.balance_loss.item<double>() * row_share;
           loss = loss + out.balance_loss * row_share;
         }
-        if (dp.lockstep()) loss = loss + dist::DataParallel::graph_anchor(out).to(loss.device());
+        if (dp.lockstep()) loss = loss + dist::DataParallel::graph_anchor(out);
         dp.backward(loss, true);
       } else if (dp.lockstep()) {
         // Sharded or split: a rank without tokens still runs the pass, on a stand-in (loss 0, its
         // router loads not counted).
         AutocastScope ac(autocast);
         const auto ids = torch::zeros({1, 2}, torch::TensorOptions().dtype(torch::kLong).device(device));
-        const auto kept = dp.router_loads();
-        const auto out = student_->forward(ids, torch::arange(2, ids.options()).unsqueeze(0), torch::ones_like(ids),
-                                           nullptr, hidden_only);
-        dp.restore_router_loads(kept);
-        dp.backward(dist::DataParallel::graph_anchor(out), true);
+        dp.stand_in(
+            [&] {
+              return dist::DataParallel::graph_anchor(student_->forward(
+                  ids, torch::arange(2, ids.options()).unsqueeze(0), torch::ones_like(ids), nullptr, hidden_only));
+            },
+            true);
       }
       grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
       if (!dp.step(grad_norm)) log::warn("{}: step {}: non-finite gradient norm, step skipped", stage_, step + 1);

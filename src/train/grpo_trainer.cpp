@@ -246,7 +246,7 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
         mtp = model::mtp_loss(f.model, ids, mtp_mask, cfg_.mtp_weight) * row_share;
         loss = loss + mtp;
       }
-      if (dp.lockstep()) loss = loss + f.logps.sum() * 0 + dist::DataParallel::graph_anchor(f.model).to(loss.device());
+      if (dp.lockstep()) loss = loss + f.logps.sum() * 0 + dist::DataParallel::graph_anchor(f.model);
       dp.backward(loss, b + cfg_.micro_batch_size >= n && mine == passes);
       torch::NoGradGuard no_grad;
       const auto token_weight = cmask.sum().to(torch::kFloat) * per_token;
@@ -266,13 +266,14 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
     for (int64_t k = mine; k < passes; ++k) {
       AutocastScope ac(autocast);
       const auto ids = torch::zeros({1, 2}, torch::TensorOptions().dtype(torch::kLong).device(device));
-      const auto kept = dp.router_loads();
-      const auto f = completion_forward(
-          model_, ids, torch::ones_like(ids), torch::arange(2, ids.options()).unsqueeze(0), 1,
-          {.temperature = temperature, .chunk_size = cfg_.logprob_chunk_size, .mtp = has_mtp});
-      dp.restore_router_loads(kept);
-      dp.backward(f.logps.sum().to(torch::kFloat).cpu() * 0 + dist::DataParallel::graph_anchor(f.model),
-                  k + 1 == passes);
+      dp.stand_in(
+          [&] {
+            const auto f = completion_forward(
+                model_, ids, torch::ones_like(ids), torch::arange(2, ids.options()).unsqueeze(0), 1,
+                {.temperature = temperature, .chunk_size = cfg_.logprob_chunk_size, .mtp = has_mtp});
+            return f.logps.sum().to(torch::kFloat) * 0 + dist::DataParallel::graph_anchor(f.model);
+          },
+          k + 1 == passes);
     }
     s.grad_norm = dp.reduce_gradients(cfg_.optim.max_grad_norm);
     if (!dp.step(s.grad_norm)) {

@@ -262,11 +262,12 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
         const SftBatch b = rows_of(global, 0, 1);
         model::ForwardOptions fo;
         fo.mtp = has_mtp;
-        const auto kept = dp.router_loads();
-        const auto out = model_->forward(b.input_ids.to(device), b.position_ids.to(device), b.attention_mask.to(device),
-                                         nullptr, fo);
-        dp.restore_router_loads(kept);
-        dp.backward(dist::DataParallel::graph_anchor(out), m == last_mine);
+        dp.stand_in(
+            [&] {
+              return dist::DataParallel::graph_anchor(model_->forward(b.input_ids.to(device), b.position_ids.to(device),
+                                                                      b.attention_mask.to(device), nullptr, fo));
+            },
+            m == last_mine);
         continue;
       }
       const SftBatch b = world.distributed() ? rows_of(global, begin, end) : global;

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -68,12 +69,12 @@ class DataParallel {
   // and backward, through the same layers (a rank without rows: a stand-in row, loss 0).
   bool lockstep() const { return (experts_ && experts_->active()) || fsdp_ != nullptr; }
   // 0 times every output the forward made (logits or hidden states, MTP logits, balance loss; a
-  // CPU scalar): added to a loss, it
-  // leaves the gradients as they are and makes the backward reach every layer, as on every rank.
+  // scalar on their device): added to a loss, it leaves the gradients as they are and makes the
+  // backward reach every layer, as on every rank.
   static torch::Tensor graph_anchor(const model::ForwardOutput& out);
-  // The MoE layers' load counters, to put back after a stand-in forward (not counted).
-  std::vector<torch::Tensor> router_loads() const;
-  void restore_router_loads(const std::vector<torch::Tensor>& loads);
+  // A lockstep rank's pass without rows: `zero_loss` runs a forward on a stand-in sequence and
+  // returns 0 times its outputs (graph_anchor); its router loads are not counted; then backward.
+  void stand_in(const std::function<torch::Tensor()>& zero_loss, bool last_micro_batch);
 
  private:
   model::CausalLM model_;
