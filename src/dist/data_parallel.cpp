@@ -17,12 +17,13 @@ void broadcast_model(torch::nn::Module& model, World& w) {
   for (auto& b : model.buffers()) w.broadcast(b, 0);
 }
 
-void check_replicas(torch::nn::Module& model, World& w) {
+void check_replicas(torch::nn::Module& model, World& w, const std::function<bool(const torch::Tensor&)>& skip) {
   if (!w.distributed()) return;
   std::vector<std::string> names;
   std::vector<torch::Tensor> prints;
   torch::NoGradGuard no_grad;
   auto add = [&](const std::string& name, const torch::Tensor& t) {
+    if (skip && skip(t)) return;
     const auto d = t.detach().to(torch::kCPU, torch::kDouble);
     names.push_back(name);
     prints.push_back(torch::stack({d.sum(), d.square().sum()}));
@@ -64,6 +65,7 @@ DataParallel::DataParallel(model::CausalLM& model, const train::OptimizerConfig&
       for (auto& t : *list) t = fsdp_->shard_of(t);
     }
     optimizer_ = std::make_unique<ShardedOptimizer>(groups, cfg, world_, *fsdp_);
+    plan_generation();
     log_memory("planned");
     return;
   }
@@ -74,7 +76,13 @@ DataParallel::DataParallel(model::CausalLM& model, const train::OptimizerConfig&
   for (const auto& p : optimizer_->params()) (experts_->is_expert(p) ? experts : replicated).push_back(p);
   sync_ = std::make_unique<GradSync>(replicated, world_, config().bucket_mb);
   if (!experts.empty()) expert_sync_ = std::make_unique<GradSync>(experts, experts_->replicas(), config().bucket_mb);
+  plan_generation();
   log_memory("planned");
+}
+
+void DataParallel::plan_generation() {
+  layout_ = parse_generation_layout(config().generation);
+  if (layout_ == GenerationLayout::sharded && lockstep()) paired_ = std::make_shared<PairedForwards>(world_);
 }
 
 void DataParallel::log_memory(const char* when) const {
@@ -121,6 +129,7 @@ void DataParallel::begin_step(double lr) {
 
 void DataParallel::backward(const torch::Tensor& loss, bool last_micro_batch) {
   if (fsdp_) {
+    fsdp_->set_gradient_sync(last_micro_batch || config().reduce_every_micro_batch);
     fsdp_->arm(loss);
     loss.backward();
     fsdp_->finish_backward();
@@ -151,8 +160,7 @@ double DataParallel::reduce_gradients(double max_grad_norm) {
   for (const auto& p : optimizer_->params()) {
     if (!p.grad().defined()) continue;
     const auto& g = p.grad();
-    const auto dtype = g.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-    auto norm = at::linalg_vector_norm(g, 2, std::nullopt, false, dtype);
+    auto norm = at::linalg_vector_norm(g, 2, std::nullopt, false, torch::kDouble);  // as clip_gradients
     if (experts_->is_expert(p)) expert_index.push_back(norms.size());
     grads.push_back(g);
     norms.push_back(norm);
@@ -160,12 +168,12 @@ double DataParallel::reduce_gradients(double max_grad_norm) {
   if (grads.empty()) return 0.0;
   if (!expert_index.empty()) {
     std::vector<torch::Tensor> expert_norms;
-    for (const size_t k : expert_index) expert_norms.push_back(norms[k].to(torch::kDouble));
+    for (const size_t k : expert_index) expert_norms.push_back(norms[k]);
     auto squares = torch::stack(expert_norms).square().cpu();  // one copy to the host
     experts_->group().all_reduce(squares);
     for (size_t k = 0; k < expert_index.size(); ++k) {
       auto& n = norms[expert_index[k]];
-      n = squares[static_cast<int64_t>(k)].sqrt().to(n.scalar_type());
+      n = squares[static_cast<int64_t>(k)].sqrt();
     }
   }
   const auto device = grads.front().device();

@@ -3,6 +3,7 @@
 #include <torch/autograd.h>
 
 #include <exception>
+#include <functional>
 #include <stdexcept>
 
 #include "grpo/core/log.h"
@@ -151,6 +152,65 @@ void ExpertParallel::uncut() {
   }
   for (auto* moe : layers_) moe->exchange = nullptr;
   cut_ = false;
+}
+
+void ExpertParallel::cut_layer(model::MoeImpl* moe) {
+  torch::NoGradGuard no_grad;
+  for (auto* t : {&moe->experts_gate, &moe->experts_up, &moe->experts_down}) {
+    t->mutable_grad() = torch::Tensor();
+    t->set_data(local_block(t->detach()).clone());
+  }
+  moe->exchange = exchange_;
+}
+
+void ExpertParallel::uncut_layer(model::MoeImpl* moe) {
+  torch::NoGradGuard no_grad;
+  for (auto* t : {&moe->experts_gate, &moe->experts_up, &moe->experts_down}) {
+    t->mutable_grad() = torch::Tensor();
+    t->set_data(gather(t->detach()));
+  }
+  moe->exchange = nullptr;
+}
+
+namespace {
+
+class ExpertsBlockByBlock : public model::BlockHooks {
+ public:
+  ExpertsBlockByBlock(std::vector<model::MoeImpl*> of_block, std::function<void(model::MoeImpl*)> cut,
+                      std::function<void(model::MoeImpl*)> uncut)
+      : of_block_(std::move(of_block)), cut_(std::move(cut)), uncut_(std::move(uncut)) {}
+  void before_block(int64_t index) override {
+    if (auto* moe = at(index); moe != nullptr && moe->exchange) uncut_(moe);
+  }
+  void after_block(int64_t index, const std::vector<torch::Tensor>&) override {
+    if (auto* moe = at(index); moe != nullptr && !moe->exchange) cut_(moe);
+  }
+
+ private:
+  model::MoeImpl* at(int64_t index) const {
+    return index >= 0 && index < static_cast<int64_t>(of_block_.size()) ? of_block_[static_cast<size_t>(index)]
+                                                                        : nullptr;
+  }
+  std::vector<model::MoeImpl*> of_block_;  // block index -> its MoE layer, or null
+  std::function<void(model::MoeImpl*)> cut_, uncut_;
+};
+
+}  // namespace
+
+std::shared_ptr<model::BlockHooks> ExpertParallel::block_by_block(model::CausalLM& model) {
+  std::vector<model::MoeImpl*> of_block;
+  auto moe_of = [&](model::DecoderLayerImpl& layer) -> model::MoeImpl* {
+    if (!layer.moe || !cut_) return nullptr;
+    return layer.moe.get();
+  };
+  for (int64_t l = 0; l < model->config().num_hidden_layers; ++l) {
+    of_block.push_back(moe_of(*model->layers[l]->as<model::DecoderLayerImpl>()));
+  }
+  for (int64_t k = 0; model->mtp && k < static_cast<int64_t>(model->mtp->size()); ++k) {
+    of_block.push_back(moe_of(*model->mtp[k]->as<model::MtpModuleImpl>()->block));
+  }
+  return std::make_shared<ExpertsBlockByBlock>(
+      std::move(of_block), [this](model::MoeImpl* m) { cut_layer(m); }, [this](model::MoeImpl* m) { uncut_layer(m); });
 }
 
 ExpertParallel::Gathered::Gathered(ExpertParallel* ep) : ep_(ep != nullptr && ep->active() && ep->cut_ ? ep : nullptr) {

@@ -60,6 +60,8 @@ struct FullyShard::State : model::BlockHooks {
   std::unordered_map<const c10::TensorImpl*, size_t> param_of_impl, shard_of_impl;
   std::unordered_map<const torch::autograd::Node*, size_t> param_of_node;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  int64_t block_gathers = 0;
+  bool sync = true;    // reduce-scatter the gradients as each unit's backward ends
   bool whole = false;  // Gathered: everything gathered, hooks idle
   bool alive = true;
   bool in_backward = false;
@@ -68,7 +70,9 @@ struct FullyShard::State : model::BlockHooks {
   void start_gather(int64_t u) {
     auto& unit = units[static_cast<size_t>(u)];
     if (unit.gathered || unit.in_flight) return;
+    c10::InferenceMode normal(false);  // parameters' data stay normal tensors under generation's mode
     torch::NoGradGuard no_grad;
+    if (u != root) ++block_gathers;
     std::vector<torch::Tensor> parts;
     for (const size_t i : unit.params) parts.push_back(params[i].shard.detach());
     unit.send = torch::cat(parts).to(world->comm_device()).contiguous();
@@ -83,6 +87,7 @@ struct FullyShard::State : model::BlockHooks {
     start_gather(u);
     unit.pending.wait();
     unit.in_flight = false;
+    c10::InferenceMode normal(false);
     torch::NoGradGuard no_grad;
     const auto rows = unit.recv.view({n, unit.row});
     for (const size_t i : unit.params) {
@@ -99,6 +104,7 @@ struct FullyShard::State : model::BlockHooks {
   void reshard(int64_t u) {
     auto& unit = units[static_cast<size_t>(u)];
     if (!unit.gathered) return;
+    c10::InferenceMode normal(false);
     torch::NoGradGuard no_grad;
     for (const size_t i : unit.params) params[i].p.set_data(torch::empty({0}, params[i].p.options()));
     unit.gathered = false;
@@ -109,9 +115,13 @@ struct FullyShard::State : model::BlockHooks {
     if (whole || !alive) return;
     gather(index);
     if (!cfg.prefetch) return;
-    // Forward: the next block; recomputation in the backward: the one before.
+    // Forward: the next block (a decoder layer's is a decoder layer: the MTP modules run only when
+    // asked for, and a gather left in flight would hold stale values); recomputation in the
+    // backward: the one before.
+    const int64_t layers = model->config().num_hidden_layers;
     const int64_t next = model::recomputing() ? index - 1 : index + 1;
-    if (next >= 0 && next < root) start_gather(next);
+    const int64_t end = index < layers ? layers : root;
+    if (next >= 0 && next < end) start_gather(next);
   }
 
   void after_block(int64_t index, const std::vector<torch::Tensor>& outputs) override {
@@ -127,7 +137,11 @@ struct FullyShard::State : model::BlockHooks {
         });
       }
     }
-    if (cfg.reshard_after_forward && !model::recomputing()) reshard(index);
+    // An eval-mode forward without gradients (generation) never comes back for the block: free it
+    // whatever the config says. (A checkpointed block's first, gradient-free forward in training
+    // keeps it, as asked, for the recomputation.)
+    const bool keep = !cfg.reshard_after_forward && (torch::GradMode::is_enabled() || model->is_training());
+    if (!keep && !model::recomputing()) reshard(index);
   }
 
   void pre_backward(int64_t index) {
@@ -157,6 +171,11 @@ struct FullyShard::State : model::BlockHooks {
   // The unit's whole gradients -> each rank's chunk of their sum over ranks, added to the chunks'.
   void reduce(int64_t u) {
     auto& unit = units[static_cast<size_t>(u)];
+    if (!sync) {  // accumulating: the whole gradients stay, the parameters go
+      unit.reduced = true;
+      if (u != root) reshard(u);
+      return;
+    }
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> columns;
     for (const size_t i : unit.params) {
@@ -326,6 +345,8 @@ void FullyShard::begin_step() {
   s.gather(s.root);
 }
 
+void FullyShard::set_gradient_sync(bool sync) { state_->sync = sync; }
+
 void FullyShard::arm(const torch::Tensor& loss) {
   auto& s = *state_;
   s.next_reduce = 0;
@@ -363,9 +384,8 @@ void FullyShard::end_step() {
 }
 
 double FullyShard::clip(double max_norm) {
-  // As clip_gradients (torch.nn.utils.clip_grad_norm_): each whole tensor's norm in float32 (here
-  // from its chunks' squared norms summed over ranks), then the norm of those norms, and the
-  // coefficient in float32, so that the clipped gradients round as one process's do.
+  // As clip_gradients: each whole tensor's norm in float64 (here from its chunks' squared norms
+  // summed over ranks), then the norm of those norms, so that the coefficient is one process's.
   auto& s = *state_;
   std::vector<torch::Tensor> grads, chunk_norms;
   for (auto& q : s.params) {
@@ -376,8 +396,7 @@ double FullyShard::clip(double max_norm) {
   if (grads.empty()) return 0.0;
   auto squares = torch::stack(chunk_norms).square();  // summed over ranks: each whole tensor's
   s.world->all_reduce(squares);
-  auto norms = squares.sqrt().to(torch::kFloat);
-  return train::clip_to_norm(grads, at::linalg_vector_norm(norms, 2), max_norm);
+  return train::clip_to_norm(grads, at::linalg_vector_norm(squares.sqrt(), 2), max_norm);
 }
 
 int64_t FullyShard::parameter_bytes() const {
@@ -430,5 +449,24 @@ FullyShard::Gathered::~Gathered() {
     if (!was_gathered_[static_cast<size_t>(u)]) s.reshard(u);
   }
 }
+
+FullyShard::RootGathered::RootGathered(FullyShard* fsdp) : fsdp_(fsdp) {
+  if (fsdp_ == nullptr) return;
+  auto& s = *fsdp_->state_;
+  if (s.whole) {
+    fsdp_ = nullptr;  // a Gathered holds everything already
+    return;
+  }
+  was_gathered_ = s.units[static_cast<size_t>(s.root)].gathered;
+  s.gather(s.root);
+}
+
+FullyShard::RootGathered::~RootGathered() {
+  if (fsdp_ == nullptr) return;
+  auto& s = *fsdp_->state_;
+  if (!was_gathered_) s.reshard(s.root);
+}
+
+int64_t FullyShard::block_gathers() const { return state_->block_gathers; }
 
 }  // namespace grpo::dist

@@ -550,65 +550,114 @@ at::Tensor SafetensorsCheckpoint::load(const std::string& name) const { return f
 
 void save_checkpoint_tensors(const std::string& dir, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                              uint64_t max_shard_bytes, const std::map<std::string, std::string>& metadata) {
-  check_tensors(dir, tensors);
+  check_tensors(dir, tensors);  // every problem before anything is written
+  CheckpointWriter writer(dir, max_shard_bytes, metadata);
+  for (const auto& [name, tensor] : tensors) writer.add(name, tensor);
+  writer.finish();
+}
 
-  // Shards as huggingface_hub's split_torch_state_dict_into_shards packs them: in order, a new
-  // shard when the next tensor would tip the current one over the limit, and a tensor larger than
-  // the limit alone in a shard of its own.
-  std::vector<std::vector<std::size_t>> shards;
-  std::vector<std::size_t> current;
-  uint64_t current_bytes = 0, total_bytes = 0;
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const uint64_t bytes = byte_size(tensors[i].second);
-    total_bytes += bytes;
-    if (bytes > max_shard_bytes) {
-      shards.push_back({i});
-      continue;
-    }
-    if (current_bytes + bytes > max_shard_bytes) {
-      shards.push_back(std::move(current));
-      current.clear();
-      current_bytes = 0;
-    }
-    current.push_back(i);
-    current_bytes += bytes;
-  }
-  if (!current.empty() || shards.empty()) shards.push_back(std::move(current));
+namespace {
 
+std::string part_file_name(std::size_t index) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, ".part-%05zu.safetensors", index);
+  return buf;
+}
+
+}  // namespace
+
+CheckpointWriter::CheckpointWriter(std::string dir, uint64_t max_shard_bytes,
+                                   std::map<std::string, std::string> metadata)
+    : dir_(std::move(dir)), max_shard_bytes_(max_shard_bytes), metadata_(std::move(metadata)) {
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) fail(dir, "cannot create the folder: " + ec.message());
+  fs::create_directories(dir_, ec);
+  if (ec) fail(dir_, "cannot create the folder: " + ec.message());
+  // Parts an interrupted writer left are never a checkpoint.
+  for (const auto& entry : fs::directory_iterator(dir_, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(".part-", 0) == 0) fs::remove(entry.path(), ec);
+  }
+}
 
+CheckpointWriter::~CheckpointWriter() {
+  if (finished_) return;
+  std::error_code ec;
+  for (std::size_t k = 1; k <= parts_.size(); ++k) fs::remove(fs::path(dir_) / part_file_name(k), ec);
+}
+
+void CheckpointWriter::add(const std::string& name, const at::Tensor& tensor) {
+  if (finished_) fail(dir_, "tensor " + quote(name) + ": the checkpoint is already finished");
+  std::pair<std::string, at::Tensor> item{name, tensor};
+  check_tensors(dir_, {item});
+  if (std::find(seen_.begin(), seen_.end(), name) != seen_.end()) {
+    fail(dir_, "duplicate tensor name " + quote(name) + " (expected unique names)");
+  }
+  seen_.push_back(name);
+  item.second = to_plain_cpu(tensor);
+  if (item.second.data_ptr() == tensor.data_ptr()) item.second = item.second.clone();  // ours, not a view of theirs
+  // As huggingface_hub's split_torch_state_dict_into_shards packs them: in order, a new shard when
+  // the next tensor would tip the current one over the limit, and a tensor larger than the limit
+  // alone in a shard of its own (the current one goes on after it).
+  const uint64_t bytes = byte_size(item.second);
+  total_bytes_ += bytes;
+  if (bytes > max_shard_bytes_) {
+    write_part({std::move(item)});
+    return;
+  }
+  if (current_bytes_ + bytes > max_shard_bytes_) {
+    write_part(std::move(current_));
+    current_.clear();
+    current_bytes_ = 0;
+  }
+  current_.push_back(std::move(item));
+  current_bytes_ += bytes;
+}
+
+void CheckpointWriter::write_part(std::vector<std::pair<std::string, at::Tensor>> tensors) {
+  save_safetensors((fs::path(dir_) / part_file_name(parts_.size() + 1)).string(), tensors, metadata_);
+  std::vector<std::string> names;
+  for (const auto& t : tensors) names.push_back(t.first);
+  parts_.push_back(std::move(names));
+}
+
+void CheckpointWriter::finish() {
+  if (finished_) return;
+  if (!current_.empty() || parts_.empty()) write_part(std::move(current_));
+  current_.clear();
+  current_bytes_ = 0;
   std::set<std::string> written;
-  if (shards.size() == 1) {
-    save_safetensors((fs::path(dir) / kSingleFileName).string(), tensors, metadata);
+  const auto rename = [&](const std::string& from, const std::string& to) {
+    std::error_code ec;
+    fs::rename(fs::path(dir_) / from, fs::path(dir_) / to, ec);
+    if (ec) fail((fs::path(dir_) / to).string(), "cannot move the written " + from + " here: " + ec.message());
+  };
+  if (parts_.size() == 1) {
+    rename(part_file_name(1), kSingleFileName);
     written.insert(kSingleFileName);
   } else {
     json weight_map = json::object();
-    for (std::size_t s = 0; s < shards.size(); ++s) {
-      const std::string file_name = shard_file_name(s + 1, shards.size());
-      std::vector<std::pair<std::string, at::Tensor>> shard;
-      for (const std::size_t i : shards[s]) {
-        shard.push_back(tensors[i]);
-        weight_map[tensors[i].first] = file_name;
-      }
-      save_safetensors((fs::path(dir) / file_name).string(), shard, metadata);
+    for (std::size_t k = 0; k < parts_.size(); ++k) {
+      const std::string file_name = shard_file_name(k + 1, parts_.size());
+      rename(part_file_name(k + 1), file_name);
+      for (const auto& name : parts_[k]) weight_map[name] = file_name;
       written.insert(file_name);
     }
-    const json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
+    const json index = {{"metadata", {{"total_size", total_bytes_}}}, {"weight_map", weight_map}};
     // As transformers writes it: sorted keys (json objects are sorted maps), indent 2, newline.
-    write_file_atomic((fs::path(dir) / kIndexFileName).string(), index.dump(2) + "\n");
+    write_file_atomic((fs::path(dir_) / kIndexFileName).string(), index.dump(2) + "\n");
     written.insert(kIndexFileName);
   }
+  finished_ = true;
 
   // Remove what an earlier save left that this one does not use, as save_pretrained does.
+  std::error_code ec;
   std::vector<fs::path> stale;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+  for (const auto& entry : fs::directory_iterator(dir_, ec)) {
     const std::string name = entry.path().filename().string();
     const bool ours = name == kSingleFileName || name == kIndexFileName || is_shard_file_name(name);
     if (ours && !written.count(name)) stale.push_back(entry.path());
   }
-  if (ec) fail(dir, "cannot list the folder: " + ec.message());
+  if (ec) fail(dir_, "cannot list the folder: " + ec.message());
   for (const fs::path& file : stale)
     if (!fs::remove(file, ec) && ec) fail(file.string(), "cannot remove this file of an earlier save: " + ec.message());
 }

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -101,26 +102,48 @@ std::string no_mtp_text(int64_t n, bool from_config_json) {
 
 }  // namespace
 
-std::vector<NamedTensor> hf_state_dict(CausalLM& model) {
+std::vector<NamedTensor> hf_root_tensors(CausalLM& model) {
   std::vector<NamedTensor> out;
-  const auto& cfg = model->config();
   out.push_back({"model.embed_tokens.weight", model->embed_tokens});
-  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    add_block(*model->layers[l]->as<DecoderLayerImpl>(), "model.layers." + std::to_string(l) + ".", out);
-  }
   out.push_back({"model.norm.weight", model->norm->weight});
-  if (!cfg.tie_word_embeddings) out.push_back({"lm_head.weight", model->lm_head});
-  for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) {
-    auto& m = *model->mtp[k]->as<MtpModuleImpl>();
-    const std::string p = "model.layers." + std::to_string(cfg.num_hidden_layers + k) + ".";
-    out.push_back({p + "enorm.weight", m.enorm->weight});
-    out.push_back({p + "hnorm.weight", m.hnorm->weight});
-    out.push_back({p + "eh_proj.weight", m.eh_proj->weight});
-    out.push_back({p + "shared_head.norm.weight", m.shared_head_norm->weight});
-    out.push_back({p + "embed_tokens.weight", model->embed_tokens, /*copy_only=*/true});
-    out.push_back({p + "shared_head.head.weight", model->lm_head, /*copy_only=*/true});
-    add_block(*m.block, p, out);
+  if (!model->config().tie_word_embeddings) out.push_back({"lm_head.weight", model->lm_head});
+  return out;
+}
+
+std::vector<NamedTensor> hf_block_tensors(CausalLM& model, int64_t block) {
+  const auto& cfg = model->config();
+  std::vector<NamedTensor> out;
+  if (block < cfg.num_hidden_layers) {
+    add_block(*model->layers[block]->as<DecoderLayerImpl>(), "model.layers." + std::to_string(block) + ".", out);
+    return out;
   }
+  const int64_t k = block - cfg.num_hidden_layers;
+  TORCH_CHECK(k < cfg.num_nextn_predict_layers, "hf_block_tensors: block ", block, " is outside the ",
+              cfg.num_hidden_layers, " decoder layers and ", cfg.num_nextn_predict_layers, " MTP modules");
+  auto& m = *model->mtp[k]->as<MtpModuleImpl>();
+  const std::string p = "model.layers." + std::to_string(block) + ".";
+  out.push_back({p + "enorm.weight", m.enorm->weight});
+  out.push_back({p + "hnorm.weight", m.hnorm->weight});
+  out.push_back({p + "eh_proj.weight", m.eh_proj->weight});
+  out.push_back({p + "shared_head.norm.weight", m.shared_head_norm->weight});
+  out.push_back({p + "embed_tokens.weight", model->embed_tokens, /*copy_only=*/true});
+  out.push_back({p + "shared_head.head.weight", model->lm_head, /*copy_only=*/true});
+  add_block(*m.block, p, out);
+  return out;
+}
+
+std::vector<NamedTensor> hf_state_dict(CausalLM& model) {
+  // HF's order: the embedding, the decoder layers, the final norm and head, the MTP modules.
+  const auto root = hf_root_tensors(model);
+  std::vector<NamedTensor> out{root.front()};
+  const auto& cfg = model->config();
+  auto add = [&](int64_t b) {
+    auto block = hf_block_tensors(model, b);
+    out.insert(out.end(), std::make_move_iterator(block.begin()), std::make_move_iterator(block.end()));
+  };
+  for (int64_t b = 0; b < cfg.num_hidden_layers; ++b) add(b);
+  out.insert(out.end(), root.begin() + 1, root.end());
+  for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) add(cfg.num_hidden_layers + k);
   return out;
 }
 
@@ -275,15 +298,51 @@ CausalLM load_hf_checkpoint(const std::string& dir, const LoadOptions& options) 
 }
 
 void save_hf_checkpoint(CausalLM& model, const std::string& dir, torch::ScalarType dtype, uint64_t max_shard_bytes) {
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& t : hf_state_dict(model)) {
-    const bool keep_fp32 = t.name.find("e_score_correction_bias") != std::string::npos;
-    auto value = t.tensor.detach().to(torch::kCPU);
-    if (!keep_fp32) value = value.to(dtype);
-    tensors.emplace_back(t.name, value.contiguous().clone());
+  save_hf_checkpoint(model, dir, dtype, max_shard_bytes, BlockwiseSave{});
+}
+
+void save_hf_checkpoint(CausalLM& model, const std::string& dir, torch::ScalarType dtype, uint64_t max_shard_bytes,
+                        const BlockwiseSave& how) {
+  torch::NoGradGuard no_grad;
+  // The blocks are brought in one at a time; with sharding, freed again after (an eval-mode,
+  // gradient-free pass never keeps them).
+  const bool was_training = model->is_training();
+  if (how.blocks != nullptr) model->eval();
+  std::optional<io::CheckpointWriter> writer;
+  std::string error;  // the first write failure: the blocks' collectives go on, so every rank finishes
+  const auto put = [&](const std::vector<NamedTensor>& tensors) {
+    if (!writer) return;
+    try {
+      for (const auto& t : tensors) {
+        const bool keep_fp32 = t.name.find("e_score_correction_bias") != std::string::npos;
+        auto value = t.tensor.detach().to(torch::kCPU);
+        if (!keep_fp32) value = value.to(dtype);
+        writer->add(t.name, value);
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+      writer.reset();
+    }
+  };
+  if (how.write) {
+    try {
+      std::filesystem::create_directories(dir);
+      writer.emplace(dir, max_shard_bytes);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
   }
-  std::filesystem::create_directories(dir);
-  io::save_checkpoint_tensors(dir, tensors, max_shard_bytes);
+  put(hf_root_tensors(model));
+  const auto& cfg = model->config();
+  for (int64_t b = 0; b < cfg.num_hidden_layers + cfg.num_nextn_predict_layers; ++b) {
+    if (how.blocks != nullptr) how.blocks->before_block(b);
+    put(hf_block_tensors(model, b));
+    if (how.blocks != nullptr) how.blocks->after_block(b, {});
+  }
+  if (was_training) model->train();
+  if (!error.empty()) throw std::runtime_error(error);
+  if (!writer) return;
+  writer->finish();
   write_file_atomic((std::filesystem::path(dir) / "config.json").string(), hf_config_json(model->config()));
 }
 

@@ -95,6 +95,13 @@ std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& r
     ~ImplGuard() { m->set_attention_impl(saved); }
   } impl_guard{model_, model_->config().attention_impl};
   if (model_->config().is_mla() && cfg_.mla_absorbed) model_->set_attention_impl(model::AttentionImpl::absorbed);
+  // Forwards paired over ranks (grpo/model/forward_rounds.h): each forward below is a round.
+  rounds_ = model_->forward_rounds.get();
+  if (rounds_ != nullptr && cfg_.speculative_mtp) {
+    throw std::invalid_argument(
+        "generation.speculative_mtp cannot run while the model's forwards are paired over ranks (run.dist.generation: "
+        "sharded); use run.dist.generation: gathered");
+  }
   const double t0 = now_seconds();
   const int64_t P = static_cast<int64_t>(requests.size()), G = cfg_.num_generations;
   const int64_t vocab = model_->config().vocab_size;
@@ -139,6 +146,8 @@ std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& r
     }
   }
 
+  drain_rounds();
+
   for (auto& c : completions) {
     stats.generated_tokens += static_cast<int64_t>(c.token_ids.size());
     if (tokenizer_ != nullptr) {
@@ -158,6 +167,23 @@ std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& r
   stats.tokens_per_second = stats.total_seconds > 0 ? stats.generated_tokens / stats.total_seconds : 0;
   if (stats_out) *stats_out = stats;
   return completions;
+}
+
+void Engine::pair_round() {
+  if (rounds_ != nullptr) rounds_->round(true);
+}
+
+// This rank's forwards are done: stand-ins (one token, a cache of one position) for as long as
+// another rank still has forwards to run.
+void Engine::drain_rounds() {
+  if (rounds_ == nullptr) return;
+  const auto device = model_->embed_tokens.device();
+  const auto zero = torch::zeros({1, 1}, torch::TensorOptions().dtype(torch::kLong).device(device));
+  while (rounds_->round(false)) {
+    auto cache = model_->make_cache(1, 1);
+    model_->forward(zero, zero, torch::ones_like(zero), cache.get());
+  }
+  rounds_ = nullptr;
 }
 
 // Left-padded prompt batch: ids [P, L], mask [P, L], position ids [P, L].
@@ -212,6 +238,7 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
     model::ForwardOptions opts;
     opts.return_hidden = true;
     opts.logits = false;
+    pair_round();
     const auto out = model_->forward(prompts.ids, prompts.positions, prompts.mask, cache.get(), opts);
     logits = model_->head(out.hidden.select(1, prompts.length - 1));  // [P, V]
     if (G > 1) {
@@ -219,6 +246,7 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
       logits = logits.index_select(0, expand);
     }
   } else {
+    pair_round();
     const auto out = model_->forward(prompts.ids, prompts.positions, prompts.mask);
     logits = out.logits.select(1, prompts.length - 1).index_select(0, expand);
     ids_nocache = prompts.ids.index_select(0, expand);
@@ -270,6 +298,7 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
     active = std::move(still);
     const int64_t m = static_cast<int64_t>(active.size());
     mask = torch::cat({mask, torch::ones({m, 1}, mask.options())}, 1);
+    pair_round();
     if (cache) {
       const auto out = model_->forward(next.view({m, 1}), positions.view({m, 1}), mask, cache.get());
       logits = out.logits.select(1, 0);

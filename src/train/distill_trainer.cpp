@@ -145,11 +145,13 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     std::vector<const data::TokenizedExample*> rows;
     double gen_seconds = 0;
     int64_t batch_tokens = 0;
-    // Sharded or split: the student samples on its whole self (gathered on every rank).
-    std::optional<dist::WholeModel> whole;
-    if (on_policy) whole.emplace(dp.expert_parallel(), dp.fully_shard());
+    // Sharded or split: the student samples on a gathered copy, or in the training layout with the
+    // ranks' forwards paired (run.dist.generation).
+    std::optional<dist::GenerationScope> gen_scope;
+    if (on_policy) gen_scope.emplace(dp);
     if (batch_idx.empty()) {
-      // no rows on this rank this step: it still takes part in the gradient sum
+      // no rows on this rank this step: it still takes part in the gradient sum (and generation's rounds)
+      if (on_policy) rollout::Engine(student_, &tokenizer_, cfg_.generation).generate({});
     } else if (on_policy) {
       const auto tg = std::chrono::steady_clock::now();
       student_->eval();
@@ -180,7 +182,7 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
         rows.push_back(&examples[static_cast<size_t>(example_of[static_cast<size_t>(pool[static_cast<size_t>(k)])])]);
       }
     }
-    whole.reset();
+    gen_scope.reset();
     const SftBatch batch = rows.empty() ? SftBatch{} : pad_batch(rows);
     const int64_t t = rows.empty() ? 0 : batch.input_ids.size(1);
     // Position i predicts token i + 1 when that token is a completion token.
@@ -277,7 +279,7 @@ DistillResult DistillTrainer::train(const std::vector<data::Record>& records, co
     result.last_loss = loss_value;
     const bool last = step == cfg_.steps;
     if (eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0))) {
-      const auto whole_for_eval = dp.whole_model();  // sharded: evaluation sees the whole student
+      const auto gen_for_eval = dp.generation();  // sharded: a gathered student, or paired forwards
       for (auto& m : eval(step)) metrics.push_back(std::move(m));
     }
     run_.metrics().write(step, metrics);

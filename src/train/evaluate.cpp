@@ -35,6 +35,8 @@ EvalResult evaluate(model::CausalLM& model, const data::Tokenizer& tokenizer, co
   for (int64_t i = begin; i < end; ++i) {
     requests.push_back({.record = i, .seed = derive_seed(0, static_cast<uint64_t>(i))});
   }
+  // A rank without records still calls generate(): paired forwards need every rank's call.
+  if (requests.empty()) engine.generate({});
   const auto rollouts = requests.empty()
                             ? ScoredRollouts{}
                             : sample_scored(engine_generator(engine), tokenizer, prompt, records, requests, &rewards);

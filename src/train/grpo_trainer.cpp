@@ -85,6 +85,9 @@ StepRollouts sample_step(const Generator& generate, const data::Tokenizer& token
     }
     const auto [begin, end] = dist::share(static_cast<int64_t>(requests.size()), rank, ranks);
     const std::vector<RolloutRequest> mine(requests.begin() + begin, requests.begin() + end);
+    // A rank without prompts this round still calls the generator: paired forwards (the sharded
+    // generation layout) need every rank's generate() call.
+    if (mine.empty()) generate({}, nullptr);
     auto scored = mine.empty() ? ScoredRollouts{} : sample_scored(generate, tokenizer, prompt, records, mine, &rewards);
     out.generated_tokens += scored.generated_tokens;
     out.generation_seconds += scored.generation_seconds;
@@ -453,12 +456,13 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   while (step < cfg_.steps) {
     const auto t_step = std::chrono::steady_clock::now();
     model_->eval();
-    // Sharded or split: generation on the whole policy, each rank alone (a gathered copy).
-    std::optional<dist::WholeModel> whole;
-    whole.emplace(dp.expert_parallel(), dp.fully_shard());
+    // Sharded or split: generation on a gathered copy, or in the training layout with the ranks'
+    // forwards paired (run.dist.generation).
+    std::optional<dist::GenerationScope> gen_scope;
+    gen_scope.emplace(dp);
     const auto rollouts = sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_,
                                       seed, step, &world);
-    whole.reset();
+    gen_scope.reset();
     // This rank's groups (data parallel: possibly none, after dynamic sampling's refills).
     GrpoBatch batch;
     if (!rollouts.groups.empty()) batch = build_grpo_batch(rollouts.groups, cfg_.mask_truncated_completions);
@@ -475,7 +479,7 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     const bool last = step == cfg_.steps;
     std::vector<Metric> eval_metrics;
     if (eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0))) {
-      const auto whole_for_eval = dp.whole_model();
+      const auto gen_for_eval = dp.generation();
       eval_metrics = eval(step);
     }
     const auto summary = log_step(step, rollouts, batch, stats, std::move(eval_metrics), seconds_since(t_step), records,

@@ -83,15 +83,14 @@ double clip_gradients(torch::nn::Module& model, double max_norm) {
     if (p.grad().defined()) grads.push_back(p.grad());
   }
   if (grads.empty()) return 0.0;
-  // As torch.nn.utils.clip_grad_norm_: per-tensor norms in float32 (or the gradient's wider type),
-  // then the norm of those norms.
+  // As torch.nn.utils.clip_grad_norm_ (per-tensor norms, then the norm of those norms), but in
+  // float64 throughout: a sharded run, which adds up each tensor's norm from its chunks, then gets
+  // the same clipping coefficient (torch's float32 norms differ from it in the last bit).
   std::vector<torch::Tensor> norms;
   norms.reserve(grads.size());
   const auto device = grads.front().device();
-  for (const auto& g : grads) {
-    const auto dtype = g.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-    norms.push_back(at::linalg_vector_norm(g, 2, std::nullopt, false, dtype).to(device));
-  }
+  for (const auto& g : grads)
+    norms.push_back(at::linalg_vector_norm(g, 2, std::nullopt, false, torch::kDouble).to(device));
   return clip_to_norm(grads, at::linalg_vector_norm(torch::stack(norms), 2), max_norm);
 }
 

@@ -330,7 +330,7 @@ SftResult SftTrainer::train(const std::vector<data::Record>& records, const Eval
     const bool last = step == cfg_.steps;
     if (eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0))) {
       {
-        const auto whole = dp.whole_model();  // expert parallel: evaluation sees every expert
+        const auto gen = dp.generation();  // sharded or split: a gathered copy, or paired forwards
         for (auto& m : eval(step)) metrics.push_back(std::move(m));
       }
       model_->train();

@@ -224,8 +224,8 @@ fs::path begin_save(const fs::path& root, int64_t step) {
 }
 
 void write_main_files(const fs::path& tmp, int64_t step, model::CausalLM& model, torch::optim::Optimizer* optimizer,
-                      const TrainState& state, bool with_optimizer, int64_t optimizer_shards) {
-  model::save_hf_checkpoint(model, (tmp / "model").string(), torch::kFloat);
+                      const TrainState& state, bool with_optimizer, int64_t optimizer_shards, bool with_model = true) {
+  if (with_model) model::save_hf_checkpoint(model, (tmp / "model").string(), torch::kFloat);
   if (optimizer != nullptr) {
     torch::serialize::OutputArchive archive;
     optimizer->save(archive);
@@ -305,10 +305,22 @@ std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalL
                                (error.empty() ? std::string("another rank failed while ") + phase : error));
     }
   };
-  // Expert parallel / full sharding: the model gathered, so that the replicas compare whole and
-  // rank 0 writes every tensor under its HF name.
-  const dist::WholeModel whole(optimizer);
-  dist::check_replicas(*model, w);  // a checkpoint of one model for every rank
+  // Expert parallel / full sharding: the HF checkpoint is written block by block, one block (or
+  // one MoE layer's experts) whole at a time, rank 0 writing every tensor under its HF name.
+  auto* fsdp = optimizer.fully_shard();
+  auto* experts = optimizer.expert_parallel();
+  const bool split = fsdp != nullptr || (experts != nullptr && experts->active());
+  std::optional<dist::FullyShard::RootGathered> root_gathered;
+  std::shared_ptr<model::BlockHooks> blocks;
+  if (fsdp != nullptr) {
+    root_gathered.emplace(fsdp);
+    blocks = model->block_hooks;
+  } else if (split) {
+    blocks = experts->block_by_block(model);
+  }
+  // A checkpoint of one model for every rank: the replicated tensors compare (an expert group's
+  // ranks hold different experts; full sharding's blocks are chunks, resharded here).
+  dist::check_replicas(*model, w, [&](const torch::Tensor& t) { return experts != nullptr && experts->is_expert(t); });
   if (w.is_main()) {
     try {
       begin_save(root, step);
@@ -323,7 +335,11 @@ std::string save_checkpoint(const std::string& dir, int64_t step, model::CausalL
       dist::save_adam_states(optimizer.owned_states(),
                              (tmp / "optimizer" / ("rank_" + std::to_string(w.rank()) + ".pt")).string());
     }
-    if (w.is_main()) write_main_files(tmp, step, model, nullptr, state, cfg.save_optimizer, w.size());
+    if (split) {
+      model::save_hf_checkpoint(model, (tmp / "model").string(), torch::kFloat, 5ull << 30,
+                                {.blocks = blocks.get(), .write = w.is_main()});
+    }
+    if (w.is_main()) write_main_files(tmp, step, model, nullptr, state, cfg.save_optimizer, w.size(), !split);
   } catch (const std::exception& e) {
     error = "rank " + std::to_string(w.rank()) + ": " + one_line(e);
   }

@@ -9,6 +9,10 @@
 //                                    the whole layer on every rank's tokens, forward and gradients
 //   dist_worker traces OUT           rejection sampling of a scripted teacher: when generate_traces
 //                                    returns, every rank finds all of rank 0's traces in OUT
+//   dist_worker generate ep|full     generation in the sharded layout (run.dist.generation: sharded)
+//                                    of the tiny DeepSeek-V3 against the whole model's, per rank:
+//                                    experts over every rank (all-to-all per step) or full sharding
+//                                    (blocks gathered per forward); the last rank has no prompts
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -21,6 +25,7 @@
 #include "grpo/dist/expert_parallel.h"
 #include "grpo/dist/grad_sync.h"
 #include "grpo/dist/world.h"
+#include "grpo/rollout/engine.h"
 #include "grpo/train/rejection_sampling.h"
 #include "model/model_test_util.h"
 #include "train/train_test_util.h"
@@ -252,12 +257,100 @@ int moe_ep(dist::World& w, int64_t ep) {
   return 0;
 }
 
+// Sharded generation against each rank's own requests on the whole model (the engine alone,
+// before any sharding): the same tokens and finish reasons, log-probs within 1e-5.
+int generate(dist::World& w, const std::string& layout) {
+  expect(layout == "ep" || layout == "full", "layout ep or full, found " + layout);
+  const auto cfg = model::test::tiny_dsv3();
+  torch::manual_seed(21);
+  model::CausalLM model(cfg, torch::TensorOptions().dtype(torch::kFloat));
+  {
+    torch::NoGradGuard no_grad;  // uneven routing: some experts chosen far more often
+    for (auto& moe : model->moe_layers()) {
+      moe->e_score_correction_bias[0] = 0.3;
+      moe->e_score_correction_bias[5] = 0.2;
+    }
+  }
+  model->eval();
+  // Rank r: r + 1 prompts of different lengths, the last rank none.
+  std::vector<rollout::GenerationRequest> mine;
+  const int64_t prompts = w.rank() + 1 == w.size() ? 0 : w.rank() + 1;
+  for (int64_t p = 0; p < prompts; ++p) {
+    std::vector<int64_t> ids;
+    for (int64_t k = 0; k < 2 + 3 * p + w.rank(); ++k) ids.push_back(4 + (7 * k + 11 * p + 5 * w.rank()) % 50);
+    mine.push_back({.prompt_ids = ids, .seed = static_cast<uint64_t>(100 * w.rank() + p)});
+  }
+  rollout::GenerationConfig gc;
+  gc.max_new_tokens = 10;
+  gc.num_generations = 2;
+  gc.sampling.temperature = 1.0;
+  gc.eos_token_ids = {1, 2, 3, 9, 17};  // completions end at different lengths
+  rollout::Engine engine(model, nullptr, gc);
+  const auto reference = engine.generate(mine);
+
+  dist::DistConfig dc;
+  dc.generation = "sharded";
+  if (layout == "ep") {
+    dc.expert_parallel = w.size();
+  } else {
+    dc.sharding = "full";
+  }
+  dist::set_config(dc);
+  train::OptimizerConfig oc;
+  dist::DataParallel dp(model, oc);
+  std::vector<rollout::Completion> got;
+  int64_t gathers_before = dp.fully_shard() ? dp.fully_shard()->block_gathers() : 0;
+  {
+    const auto gen = dp.generation();
+    if (layout == "ep") {
+      expect(model->moe_layers().front()->experts_gate.size(0) == cfg.n_routed_experts / w.size(),
+             "the experts stay split while generating");
+    }
+    got = engine.generate(mine);
+    // A second call, as a trainer's next round: the rounds pair again.
+    const auto again = engine.generate(mine);
+    expect(again.size() == got.size(), "second call");
+    for (size_t i = 0; i < got.size(); ++i) expect(again[i].token_ids == got[i].token_ids, "second call's tokens");
+  }
+  expect(!model->forward_rounds, "the rounds are removed with the scope");
+  expect(got.size() == reference.size(),
+         "completions: " + std::to_string(got.size()) + " vs " + std::to_string(reference.size()));
+  double worst = 0;
+  std::vector<size_t> lengths;
+  for (size_t i = 0; i < got.size(); ++i) {
+    expect(got[i].token_ids == reference[i].token_ids,
+           "rank " + std::to_string(w.rank()) + ": completion " + std::to_string(i) + " has other tokens");
+    expect(got[i].finish_reason == reference[i].finish_reason, "finish reason of completion " + std::to_string(i));
+    for (size_t t = 0; t < got[i].logprobs.size(); ++t) {
+      worst = std::max(worst, static_cast<double>(std::abs(got[i].logprobs[t] - reference[i].logprobs[t])));
+    }
+    lengths.push_back(got[i].token_ids.size());
+  }
+  expect(worst <= 1e-5, "rank " + std::to_string(w.rank()) + ": log-probs differ by " + std::to_string(worst));
+  const auto* paired = dp.paired_forwards();
+  expect(paired != nullptr, "sharded generation pairs the forwards");
+  if (prompts == 0) expect(paired->stand_ins() == paired->rounds(), "a rank without prompts only stands in");
+  expect(paired->rounds() > 0, "rounds were run");
+  if (dp.fully_shard()) {
+    const int64_t gathers = dp.fully_shard()->block_gathers() - gathers_before;
+    // Every round gathers each decoder block once (the MTP module never runs in generation).
+    expect(gathers == paired->rounds() * cfg.num_hidden_layers,
+           "block gathers " + std::to_string(gathers) + " for " + std::to_string(paired->rounds()) + " rounds");
+  }
+  std::string lens;
+  for (auto l : lengths) lens += std::to_string(l) + " ";
+  std::cout << "rank " << w.rank() << " ok: " << got.size() << " completions (lengths " << lens << "), rounds "
+            << paired->rounds() << ", stand-ins " << paired->stand_ins() << ", log-prob diff " << worst << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     if (argc < 2)
-      throw std::invalid_argument("usage: dist_worker collectives|grad_sync OUT|replicas|moe_ep EP|traces OUT");
+      throw std::invalid_argument(
+          "usage: dist_worker collectives|grad_sync OUT|replicas|moe_ep EP|traces OUT|generate ep|full");
     const std::string mode = argv[1];
     auto& w = dist::world();
     if (!w.distributed()) throw std::runtime_error("run me under grpo launch (no RANK/WORLD_SIZE)");
@@ -266,6 +359,7 @@ int main(int argc, char** argv) {
     if (mode == "replicas") return replicas(w);
     if (mode == "moe_ep" && argc == 3) return moe_ep(w, std::stoll(argv[2]));
     if (mode == "traces" && argc == 3) return traces(w, argv[2]);
+    if (mode == "generate" && argc == 3) return generate(w, argv[2]);
     throw std::invalid_argument("unknown mode " + mode);
   } catch (const std::exception& e) {
     std::cerr << "dist_worker: " << e.what() << "\n";

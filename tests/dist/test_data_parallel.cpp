@@ -372,6 +372,21 @@ TEST(DataParallel, ExpertParallelMoeLayerMatchesOneProcess) {
   }
 }
 
+// Generation in the training layout (run.dist.generation: sharded, dist_worker generate): with the
+// experts over every rank (tokens all-to-all per prefill and decode step) and with full sharding
+// (each block gathered for its forward), every rank's completions are the whole model's: the same
+// tokens and finish reasons, log-probs within 1e-5; the last rank has no prompts and stands in,
+// and completions end at different lengths.
+TEST(DataParallel, ShardedGenerationMatchesTheWholeModel) {
+  test::TempDir dir;
+  for (const auto& [ranks, layout] :
+       {std::pair{2, "ep"}, std::pair{4, "ep"}, std::pair{2, "full"}, std::pair{4, "full"}}) {
+    const auto log = dir.path(std::string("log_") + layout + std::to_string(ranks));
+    EXPECT_EQ(run(launch(ranks) + DIST_WORKER + " generate " + layout, log), 0)
+        << ranks << " ranks, " << layout << ": " << tail_of(log);
+  }
+}
+
 // Expert parallelism in training: train_sft's tiny DeepSeek-V3 (8 experts, MTP) with its experts
 // over 2 ranks against one process, then a resume from its step-10 checkpoint on one process and
 // on 4 ranks (experts over 4, and over 2 with 2 replicas each).
@@ -468,12 +483,22 @@ TEST(DataParallel, GrpoMatchesOneProcess) {
         std::tuple<int, std::string, std::string>{2, "--set run.dist.sharding=optimizer", "_zero1"},
         std::tuple<int, std::string, std::string>{2, "--set run.dist.sharding=full", "_full"},
         std::tuple<int, std::string, std::string>{4, "--set run.dist.sharding=full", "_full"},
-        std::tuple<int, std::string, std::string>{2, "--set run.dist.expert_parallel=2", "_ep"}}) {
+        std::tuple<int, std::string, std::string>{2, "--set run.dist.expert_parallel=2", "_ep"},
+        // Rollouts and evaluation in the training layout: blocks gathered per forward / tokens
+        // exchanged per decode step, the ranks' forwards paired.
+        std::tuple<int, std::string, std::string>{2, "--set run.dist.sharding=full --set run.dist.generation=sharded",
+                                                  "_full_sharded_generation"},
+        std::tuple<int, std::string, std::string>{
+            2, "--set run.dist.expert_parallel=2 --set run.dist.generation=sharded", "_ep_sharded_generation"},
+        // Whole gradients accumulated over the micro-batches, reduce-scattered once per step: plain
+        // data parallelism's summation order (checked against dp2 below).
+        std::tuple<int, std::string, std::string>{
+            2, "--set run.dist.sharding=full --set run.dist.reduce_every_micro_batch=false", "_full_accumulated"}}) {
     const auto name = "dp" + std::to_string(ranks) + tag;
     const auto log = dir.path(name + ".log");
     ASSERT_EQ(run(launch(ranks) + grpo_command(dir.path(name), extra), log), 0) << tail_of(log);
     std::string where;
-    if (tag == "_full" || tag == "_ep") {
+    if (tag.rfind("_full", 0) == 0 || tag.rfind("_ep", 0) == 0) {
       // Sharded or split, every tensor holds 1e-5 but the embedding: two rows of it (rare byte
       // tokens, gradients at rounding-noise level, which AdamW scales up to steps of the learning
       // rate's size) end 1.2e-5..2.8e-5 from one process after 6 steps (docs/distributed.md).
@@ -484,6 +509,15 @@ TEST(DataParallel, GrpoMatchesOneProcess) {
     } else {
       EXPECT_LE(max_relative_difference(dir.path("one/model"), dir.path(name) + "/model", &where), 1e-5)
           << name << ": " << where;
+    }
+    if (tag == "_full_accumulated") {
+      // Plain data parallelism's sums and clipping coefficient: bit for bit its weights.
+      EXPECT_EQ(max_relative_difference(dir.path("dp2/model"), dir.path(name) + "/model", &where), 0)
+          << name << " against plain data parallelism: " << where;
+    } else if (ranks == 2 && tag.rfind("_full", 0) == 0) {
+      // Reduce-scattered per micro-batch: other sums, within 1e-5 of plain data parallelism.
+      EXPECT_LE(max_relative_difference(dir.path("dp2/model"), dir.path(name) + "/model", &where), 1e-5)
+          << name << " against plain data parallelism: " << where;
     }
     // The same completions: every step's rewards, lengths and refills over all ranks are those of
     // one process.

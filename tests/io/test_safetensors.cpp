@@ -509,6 +509,49 @@ TEST(SafetensorsCheckpoint, ASaveReplacesTheFilesOfAnEarlierOne) {
   EXPECT_TRUE(SafetensorsCheckpoint(ckpt_dir).names().empty());
 }
 
+// The streaming writer behind save_checkpoint_tensors: at most one shard's tensors held at once,
+// written as hidden parts until finish() names them; abandoned, it leaves an earlier save alone.
+TEST(CheckpointWriter, HoldsOneShardAtATimeAndLeavesAnEarlierSaveWhenAbandoned) {
+  TempDir dir;
+  const std::string ckpt_dir = dir.path("ckpt");
+  const Named tensors = four_tensors();  // a 40 bytes, b 40, c 100, d 8 (see ShardsAsSavePretrainedDoes)
+  auto parts = [&] {
+    int64_t n = 0;
+    for (const auto& e : fs::directory_iterator(ckpt_dir)) n += e.path().filename().string().rfind(".part-", 0) == 0;
+    return n;
+  };
+  {
+    CheckpointWriter w(ckpt_dir, 64);
+    w.add(tensors[0].first, tensors[0].second);
+    EXPECT_EQ(w.held_bytes(), 40u);
+    EXPECT_EQ(parts(), 0);
+    w.add(tensors[1].first, tensors[1].second);  // "a" is written, "b" held
+    EXPECT_EQ(w.held_bytes(), 40u);
+    EXPECT_EQ(parts(), 1);
+    w.add(tensors[2].first, tensors[2].second);  // over the limit: written alone at once
+    EXPECT_EQ(w.held_bytes(), 40u);
+    EXPECT_EQ(parts(), 2);
+    w.add(tensors[3].first, tensors[3].second);
+    GRPO_EXPECT_THROW_MESSAGE(w.add("a", at::ones({1})), std::runtime_error,
+                              ckpt_dir + ": duplicate tensor name 'a' (expected unique names)");
+    w.finish();
+    EXPECT_EQ(parts(), 0);
+  }
+  const SafetensorsCheckpoint ckpt(ckpt_dir);
+  EXPECT_EQ(ckpt.names(), (std::vector<std::string>{"a", "b", "c", "d"}));
+  for (const auto& [name, tensor] : tensors) expect_identical(tensor, ckpt.load(name), name);
+  const std::string index = read_text(ckpt_dir + "/model.safetensors.index.json");
+  {
+    CheckpointWriter w(ckpt_dir, 64);
+    w.add("x", at::ones({10}));
+    w.add("y", at::ones({10}));  // "x" written as a part
+    EXPECT_EQ(parts(), 1);
+  }  // abandoned: its part removed, the earlier checkpoint untouched
+  EXPECT_EQ(parts(), 0);
+  EXPECT_EQ(read_text(ckpt_dir + "/model.safetensors.index.json"), index);
+  EXPECT_EQ(SafetensorsCheckpoint(ckpt_dir).names(), (std::vector<std::string>{"a", "b", "c", "d"}));
+}
+
 TEST(SafetensorsCheckpoint, RejectsBrokenFolders) {
   TempDir dir;
   const std::string none = dir.path("none");

@@ -126,6 +126,74 @@ TEST(Checkpoint, Fp8WeightsWithBlockScalesAreDequantisedOnLoad) {
   EXPECT_TRUE(torch::equal(attn->q_proj->weight, torch::full({32, 32}, 0.375f)));
 }
 
+// Block by block (what sharded training saves through): hooks that hold every block's values
+// elsewhere and put only the asked-for block into the model; the files are the plain save's, bit
+// for bit, and no two blocks are ever in the model at once.
+class OneBlockAtATime : public BlockHooks {
+ public:
+  explicit OneBlockAtATime(CausalLM& model) : model_(model) {
+    torch::NoGradGuard no_grad;
+    for (int64_t b = 0; b < blocks(); ++b) {
+      std::vector<torch::Tensor> kept;
+      for (auto& p : block(b).parameters()) {
+        kept.push_back(p.detach().clone());
+        p.set_data(torch::empty({0}, p.options()));
+      }
+      kept_.push_back(std::move(kept));
+    }
+  }
+  void before_block(int64_t index) override {
+    EXPECT_EQ(present_, -1) << "block " << present_ << " still in when block " << index << " comes";
+    torch::NoGradGuard no_grad;
+    auto params = block(index).parameters();
+    for (size_t i = 0; i < params.size(); ++i) params[i].set_data(kept_[static_cast<size_t>(index)][i].clone());
+    present_ = index;
+    ++calls;
+  }
+  void after_block(int64_t index, const std::vector<torch::Tensor>&) override {
+    EXPECT_EQ(present_, index);
+    torch::NoGradGuard no_grad;
+    for (auto& p : block(index).parameters()) p.set_data(torch::empty({0}, p.options()));
+    present_ = -1;
+  }
+  int64_t blocks() const { return model_->config().num_hidden_layers + model_->config().num_nextn_predict_layers; }
+  int64_t calls = 0;
+
+ private:
+  torch::nn::Module& block(int64_t b) {
+    const int64_t layers = model_->config().num_hidden_layers;
+    return b < layers ? *model_->layers[b] : *model_->mtp[b - layers];
+  }
+  CausalLM& model_;
+  std::vector<std::vector<torch::Tensor>> kept_;
+  int64_t present_ = -1;
+};
+
+TEST(Checkpoint, BlockwiseSaveWritesThePlainSaveWithOneBlockInAtATime) {
+  ::grpo::test::TempDir dir;
+  torch::manual_seed(3);
+  CausalLM model(test::tiny_dsv3(), torch::TensorOptions().dtype(torch::kFloat));
+  save_hf_checkpoint(model, dir.path("plain"), torch::kBFloat16, 2000);  // several shards
+  {
+    OneBlockAtATime hooks(model);
+    save_hf_checkpoint(model, dir.path("blockwise"), torch::kBFloat16, 2000, {.blocks = &hooks});
+    EXPECT_EQ(hooks.calls, hooks.blocks());
+    save_hf_checkpoint(model, dir.path("not_written"), torch::kBFloat16, 2000, {.blocks = &hooks, .write = false});
+    EXPECT_EQ(hooks.calls, 2 * hooks.blocks());  // every block visited, nothing written
+  }
+  EXPECT_FALSE(fs::exists(dir.path("not_written")));
+  const io::SafetensorsCheckpoint plain(dir.path("plain")), blockwise(dir.path("blockwise"));
+  ASSERT_EQ(plain.names(), blockwise.names());
+  EXPECT_GT(plain.names().size(), 20u);
+  for (const auto& name : plain.names()) {
+    EXPECT_TRUE(torch::equal(plain.load(name), blockwise.load(name))) << name;
+    EXPECT_EQ(plain.info(name).dtype, blockwise.info(name).dtype) << name;
+  }
+  EXPECT_TRUE(fs::exists(dir.path("blockwise/model.safetensors.index.json")));
+  EXPECT_EQ(::grpo::test::read_text(dir.path("plain/config.json")),
+            ::grpo::test::read_text(dir.path("blockwise/config.json")));
+}
+
 TEST(ModelConfigJson, ReadsBothRopeFormsAndRejectsWhatItCannotRun) {
   ::grpo::test::TempDir tmp;
   const auto legacy = tmp.write("legacy.json", R"({"model_type": "llama", "vocab_size": 10, "hidden_size": 8,

@@ -18,7 +18,8 @@
 // splits the MoE experts over the expert groups and the destructor gathers them back, so the model
 // is whole before and after the trainer's loop; the experts' gradients are summed over their
 // replicas and the clipping norm is that of the whole model. whole_model() gathers the experts for
-// a while (generation, evaluation, checkpoints see a whole model on every rank).
+// a while (checkpoints, and generation and evaluation with run.dist.generation: gathered, see a
+// whole model on every rank); generation() is what rollouts and evaluation open.
 //
 // On a world of one each call is what the trainers did before (clip_gradients, AdamW step,
 // update_router_biases), in the same order, so single-process runs are unchanged.
@@ -31,6 +32,7 @@
 
 #include "grpo/dist/expert_parallel.h"
 #include "grpo/dist/fully_shard.h"
+#include "grpo/dist/generation_scope.h"
 #include "grpo/dist/grad_sync.h"
 #include "grpo/dist/sharded_optimizer.h"
 #include "grpo/dist/whole_model.h"
@@ -53,6 +55,13 @@ class DataParallel {
   // The whole model on every rank while the result lives (nothing to do without expert
   // parallelism or full sharding). Collective.
   WholeModel whole_model() { return WholeModel(experts_.get(), fsdp_.get()); }
+  // How generation sees the model for a while (run.dist.generation, grpo/dist/generation_scope.h):
+  // a whole copy, or the training layout with paired forwards. Collective.
+  GenerationScope generation() { return GenerationScope(*this); }
+  PairedForwards* paired_forwards() { return paired_.get(); }
+  const std::shared_ptr<PairedForwards>& paired() const { return paired_; }
+  GenerationLayout generation_layout() const { return layout_; }
+  model::CausalLM& model() { return model_; }
   ShardedOptimizer& optimizer() { return *optimizer_; }
 
   void begin_step(double lr);
@@ -84,15 +93,20 @@ class DataParallel {
   std::unique_ptr<ShardedOptimizer> optimizer_;
   std::unique_ptr<GradSync> sync_;         // the replicated parameters, over the world
   std::unique_ptr<GradSync> expert_sync_;  // the experts, over their replicas (expert parallel)
+  GenerationLayout layout_ = GenerationLayout::gathered;
+  std::shared_ptr<PairedForwards> paired_;  // sharded generation's rounds (lockstep only)
   bool logged_memory_ = false;
 
   void log_memory(const char* when) const;
+  void plan_generation();
 };
 
 // Checks that every rank holds the same parameters and buffers (each tensor's sum and sum of
 // squares in float64, compared over ranks): throws std::runtime_error naming the first tensor whose
 // fingerprint differs between ranks. save_checkpoint runs it before every multi-process checkpoint.
-void check_replicas(torch::nn::Module& model, World& world);
+// `skip`: tensors left out (expert parallelism's experts, which differ between the ranks of a group).
+void check_replicas(torch::nn::Module& model, World& world,
+                    const std::function<bool(const torch::Tensor&)>& skip = nullptr);
 
 // Copies rank 0's parameters and buffers to every rank (a new model's random initialisation, or a
 // checkpoint only rank 0 read). Identity on a world of one.

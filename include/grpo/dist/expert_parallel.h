@@ -57,6 +57,11 @@ class ExpertParallel {
   // While it lives, the model holds every expert (all-gathered, the exchange removed), so that it
   // can be saved, loaded into, checked or run on one rank alone; then each rank takes its block of
   // whatever the tensors hold by then (a checkpoint loaded meanwhile, say). Collective.
+  // Hooks (grpo/model/block_hooks.h) that gather the experts of block i's MoE layer before it and
+  // cut them again after: model::save_hf_checkpoint's BlockwiseSave, so that a checkpoint is
+  // written with one layer's experts whole at a time. Collective over group() per MoE block.
+  std::shared_ptr<model::BlockHooks> block_by_block(model::CausalLM& model);
+
   class Gathered {
    public:
     explicit Gathered(ExpertParallel* ep);  // null or inactive: does nothing
@@ -71,6 +76,8 @@ class ExpertParallel {
  private:
   void cut();
   void uncut();
+  void cut_layer(model::MoeImpl* moe);
+  void uncut_layer(model::MoeImpl* moe);
 
   std::shared_ptr<torch::nn::Module> model_;
   int64_t ep_;

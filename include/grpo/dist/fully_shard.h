@@ -20,8 +20,12 @@
 //   fsdp.end_step();                     // the root resharded
 //   norm = fsdp.clip(max_norm);          // over every rank's chunks
 //
+// Eval-mode forwards without gradients (generation) free each block after it runs, whatever
+// reshard_after_forward says: no backward will need it.
+//
 // Gathered gives the whole model back on every rank for a while (generation, evaluation,
-// checkpoints); the destructor gives it back whole for good.
+// checkpoints); RootGathered only the root, for generation block by block; the destructor gives
+// the model back whole for good.
 #pragma once
 
 #include <torch/torch.h>
@@ -61,6 +65,11 @@ class FullyShard {
   torch::Tensor local_chunk(const torch::Tensor& full, const torch::Tensor& shard) const;
 
   void begin_step();
+  // false (torch FSDP2's set_requires_gradient_sync(False)): the backwards that follow keep each
+  // unit's whole gradients and accumulate them locally; the next backward with sync on
+  // reduce-scatters the sum. More memory (whole gradients between micro-batches), and the
+  // summation order of plain data parallelism. Every rank sets it alike.
+  void set_gradient_sync(bool sync);
   void arm(const torch::Tensor& loss);
   void finish_backward();
   void end_step();
@@ -82,6 +91,24 @@ class FullyShard {
     FullyShard* fsdp_;
     std::vector<char> was_gathered_;  // units gathered before: they stay so
   };
+
+  // The root unit (embeddings, final norm, head) gathered while it lives, the blocks left to the
+  // hooks: generation in the sharded layout (grpo/dist/generation_scope.h), where each block is
+  // gathered for its forward and freed after it. Collective.
+  class RootGathered {
+   public:
+    explicit RootGathered(FullyShard* fsdp);
+    ~RootGathered();
+    RootGathered(const RootGathered&) = delete;
+    RootGathered& operator=(const RootGathered&) = delete;
+
+   private:
+    FullyShard* fsdp_;
+    bool was_gathered_ = false;
+  };
+
+  // All-gathers of block parameters issued so far (a unit's chunks, one collective each).
+  int64_t block_gathers() const;
 
   struct State;
 

@@ -20,13 +20,15 @@ namespace grpo::dist {
 
 // `run.dist`: how ranks talk to each other and what data parallelism shards.
 struct DistConfig {
-  std::string backend = "auto";       // auto (nccl on CUDA, gloo on CPU) | nccl | gloo
-  double timeout_s = 300;             // a collective that waits longer fails (a dead or stuck rank)
-  double bucket_mb = 25;              // gradient all-reduce bucket size (MiB), launched as buckets fill in backward
-  std::string sharding = "none";      // none | optimizer (ZeRO-1) | full (FSDP: parameters, gradients, moments)
-  bool reshard_after_forward = true;  // full: free a block's gathered parameters after its forward
-  bool prefetch = true;               // full: start the next block's all-gather ahead
-  int64_t expert_parallel = 1;        // ranks sharing each MoE layer's routed experts (1: every rank holds all)
+  std::string backend = "auto";          // auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+  double timeout_s = 300;                // a collective that waits longer fails (a dead or stuck rank)
+  double bucket_mb = 25;                 // gradient all-reduce bucket size (MiB), launched as buckets fill in backward
+  std::string sharding = "none";         // none | optimizer (ZeRO-1) | full (FSDP: parameters, gradients, moments)
+  bool reshard_after_forward = true;     // full: free a block's gathered parameters after its forward
+  bool prefetch = true;                  // full: start the next block's all-gather ahead
+  bool reduce_every_micro_batch = true;  // full: reduce-scatter after every micro-batch (false: at the step's last)
+  int64_t expert_parallel = 1;           // ranks sharing each MoE layer's routed experts (1: every rank holds all)
+  std::string generation = "gathered";   // sharded or split models: gathered (a whole copy) | sharded (training layout)
 
   template <class V>
   void visit(V& v) {
@@ -41,10 +43,18 @@ struct DistConfig {
     v("reshard_after_forward", reshard_after_forward,
       "sharding full: free each block's gathered parameters after its forward (gathered again for the backward)");
     v("prefetch", prefetch, "sharding full: start the next block's all-gather while this one runs");
+    v("reduce_every_micro_batch", reduce_every_micro_batch,
+      "sharding full: reduce-scatter each micro-batch's gradients (false: keep whole gradients and reduce-scatter "
+      "their sum after the step's last micro-batch, as data parallelism sums them; more memory)");
     v("expert_parallel", expert_parallel,
       "ranks that split each MoE layer's routed experts between them, tokens exchanged all-to-all; must divide the "
       "world size and the number of experts (1 = none)",
       Check().ge(1));
+    v("generation", generation,
+      "how rollouts and evaluation run under sharding full or expert_parallel > 1: gathered (the whole model on every "
+      "rank for the phase, each rank alone) or sharded (the training layout: blocks gathered one at a time, tokens "
+      "exchanged all-to-all, the ranks' forwards paired)",
+      Check().one_of({"gathered", "sharded"}));
   }
 };
 

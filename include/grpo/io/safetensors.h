@@ -122,4 +122,38 @@ void save_checkpoint_tensors(const std::string& dir, const std::vector<std::pair
                              uint64_t max_shard_bytes = 5ull << 30,
                              const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
+// save_checkpoint_tensors one tensor at a time, for models that are never whole in memory: add()
+// copies a tensor to the CPU and keeps it until its shard is full, then writes that shard to a
+// hidden part file in DIR (".part-00001.safetensors"), so at most one shard of tensors is held at
+// once. finish() writes the last shard, gives the parts their final names (model.safetensors when
+// there is one, model-0000k-of-0000K.safetensors and the index otherwise), the index last, and
+// removes an earlier save's files that the new one does not use. The shards are packed exactly as
+// save_checkpoint_tensors packs them. A writer destroyed before finish() removes its parts and
+// leaves DIR's earlier checkpoint as it was.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(std::string dir, uint64_t max_shard_bytes = 5ull << 30,
+                   std::map<std::string, std::string> metadata = {{"format", "pt"}});
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  // Throws std::runtime_error naming DIR on a duplicate name or a dtype safetensors cannot store.
+  void add(const std::string& name, const at::Tensor& tensor);
+  void finish();
+  uint64_t held_bytes() const { return current_bytes_; }  // waiting for their shard to be written
+
+ private:
+  void write_part(std::vector<std::pair<std::string, at::Tensor>> tensors);
+
+  std::string dir_;
+  uint64_t max_shard_bytes_;
+  std::map<std::string, std::string> metadata_;
+  std::vector<std::pair<std::string, at::Tensor>> current_;
+  uint64_t current_bytes_ = 0, total_bytes_ = 0;
+  std::vector<std::vector<std::string>> parts_;  // the names in each part written, in order
+  std::vector<std::string> seen_;
+  bool finished_ = false;
+};
+
 }  // namespace grpo::io

@@ -15,6 +15,7 @@
 
 #include "grpo/model/block_hooks.h"
 #include "grpo/model/decoder_layer.h"
+#include "grpo/model/forward_rounds.h"
 #include "grpo/model/kv_cache.h"
 #include "grpo/model/layers.h"
 #include "grpo/model/model_config.h"
@@ -108,6 +109,9 @@ class CausalLMImpl : public torch::nn::Module {
   // Called around every block run (grpo/model/block_hooks.h); null = none. Installed from outside
   // (parameter sharding).
   std::shared_ptr<BlockHooks> block_hooks;
+  // Set while this model's forwards are collective (grpo/model/forward_rounds.h): generation then
+  // pairs every forward with the other ranks'. Null = each rank runs alone.
+  std::shared_ptr<ForwardRounds> forward_rounds;
 
  private:
   ModelConfig cfg_;

@@ -30,8 +30,12 @@ struct NamedTensor {
       false;  // written for compatibility but not read back (MTP's copies of the shared embedding and head)
 };
 
-// Every tensor of the model under its HF name, as views sharing the model's storage.
+// Every tensor of the model under its HF name, as views sharing the model's storage; the root's
+// (embeddings, final norm, head) and one block's (decoder layers 0..L-1, then the MTP modules as
+// blocks L..L+D-1, numbered as BlockHooks numbers them).
 std::vector<NamedTensor> hf_state_dict(CausalLM& model);
+std::vector<NamedTensor> hf_root_tensors(CausalLM& model);
+std::vector<NamedTensor> hf_block_tensors(CausalLM& model, int64_t block);
 
 // What to do when the config asks for MTP modules (num_nextn_predict_layers > 0) and the checkpoint
 // holds none of their tensors (no tensor under `model.layers.{num_hidden_layers + k - 1}.` for any
@@ -71,6 +75,18 @@ void load_hf_weights(CausalLM& model, const std::string& dir, bool allow_unexpec
 // Writes DIR/config.json and the weights in `dtype` (sharded above max_shard_bytes).
 void save_hf_checkpoint(CausalLM& model, const std::string& dir, torch::ScalarType dtype = torch::kFloat,
                         uint64_t max_shard_bytes = 5ull << 30);
+
+// Saving a model whose blocks are not all on this rank (full sharding's chunks, expert
+// parallelism's experts), one block at a time: blocks->before_block(i) brings block i's
+// parameters in before its tensors are read and after_block(i, {}) lets them go again, so only
+// one block is whole at once, plus at most one file's worth of tensors waiting to be written. The
+// root must be in place. `write` false: take part (the hooks' collectives) and write nothing.
+struct BlockwiseSave {
+  BlockHooks* blocks = nullptr;
+  bool write = true;
+};
+void save_hf_checkpoint(CausalLM& model, const std::string& dir, torch::ScalarType dtype, uint64_t max_shard_bytes,
+                        const BlockwiseSave& how);
 
 // Dequantises an FP8 weight [out, in] with per-block inverse scales [ceil(out/b), ceil(in/b)].
 torch::Tensor dequantize_block_fp8(const torch::Tensor& weight, const torch::Tensor& scale_inv, int64_t block = 128);

@@ -19,7 +19,12 @@
 //   - each step decodes one token for every unfinished row; a row that finishes (EOS id, a stop
 //     string, max_new_tokens) leaves the batch at once: its cache row, mask row and position are
 //     dropped, so no compute is spent on it;
-//   - everything runs under c10::InferenceMode.
+//   - everything runs under c10::InferenceMode;
+//   - when the model's forwards are collective (model->forward_rounds set: expert parallelism or
+//     full sharding generating in the training layout), every forward is a round with the other
+//     ranks, and generate() returns only when no rank has forwards left (stand-in forwards of one
+//     token meanwhile); every rank must then call generate() as often as the others, with no
+//     requests when it has none.
 // Determinism: sample g of a request with seed s draws from its own stream RowRng(derive(s, g)),
 // one uniform per token, so its tokens do not depend on what else is in the batch. A request
 // without a seed uses cfg.seed + its index in the call.
@@ -118,12 +123,15 @@ class Engine {
                             GenerationStats& stats, double t0);
   bool finish_check(Row& row, int64_t token, double now) const;
   static torch::Tensor next_positions(const std::vector<Row>& rows, const torch::Device& device);
+  void pair_round();    // before each forward: a round with the other ranks (when paired)
+  void drain_rounds();  // after the last: stand-ins while another rank has forwards left
 
   model::CausalLM model_;
   const data::Tokenizer* tokenizer_;
   GenerationConfig cfg_;
   std::vector<int64_t> eos_;
   size_t max_stop_bytes_ = 0;
+  model::ForwardRounds* rounds_ = nullptr;  // the model's, during generate()
 };
 
 }  // namespace grpo::rollout

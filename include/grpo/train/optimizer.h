@@ -69,13 +69,15 @@ void freeze_parameters(torch::nn::Module& model, const OptimizerConfig& cfg);
 std::unique_ptr<torch::optim::AdamW> make_adamw(const ParamGroups& groups, const OptimizerConfig& cfg);
 
 // The global L2 norm of the gradients of `model`'s trainable parameters (those with a gradient;
-// a tied tensor counted once), as torch.nn.utils.clip_grad_norm_ computes it. When max_norm > 0
+// a tied tensor counted once), as torch.nn.utils.clip_grad_norm_ computes it but in float64 (so
+// that sharded runs, adding up each tensor from its chunks, get the same coefficient; torch's
+// float32 norm can differ from it in the last bit). When max_norm > 0
 // and the norm is finite, gradients are scaled by max_norm / (norm + 1e-6) if that is below 1.
 // A non-finite norm (inf/NaN gradients) is returned with the gradients left as they are: the caller
 // should skip the optimizer step (and zero the gradients). max_norm = 0 only measures.
 double clip_gradients(torch::nn::Module& model, double max_norm);
 // clip_gradients' last part, for norms computed elsewhere (sharded gradients): `total` is the
-// whole model's gradient norm (a float32 scalar tensor); scales `grads` by
+// whole model's gradient norm (a float64 scalar tensor); scales `grads` by
 // min(1, max_norm / (total + 1e-6)) when max_norm > 0 and the norm is finite. Returns the norm.
 double clip_to_norm(std::vector<torch::Tensor>& grads, const torch::Tensor& total, double max_norm);
 
