@@ -13,6 +13,10 @@ std::string GrpoLossConfig::validate() const {
     return "delta must be > 1 + epsilon_high (" + std::to_string(1.0 + epsilon_upper()) + "), found " +
            std::to_string(*delta);
   }
+  if (sampler_clip_min && sampler_clip_max && *sampler_clip_min >= *sampler_clip_max) {
+    return "sampler_clip_min (" + std::to_string(*sampler_clip_min) + ") must be below sampler_clip_max (" +
+           std::to_string(*sampler_clip_max) + ")";
+  }
   return "";
 }
 
@@ -75,6 +79,28 @@ GrpoLossOutput grpo_loss(const GrpoLossInputs& in, const GrpoLossConfig& cfg) {
   if (cfg.delta) ratio = ratio.clamp_max(*cfg.delta);
   auto per_token_loss = -torch::min(ratio * advantages, clipped * advantages);
 
+  // The sampler correction's weight [N, L] (token modes) or [N, 1] (sequence modes), no gradient.
+  torch::Tensor weight, sampler_diff;
+  if (cfg.sampler_correction != SamplerCorrection::none) {
+    TORCH_CHECK(in.sampler_logps.defined(), "grpo_loss: sampler_correction needs sampler_logps");
+    check_2d(in.sampler_logps, "sampler_logps", logps);
+    torch::NoGradGuard no_grad;  // the weight only; the loss it multiplies keeps its gradient (below)
+    sampler_diff = torch::nan_to_num((old_logps.detach() - in.sampler_logps.to(logps.scalar_type())) * mask, 0.0);
+    const bool per_sequence = cfg.sampler_correction == SamplerCorrection::sequence_truncate ||
+                              cfg.sampler_correction == SamplerCorrection::sequence_mask;
+    weight = (per_sequence ? sampler_diff.sum(-1, /*keepdim=*/true) : sampler_diff).exp();
+    if (cfg.sampler_correction == SamplerCorrection::token_truncate ||
+        cfg.sampler_correction == SamplerCorrection::sequence_truncate) {
+      if (cfg.sampler_clip_min) weight = weight.clamp_min(*cfg.sampler_clip_min);
+      if (cfg.sampler_clip_max) weight = weight.clamp_max(*cfg.sampler_clip_max);
+    } else {
+      const double lo = cfg.sampler_clip_min.value_or(-std::numeric_limits<double>::infinity());
+      const double hi = cfg.sampler_clip_max.value_or(std::numeric_limits<double>::infinity());
+      weight = weight.masked_fill((weight < lo) | (weight > hi), 0.0);
+    }
+  }
+  if (weight.defined()) per_token_loss = per_token_loss * weight;
+
   torch::Tensor per_token_kl;
   if (cfg.beta != 0.0) {
     TORCH_CHECK(in.ref_logps.defined(), "grpo_loss: beta = ", cfg.beta, " needs ref_logps");
@@ -127,6 +153,22 @@ GrpoLossOutput grpo_loss(const GrpoLossInputs& in, const GrpoLossConfig& cfg) {
   out.clip_ratio_low_min = seq_means(low).masked_fill(counted.logical_not(), inf).min().masked_fill(none, 0.0);
   out.clip_ratio_high_max = seq_means(high).masked_fill(counted.logical_not(), -inf).max().masked_fill(none, 0.0);
   out.ratio_mean = global_masked_mean(ratio);
+  if (weight.defined()) {
+    const auto on = mask > 0;
+    const auto diff = (old_logps.detach() - in.sampler_logps.to(logps.scalar_type())).abs();
+    const auto any = on.any();
+    const auto zero = torch::zeros({}, mask.options());
+    out.sampler_logp_diff_mean = torch::where(any, (diff * mask).sum() / mask.sum().clamp_min(1.0), zero);
+    out.sampler_logp_diff_max = torch::where(any, diff.masked_fill(on.logical_not(), -inf).max(), zero);
+    // Token modes: over completion tokens; sequence modes: every sequence.
+    const auto counted_w = weight.size(1) == 1 ? torch::ones_like(weight, torch::kBool) : on;
+    const auto n = counted_w.sum();
+    const auto some = n > 0;
+    out.sampler_weight_mean = torch::where(some, (weight * counted_w).sum() / n.clamp_min(1).to(mask.scalar_type()),
+                                           zero);
+    out.sampler_weight_min = torch::where(some, weight.masked_fill(counted_w.logical_not(), inf).min(), zero);
+    out.sampler_weight_max = torch::where(some, weight.masked_fill(counted_w.logical_not(), -inf).max(), zero);
+  }
   return out;
 }
 

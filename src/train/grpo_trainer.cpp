@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <stdexcept>
 
 #include "autocast.h"
@@ -128,15 +129,18 @@ torch::Tensor batch_logprobs(model::CausalLM& model, const GrpoBatch& batch, int
 }
 
 GrpoStepStats::Values GrpoStepStats::read(dist::World* world) const {
-  auto all = torch::stack({loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum})
+  auto all = torch::stack({loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum,
+                           seq_ratio_sum, tokens_over_1e3, tokens_over_1e1, weight_sum, weight_count})
                  .to(torch::kCPU, torch::kDouble);
-  auto diff_max = sampler_diff_max.reshape({1}).to(torch::kCPU, torch::kDouble);
+  // Maxima (the minimum as the max of its negation).
+  auto most = torch::stack({sampler_diff_max, seq_ratio_max, weight_max, -weight_min}).to(torch::kCPU, torch::kDouble);
   if (world != nullptr && world->distributed()) {
     world->all_reduce(all);
-    world->all_reduce(diff_max, dist::ReduceOp::max);
+    world->all_reduce(most, dist::ReduceOp::max);
   }
   const auto* x = all.data_ptr<double>();
-  return {x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], diff_max.item<double>()};
+  const auto* m = most.data_ptr<double>();
+  return {x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], m[0], x[8], m[1], x[9], x[10], x[11], x[12], -m[3], m[2]};
 }
 
 GrpoTrainer::GrpoTrainer(model::CausalLM model, const data::Tokenizer& tokenizer, data::PromptConfig prompt,
@@ -208,6 +212,13 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
   const auto zero = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device));
   s.loss = s.kl = s.clip_low = s.clip_high = s.clip_region = s.mtp_loss = s.balance_loss = zero;
   s.sampler_diff_sum = s.sampler_diff_max = zero;
+  s.seq_ratio_sum = s.seq_ratio_max = s.tokens_over_1e3 = s.tokens_over_1e1 = zero;
+  s.weight_sum = s.weight_count = s.weight_max = zero;
+  s.weight_min = torch::full({}, std::numeric_limits<float>::infinity(), zero.options());
+  const bool corrected = cfg_.loss.sampler_correction != SamplerCorrection::none;
+  // Sampler correction over several iterations: the old log-probs are the trainer's own before the
+  // first update (TRL's old_per_token_logps), one tensor per micro-batch.
+  std::vector<torch::Tensor> first_logps;
   const double per_iteration = 1.0 / static_cast<double>(cfg_.num_iterations);
   const double per_token = tokens > 0 ? per_iteration / tokens : 0.0;  // token-weighted means
   for (int64_t it = 0; it < cfg_.num_iterations; ++it) {
@@ -236,7 +247,13 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
                         .completion_mask = cmask,
                         .rows_in_batch = rows,
                         .tokens_in_batch = tokens};
-      if (cfg_.num_iterations > 1) in.old_logps = mb.sampler_logps.to(device);
+      const size_t mb_index = static_cast<size_t>(b / cfg_.micro_batch_size);
+      if (corrected) {
+        in.sampler_logps = mb.sampler_logps.to(device);
+        if (it > 0) in.old_logps = first_logps.at(mb_index);
+      } else if (cfg_.num_iterations > 1) {
+        in.old_logps = mb.sampler_logps.to(device);
+      }
       if (mb.ref_logps.defined()) in.ref_logps = mb.ref_logps.to(device);
       const auto out = grpo_loss(in, cfg_.loss);
       const double row_share = static_cast<double>(m) / rows;
@@ -261,9 +278,26 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
       s.balance_loss = s.balance_loss + balance.detach().to(torch::kFloat) * per_iteration;
       if (mtp.defined()) s.mtp_loss = s.mtp_loss + mtp.detach().to(torch::kFloat) * per_iteration;
       if (it == 0) {  // the trainer's log-probs against the sampler's, before any update
-        const auto diff = (f.logps.detach() - mb.sampler_logps.to(device)).abs() * cmask;
+        const auto signed_diff = (f.logps.detach() - mb.sampler_logps.to(device)) * cmask;
+        const auto diff = signed_diff.abs();
         s.sampler_diff_sum = s.sampler_diff_sum + diff.sum().to(torch::kFloat);
         s.sampler_diff_max = torch::maximum(s.sampler_diff_max, diff.max().to(torch::kFloat));
+        const auto seq_ratio = signed_diff.to(torch::kDouble).sum(-1).exp().to(torch::kFloat);  // [m]
+        s.seq_ratio_sum = s.seq_ratio_sum + seq_ratio.sum();
+        s.seq_ratio_max = torch::maximum(s.seq_ratio_max, seq_ratio.max());
+        s.tokens_over_1e3 = s.tokens_over_1e3 + (diff > 1e-3).sum().to(torch::kFloat);
+        s.tokens_over_1e1 = s.tokens_over_1e1 + (diff > 1e-1).sum().to(torch::kFloat);
+        if (corrected) {
+          if (cfg_.num_iterations > 1) first_logps.push_back(f.logps.detach());
+          const bool per_sequence = cfg_.loss.sampler_correction == SamplerCorrection::sequence_truncate ||
+                                    cfg_.loss.sampler_correction == SamplerCorrection::sequence_mask;
+          const auto count = per_sequence ? torch::full({}, static_cast<double>(m), zero.options())
+                                          : cmask.sum().to(torch::kFloat);
+          s.weight_sum = s.weight_sum + out.sampler_weight_mean.to(torch::kFloat) * count;
+          s.weight_count = s.weight_count + count;
+          s.weight_min = torch::minimum(s.weight_min, out.sampler_weight_min.to(torch::kFloat));
+          s.weight_max = torch::maximum(s.weight_max, out.sampler_weight_max.to(torch::kFloat));
+        }
       }
     }
     for (int64_t k = mine; k < passes; ++k) {
@@ -371,6 +405,11 @@ GrpoTrainer::StepSummary GrpoTrainer::log_step(int64_t step, const StepRollouts&
       {"entropy", tokens > 0 ? sums[1] / tokens : 0.0},
       {"logprob_diff_mean", v.sampler_diff_sum / std::max(tokens, 1.0)},
       {"logprob_diff_max", v.sampler_diff_max},
+      // Per sequence: exp(sum over its tokens of trainer - sampler), over every rank's sequences.
+      {"seq_ratio_mean", n > 0 ? v.seq_ratio_sum / n : 0.0},
+      {"seq_ratio_max", v.seq_ratio_max},
+      {"logprob_diff_over_1e-3", v.tokens_over_1e3 / std::max(tokens, 1.0)},
+      {"logprob_diff_over_1e-1", v.tokens_over_1e1 / std::max(tokens, 1.0)},
       {"completion_length", mean_of(lengths)},
       {"completion_length_max", lengths.empty() ? 0.0 : *std::max_element(lengths.begin(), lengths.end())},
       {"truncated_fraction", n > 0 ? sums[2] / n : 0.0},
@@ -389,6 +428,11 @@ GrpoTrainer::StepSummary GrpoTrainer::log_step(int64_t step, const StepRollouts&
     metrics.emplace_back("mtp_loss", v.mtp_loss);
   }
   if (const double balance = v.balance_loss; balance != 0) metrics.emplace_back("balance_loss", balance);
+  if (v.weight_count > 0) {  // the sampler correction's weights (TRL's sampling/importance_sampling_ratio/*)
+    metrics.emplace_back("sampler_weight_mean", v.weight_sum / v.weight_count);
+    metrics.emplace_back("sampler_weight_min", v.weight_min);
+    metrics.emplace_back("sampler_weight_max", v.weight_max);
+  }
   // Every reward function's metrics, as the RewardSet reports them over all the step's samples.
   for (const auto& [key, value] : scores.metrics) metrics.emplace_back(key, value);
   if (accuracy_index_) {

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <optional>
 
 #include "grpo/model/causal_lm.h"
 #include "grpo/train/grpo_loss.h"
@@ -30,6 +31,65 @@ GrpoLossConfig config(LossType type) {
   GrpoLossConfig c;
   c.loss_type = type;
   return c;
+}
+
+// The sampler correction by hand: old = logps (ratio 1), sampler log-probs chosen so that the
+// token weights are [[4, 0.5], [0.5, (padding)]] and the sequence weights [2, 0.5]; advantages
+// [1, -1], dapo over T = 3 tokens, so each token's loss is -A_i * w.
+TEST(GrpoLoss, SamplerCorrectionEveryModeByHand) {
+  const auto logps = torch::zeros({2, 2}, torch::kDouble).requires_grad_();
+  const auto sampler = torch::tensor({{-std::log(4.0), -std::log(0.5)}, {std::log(2.0), 0.0}}, torch::kDouble);
+  const auto mask = torch::tensor({{1, 1}, {1, 0}}, torch::kLong);
+  const auto adv = torch::tensor({1.0, -1.0}, torch::kDouble);
+  struct Case {
+    SamplerCorrection mode;
+    std::optional<double> lo, hi;
+    double loss, weight_mean, weight_min, weight_max;
+  };
+  const Case cases[] = {
+      // weights [[3, 0.5], [0.5]]: (-3.5 + 0.5) / 3
+      {SamplerCorrection::token_truncate, std::nullopt, 3.0, -1.0, 4.0 / 3.0, 0.5, 3.0},
+      // [[0, 0], [0]] outside [0.6, 3]
+      {SamplerCorrection::token_mask, 0.6, 3.0, 0.0, 0.0, 0.0, 0.0},
+      // [2, 0.8]: (-2 * 2 + 0.8) / 3
+      {SamplerCorrection::sequence_truncate, 0.8, 3.0, -3.2 / 3.0, 1.4, 0.8, 2.0},
+      // [2, 0]
+      {SamplerCorrection::sequence_mask, 0.6, 3.0, -4.0 / 3.0, 1.0, 0.0, 2.0},
+  };
+  for (const auto& c : cases) {
+    GrpoLossConfig cfg;
+    cfg.loss_type = LossType::dapo;
+    cfg.sampler_correction = c.mode;
+    cfg.sampler_clip_min = c.lo;
+    cfg.sampler_clip_max = c.hi;
+    const auto out = grpo_loss({.logps = logps, .advantages = adv, .completion_mask = mask, .sampler_logps = sampler},
+                               cfg);
+    SCOPED_TRACE(static_cast<int>(c.mode));
+    EXPECT_NEAR(out.loss.item<double>(), c.loss, 1e-12);
+    EXPECT_NEAR(out.sampler_weight_mean.item<double>(), c.weight_mean, 1e-12);
+    EXPECT_NEAR(out.sampler_weight_min.item<double>(), c.weight_min, 1e-12);
+    EXPECT_NEAR(out.sampler_weight_max.item<double>(), c.weight_max, 1e-12);
+    EXPECT_NEAR(out.sampler_logp_diff_max.item<double>(), std::log(4.0), 1e-12);
+    EXPECT_NEAR(out.sampler_logp_diff_mean.item<double>(), (std::log(4.0) + 2 * std::log(2.0)) / 3.0, 1e-12);
+    // The weight scales the gradient too: d loss / d logp_t = -A_i * w_t / T at ratio 1.
+    ASSERT_TRUE(out.loss.requires_grad());
+    const auto g = torch::autograd::grad({out.loss}, {logps})[0];
+    EXPECT_NEAR(g[0][0].item<double>(),
+                c.mode == SamplerCorrection::token_truncate ? -3.0 / 3
+                : c.mode == SamplerCorrection::token_mask   ? 0.0
+                                                            : -2.0 / 3,
+                1e-12);
+    EXPECT_NEAR(g[1][0].item<double>(),
+                c.mode == SamplerCorrection::token_truncate      ? 0.5 / 3
+                : c.mode == SamplerCorrection::sequence_truncate ? 0.8 / 3
+                                                                 : 0.0,
+                1e-12);
+  }
+  GrpoLossConfig cfg;
+  cfg.sampler_correction = SamplerCorrection::token_mask;
+  EXPECT_THROW(grpo_loss({.logps = logps, .advantages = adv, .completion_mask = mask}, cfg), c10::Error);
+  cfg.sampler_clip_min = 3.0;
+  EXPECT_NE(cfg.validate().find("sampler_clip_min"), std::string::npos);
 }
 
 TEST(Advantages, GroupScalingWithAZeroStdGroup) {

@@ -5,7 +5,8 @@
 // the loss and its gradient, and compare everything with what TRL saved:
 //   advantages and log-probs: abs 1e-5; loss: 1e-5 relative to max(|TRL's loss|, 0.1) (with ratio 1
 //   and beta 0, grpo's loss is the mean advantage, 0 up to rounding); every parameter's gradient:
-//   max abs difference <= 1e-4 x max |TRL's gradient| of that tensor.
+//   max abs difference <= 1e-4 x max |TRL's gradient| of that tensor. With the sampler correction
+//   (TRL's vllm_importance_sampling_correction, every mode), also its weights' min, mean and max.
 // Environment: GRPO_TRL_ORACLE_DIR (skips when unset; run through ctest).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -79,6 +80,14 @@ TEST(TrlOracle, LossAndGradientsMatchTrlGrpoTrainer) {
     cfg.use_bias_correction_kl = c["use_bias_correction_kl"].get<bool>();
     cfg.max_completion_length = c["max_completion_length"].get<int64_t>();
     const int num_iterations = c["num_iterations"].get<int>();
+    if (c.contains("sampler_correction")) {
+      cfg.sampler_correction = enum_or_throw<SamplerCorrection>(c["sampler_correction"].get<std::string>());
+      cfg.sampler_clip_min = c["sampler_clip_min"].is_null() ? std::nullopt
+                                                             : std::optional(c["sampler_clip_min"].get<double>());
+      cfg.sampler_clip_max = c["sampler_clip_max"].is_null() ? std::nullopt
+                                                             : std::optional(c["sampler_clip_max"].get<double>());
+    }
+    const bool corrected = cfg.sampler_correction != SamplerCorrection::none;
 
     const io::SafetensorsFile trl((dir / name / "trl.safetensors").string());
     ASSERT_TRUE(torch::equal(trl.load("completion_ids").to(torch::kLong), completion_ids));
@@ -105,7 +114,7 @@ TEST(TrlOracle, LossAndGradientsMatchTrlGrpoTrainer) {
       initial_logps = completion_logprobs(initial, input_ids, attention_mask, {}, L, temperature);
     }
     if (trl.contains("old_logps")) {
-      EXPECT_EQ(num_iterations, 2);
+      EXPECT_TRUE(num_iterations == 2 || corrected);  // TRL recomputes them for the sampler correction
       in.old_logps = initial_logps;
       side_err = std::max(side_err, max_abs_diff(initial_logps, trl.load("old_logps")));
     } else {
@@ -120,7 +129,19 @@ TEST(TrlOracle, LossAndGradientsMatchTrlGrpoTrainer) {
     // TRL's dapo normaliser: the completion tokens of the accumulated batch (the step's T).
     in.tokens_in_batch = trl.load("num_items_in_batch").item<double>();
 
+    if (corrected) {
+      ASSERT_TRUE(trl.contains("sampler_logps") && trl.contains("sampler_weight"));
+      in.sampler_logps = trl.load("sampler_logps");
+    }
     const auto out = grpo_loss(in, cfg);
+    if (corrected) {  // the weights TRL applied, through their mean over what TRL counts
+      const auto w = trl.load("sampler_weight").to(torch::kDouble);
+      const auto counted = w.size(1) == 1 ? torch::ones_like(w, torch::kBool) : completion_mask.to(torch::kBool);
+      const double want = w.masked_select(counted).mean().item<double>();
+      EXPECT_NEAR(out.sampler_weight_mean.item<double>(), want, 1e-5);
+      EXPECT_NEAR(out.sampler_weight_max.item<double>(), w.masked_select(counted).max().item<double>(), 1e-5);
+      EXPECT_NEAR(out.sampler_weight_min.item<double>(), w.masked_select(counted).min().item<double>(), 1e-5);
+    }
     const double trl_loss = trl.load("loss").item<double>();
     const double loss_err = std::abs(out.loss.item<double>() - trl_loss) / std::max(std::abs(trl_loss), 0.1);
     EXPECT_LE(loss_err, 1e-5) << "ours " << out.loss.item<double>() << " TRL " << trl_loss;

@@ -28,9 +28,11 @@ OUTDIR layout
                               reward_weights [2], group_size []
   configs.json                [{name, loss_type, scale_rewards, importance_sampling_level, beta,
                               num_iterations, epsilon, epsilon_high, delta, temperature,
-                              use_bias_correction_kl, max_completion_length}]
+                              use_bias_correction_kl, max_completion_length[, sampler_correction,
+                              sampler_clip_min, sampler_clip_max]}]
   <name>/trl.safetensors      advantages [N] (group order), old_logps / ref_logps [N,L] when TRL
-                              made them, logps [N,L] (current policy, TRL's fused head), loss [],
+                              made them, sampler_logps [N,L] and sampler_weight ([N,L] or [N,1],
+                              TRL's importance_sampling_ratio) with the sampler correction, logps [N,L] (current policy, TRL's fused head), loss [],
                               num_items_in_batch [], grad.<hf name> for every parameter
   <name>/policy/              the weights the loss ran on, when they differ from model/
 """
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -132,6 +135,43 @@ def grid():
     return out
 
 
+# The sampler correction (TRL's vllm_importance_sampling_correction): TRL applies it only with vLLM,
+# so those configurations set trainer.use_vllm after construction (everything vLLM-specific sits in
+# the constructor and in _generate_single_turn, which is replaced) and the replaced sampling returns
+# per-token sampling log-probs: the initial policy's, moved by a fixed pattern of up to +-0.6, so
+# that token weights spread over about [0.55, 1.8] and sequence weights beyond the clip bounds.
+SAMPLER_MODES = ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+
+
+def sampler_grid():
+    out = []
+    for k, mode in enumerate(SAMPLER_MODES):
+        for j, (loss_type, level, beta, iters) in enumerate(
+                [("grpo", "token", 0.04, 1), ("dapo", "sequence", 0.0, 2), ("bnpo", "token", 0.0, 2)]):
+            clip_min = 0.8 if (k + j) % 2 == 0 else None
+            clip_max = 2.0 if j == 1 else 3.0
+            name = f"is_{mode}_{loss_type}_{level}_b{beta:g}_it{iters}" + ("_min" if clip_min else "")
+            out.append(dict(name=name, loss_type=loss_type, scale_rewards="group", importance_sampling_level=level,
+                            beta=beta, num_iterations=iters, epsilon=0.2, epsilon_high=None, delta=None,
+                            temperature=1.0 if j != 2 else 0.7, use_bias_correction_kl=True,
+                            max_completion_length=MAX_COMPLETION_LENGTH, sampler_correction=mode,
+                            sampler_clip_min=clip_min, sampler_clip_max=clip_max))
+    return out
+
+
+def sampling_logps(model, prompt_ids, prompt_mask, completion_ids, temperature):
+    """The model's per-token log-probs of the completions, moved by the fixed pattern (lists, unpadded)."""
+    with torch.no_grad():
+        ids = torch.cat([prompt_ids, completion_ids], 1)
+        mask = torch.cat([prompt_mask, (completion_ids != PAD).long()], 1)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, prompt_ids.size(1) - 1:-1] / temperature
+        logps = torch.log_softmax(logits.float(), -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    out = []
+    for i, c in enumerate(COMPLETIONS):
+        out.append([float(logps[i, t]) + 0.6 * math.sin(1.7 * i + 2.3 * t) for t in range(len(c))])
+    return out
+
+
 def build_tokenizer():
     vocab = {"<pad>": PAD, "<eos>": EOS}
     vocab.update({f"w{i}": i for i in range(2, VOCAB)})
@@ -175,7 +215,14 @@ _A = reward_lookup(REWARD_A)
 _B = reward_lookup(REWARD_B)
 
 
-def run_config(cfg, model_dir, tokenizer, work, expected_prompt_ids):
+def run_config(cfg, model_dir, tokenizer, work, expected_prompt_ids, sampler_logps=None):
+    correction = cfg.get("sampler_correction", "none") != "none"
+    is_kwargs = {}
+    if correction:
+        is_kwargs = dict(vllm_importance_sampling_correction=True,
+                         vllm_importance_sampling_mode=cfg["sampler_correction"],
+                         vllm_importance_sampling_clip_min=cfg["sampler_clip_min"],
+                         vllm_importance_sampling_clip_max=cfg["sampler_clip_max"])
     args = GRPOConfig(
         output_dir=os.path.join(work, cfg["name"]), report_to="none", use_cpu=True, seed=0,
         per_device_train_batch_size=len(COMPLETIONS), num_generations=G, gradient_accumulation_steps=1,
@@ -185,7 +232,7 @@ def run_config(cfg, model_dir, tokenizer, work, expected_prompt_ids):
         num_iterations=cfg["num_iterations"], epsilon=cfg["epsilon"], epsilon_high=cfg["epsilon_high"],
         delta=cfg["delta"], use_bias_correction_kl=cfg["use_bias_correction_kl"], reward_weights=REWARD_WEIGHTS, learning_rate=1e-3, max_steps=cfg["num_iterations"],
         save_strategy="no", logging_steps=1, bf16=False, fp16=False, dataloader_num_workers=0,
-        model_init_kwargs={"dtype": "float32", "attn_implementation": "eager"})
+        model_init_kwargs={"dtype": "float32", "attn_implementation": "eager"}, **is_kwargs)
     dataset = Dataset.from_list([{"prompt": p} for p in PROMPTS])
     trainer = GRPOTrainer(model=model_dir, reward_funcs=[reward_a, reward_b], args=args,
                           train_dataset=dataset, processing_class=tokenizer)
@@ -193,9 +240,11 @@ def run_config(cfg, model_dir, tokenizer, work, expected_prompt_ids):
     # The one replaced step: sampling returns our fixed completions, row by row.
     def fixed_generation(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         assert [list(p) for p in prompt_ids] == expected_prompt_ids, prompt_ids
-        return [list(c) for c in COMPLETIONS], None
+        return [list(c) for c in COMPLETIONS], (sampler_logps[cfg["name"]] if correction else None)
 
     trainer._generate_single_turn = fixed_generation
+    if correction:
+        trainer.use_vllm = True  # only the loss's vLLM branches: sampling is replaced above
     scored = {}
     original_score = trainer._generate_and_score_completions
 
@@ -244,7 +293,8 @@ def run_config(cfg, model_dir, tokenizer, work, expected_prompt_ids):
         "completion_ids": scored["completion_ids"].long(),
         "completion_mask": scored["completion_mask"].long(),
     }
-    for key, name in [("old_per_token_logps", "old_logps"), ("ref_per_token_logps", "ref_logps")]:
+    for key, name in [("old_per_token_logps", "old_logps"), ("ref_per_token_logps", "ref_logps"),
+                      ("sampling_per_token_logps", "sampler_logps"), ("importance_sampling_ratio", "sampler_weight")]:
         if scored.get(key) is not None:
             tensors[name] = scored[key].detach().float()
     for pname, p in model.named_parameters():
@@ -288,13 +338,17 @@ def generate(outdir, only):
                "reward_weights": torch.tensor(REWARD_WEIGHTS, dtype=torch.float32),
                "group_size": torch.tensor(G, dtype=torch.long)}, os.path.join(outdir, "batch.safetensors"))
 
-    configs = [c for c in grid() if not only or c["name"] in only]
+    configs = [c for c in grid() + sampler_grid() if not only or c["name"] in only]
+    sampler = {}
+    for cfg in configs:
+        if cfg.get("sampler_correction", "none") != "none":
+            sampler[cfg["name"]] = sampling_logps(model, prompt_ids, prompt_mask, completion_ids, cfg["temperature"])
     with open(os.path.join(outdir, "configs.json"), "w") as f:
         json.dump(configs, f, indent=1)
     t0 = time.time()
     for cfg in configs:
         t = time.time()
-        loss = run_config(cfg, model_dir, tokenizer, outdir, expected_prompt_ids)
+        loss = run_config(cfg, model_dir, tokenizer, outdir, expected_prompt_ids, sampler)
         print(f"{cfg['name']:<44} loss {loss:+.6e}  {time.time() - t:.2f}s", flush=True)
     print(f"trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}: "
           f"{len(configs)} configurations in {time.time() - t0:.1f}s -> {outdir}")

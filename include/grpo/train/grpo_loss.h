@@ -15,6 +15,7 @@
 //   log_ratio = logp - old_logp; token level: r = exp(log_ratio); sequence level (GSPO):
 //   r_i = exp(sum_t m*log_ratio / max(sum_t m, 1)) for every token of the sequence;
 //   loss_t = -min(min(r, delta) * A, clamp(r, 1 - epsilon, 1 + epsilon_high) * A)   (delta only if set)
+//            (times the sampler correction's weight w, when on; SamplerCorrection above)
 //            + beta * (exp(ref - logp) - (ref - logp) - 1) * r                      (k3 KL, if beta > 0)
 //   where the KL's factor r (the ratio before the delta cap, with its gradient) is TRL's
 //   use_bias_correction_kl (default on): it changes the KL's gradient even where r == 1.
@@ -66,6 +67,20 @@ constexpr auto config_enum_names(ImportanceSamplingLevel) {
                     std::pair{ImportanceSamplingLevel::sequence, "sequence"}};
 }
 
+// Importance-sampling correction for the difference between the sampler's log-probs and the
+// trainer's (TRL's vllm_importance_sampling_correction with vllm_importance_sampling_mode; verl's
+// TIS / MIS): a weight w = exp(old_logp - sampler_logp) per token, or exp of its sum per sequence,
+// truncated to [clip_min, clip_max] or set to 0 outside it (mask), multiplies each token's policy
+// loss (not the KL). old_logp is the trainer's log-prob under the policy that sampled.
+enum class SamplerCorrection { none, token_truncate, token_mask, sequence_truncate, sequence_mask };
+constexpr auto config_enum_names(SamplerCorrection) {
+  return std::array{std::pair{SamplerCorrection::none, "none"},
+                    std::pair{SamplerCorrection::token_truncate, "token_truncate"},
+                    std::pair{SamplerCorrection::token_mask, "token_mask"},
+                    std::pair{SamplerCorrection::sequence_truncate, "sequence_truncate"},
+                    std::pair{SamplerCorrection::sequence_mask, "sequence_mask"}};
+}
+
 // The added constant of TRL's advantage denominator: (r - mean) / (std + kAdvantageEpsilon).
 inline constexpr double kAdvantageEpsilon = 1e-4;
 
@@ -81,6 +96,11 @@ struct GrpoLossConfig {
   bool use_bias_correction_kl = true;  // multiply the KL by the importance ratio (DeepSeek-V3.2; TRL default true)
   RewardScaling scale_rewards = RewardScaling::group;  // TRL default group
   int64_t max_completion_length = 512;                 // tokens; dr_grpo's constant normaliser (TRL default 512)
+  // Sampler/trainer correction (TRL's default with vLLM: sequence_mask, clip_max 3). grpo's sampler
+  // is its own model, so the default is none; see docs/training.md.
+  SamplerCorrection sampler_correction = SamplerCorrection::none;
+  std::optional<double> sampler_clip_min;        // lower bound of the weight; unset = none (TRL default)
+  std::optional<double> sampler_clip_max = 3.0;  // upper bound; unset = none (TRL default 3.0)
   // The log-probs' temperature is the sampling temperature (grpo.generation.sampling.temperature):
   // the ratio compares log-probs of the distribution that sampled.
 
@@ -101,6 +121,13 @@ struct GrpoLossConfig {
       "multiply the per-token KL by the importance ratio (unbiased reverse-KL gradient off-policy)");
     v("scale_rewards", scale_rewards, "advantage denominator: group std | batch std | none (Dr. GRPO)");
     v("max_completion_length", max_completion_length, "tokens; dr_grpo's normaliser", Check().gt(0));
+    v("sampler_correction", sampler_correction,
+      "importance weight between the sampler's and the trainer's log-probs: none | token_truncate | token_mask | "
+      "sequence_truncate | sequence_mask (TRL's vllm_importance_sampling_mode)");
+    v("sampler_clip_min", sampler_clip_min, "sampler_correction: lower bound of the weight; unset = none",
+      Check().ge(0));
+    v("sampler_clip_max", sampler_clip_max, "sampler_correction: upper bound of the weight; unset = none",
+      Check().gt(0));
   }
   // Keys that were removed, with what replaced them (the unknown-key error shows the hint).
   static constexpr std::array<config::RemovedKey, 1> removed_keys{
@@ -121,6 +148,7 @@ struct GrpoLossInputs {
   torch::Tensor completion_mask{};  // [N, L] 1 = a completion token that counts
   double rows_in_batch = 0;         // R: sequences of the step's batch (all micro-batches, ranks); 0 = N
   double tokens_in_batch = 0;       // T: completion tokens of the step's batch; 0 = this call's sum of the mask
+  torch::Tensor sampler_logps{};    // [N, L] what the sampler recorded; needed when sampler_correction != none
 };
 
 // The metrics are 0-dim tensors without grad (the logps' dtype), so that a trainer can add them up over
@@ -134,6 +162,11 @@ struct GrpoLossOutput {
   torch::Tensor clip_ratio_low_min;      // smallest per-sequence low fraction ("clip_ratio/low_min")
   torch::Tensor clip_ratio_high_max;     // largest per-sequence high fraction ("clip_ratio/high_max")
   torch::Tensor ratio_mean;              // mean importance ratio (after the delta cap) over completion tokens
+  // Sampler correction (defined when on), as TRL logs them: |old - sampler| over completion tokens
+  // ("sampling/sampling_logp_difference/mean|max"), and the weight w over completion tokens (token
+  // modes) or sequences ("sampling/importance_sampling_ratio/min|mean|max").
+  torch::Tensor sampler_logp_diff_mean, sampler_logp_diff_max;
+  torch::Tensor sampler_weight_min, sampler_weight_mean, sampler_weight_max;
 };
 // Fractions are over completion tokens at token level and over sequences at sequence level, as TRL.
 

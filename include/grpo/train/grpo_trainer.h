@@ -148,10 +148,17 @@ struct GrpoStepStats {
   torch::Tensor loss, kl, clip_low, clip_high, clip_region;  // means over the iterations
   torch::Tensor mtp_loss, balance_loss;                      // means over the iterations (0 when off)
   torch::Tensor sampler_diff_sum, sampler_diff_max;          // |trainer - sampler| log-probs before any update
-  double grad_norm = 0, lr = 0, seconds = 0;                 // of the last iteration; wall time of the phase
+  // The mismatch per sequence and per token, before any update: the sum and max over sequences of
+  // exp(sum_t (trainer - sampler)), and the tokens whose |trainer - sampler| exceeds 1e-3 and 1e-1.
+  torch::Tensor seq_ratio_sum, seq_ratio_max, tokens_over_1e3, tokens_over_1e1;
+  // The sampler correction's weights (grpo_loss's, before any update): sum, count, min, max.
+  torch::Tensor weight_sum, weight_count, weight_min, weight_max;
+  double grad_norm = 0, lr = 0, seconds = 0;  // of the last iteration; wall time of the phase
 
   struct Values {
     double loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum, sampler_diff_max;
+    double seq_ratio_sum, seq_ratio_max, tokens_over_1e3, tokens_over_1e1;
+    double weight_sum, weight_count, weight_min, weight_max;
   };
   // One device-to-host copy of every tensor above; data parallel: each rank holds its part of the
   // step's sums (every normaliser is global), so the values are summed over ranks (the max: max).
