@@ -40,7 +40,7 @@ MoeImpl::MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
   load_ = torch::zeros({experts_}, torch::kDouble);
 }
 
-RouterOutput MoeImpl::route(const torch::Tensor& x_flat) const {
+RouterOutput MoeImpl::route(const torch::Tensor& x_flat, const torch::Tensor& given) const {
   const auto logits = at::linear(x_flat.to(torch::kFloat), gate_weight.to(torch::kFloat));
   const auto scores = logits.sigmoid();  // [N, E]
   auto choice = scores + e_score_correction_bias;
@@ -53,7 +53,15 @@ RouterOutput MoeImpl::route(const torch::Tensor& x_flat) const {
     const auto expert_mask = group_mask.unsqueeze(-1).expand({n, groups_, experts_ / groups_}).reshape({n, experts_});
     choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
   }
-  const auto index = std::get<1>(choice.topk(top_k_, -1, true, false));
+  auto index = std::get<1>(choice.topk(top_k_, -1, true, false));
+  if (given.defined()) {
+    TORCH_CHECK(given.dim() == 2 && given.size(0) == index.size(0) && given.size(1) == top_k_,
+                "MoE route: expected replayed experts [", index.size(0), ", ", top_k_, "], got ", given.sizes());
+    const auto g = given.to(index.device(), torch::kLong);
+    TORCH_CHECK(g.max().item<int64_t>() < experts_, "MoE route: a replayed expert is >= the ", experts_, " experts");
+    const auto replayed = (g.select(1, 0) >= 0).unsqueeze(1);  // [N, 1]: rows with a record
+    index = torch::where(replayed, g, index);
+  }
   auto weight = scores.gather(1, index);
   if (norm_topk_) weight = weight / (weight.sum(-1, true) + 1e-20);
   return {scores, index, weight * scaling_};
@@ -64,7 +72,8 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
   const int64_t d = x.size(-1);
   const auto x_flat = x.reshape({-1, d});
   const int64_t n = x_flat.size(0);
-  const RouterOutput r = route(x_flat);
+  const RouterOutput r = route(x_flat, routing ? routing->replay(*this, n) : torch::Tensor());
+  if (routing) routing->record(*this, r.expert_index);
 
   // Sort the N*K (token, expert) pairs by expert; stable, so each expert's tokens keep their order.
   const auto flat_expert = r.expert_index.reshape({-1});

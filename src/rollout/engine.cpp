@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <stdexcept>
 
 namespace grpo::rollout {
@@ -37,7 +38,23 @@ struct Engine::Row {
   Completion* out = nullptr;
   RowRng rng;
   int64_t prompt_length = 0;
+  std::vector<torch::Tensor> routed;  // record_routing: [n, M, K] int16 pieces, in position order
 };
+
+// Batch rows `order` of the last forward (x_flat rows b * positions + t): for batch row b, positions
+// [first[b], first[b] + count[b]) are appended to rows[order[b]]'s record.
+void Engine::take_routing(std::vector<Row>& rows, const std::vector<size_t>& order, const std::vector<int64_t>& first,
+                          const std::vector<int64_t>& count, int64_t positions) {
+  if (routing_ == nullptr || routing_->layers() == 0) return;
+  std::vector<torch::Tensor> per_layer;
+  for (int64_t l = 0; l < routing_->layers(); ++l) per_layer.push_back(routing_->last(l));
+  const auto all = torch::stack(per_layer, 1).to(torch::kCPU, torch::kShort);  // [B * positions, M, K]
+  const auto view = all.view({-1, positions, all.size(1), all.size(2)});
+  for (size_t b = 0; b < order.size(); ++b) {
+    const auto idx = static_cast<int64_t>(b);
+    rows[order[b]].routed.push_back(view[idx].narrow(0, first[b], count[b]).clone());
+  }
+}
 
 Engine::Engine(model::CausalLM model, const data::Tokenizer* tokenizer, GenerationConfig cfg)
     : model_(std::move(model)), tokenizer_(tokenizer), cfg_(std::move(cfg)) {
@@ -102,6 +119,19 @@ std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& r
         "generation.speculative_mtp cannot run while the model's forwards are paired over ranks (run.dist.generation: "
         "sharded); use run.dist.generation: gathered");
   }
+  // Router replay's record: a tape on every decoder MoE layer for this call.
+  std::optional<model::RoutingRecord::Installed> tape;
+  if (cfg_.record_routing && !model_->moe_layers().empty()) {
+    if (cfg_.speculative_mtp || !cfg_.use_cache) {
+      throw std::invalid_argument("generation.record_routing needs use_cache and no speculative_mtp");
+    }
+    tape.emplace(model_);
+    routing_ = tape->tape.get();
+  }
+  struct RoutingReset {
+    model::RoutingRecord*& r;
+    ~RoutingReset() { r = nullptr; }
+  } routing_reset{routing_};
   const double t0 = now_seconds();
   const int64_t P = static_cast<int64_t>(requests.size()), G = cfg_.num_generations;
   const int64_t vocab = model_->config().vocab_size;
@@ -143,6 +173,9 @@ std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& r
       run_rows_speculative(rows, chunk, stats, t0);
     } else {
       run_rows(rows, chunk, stats, t0);
+    }
+    if (routing_ != nullptr) {
+      for (auto& row : rows) row.out->routing = torch::cat(row.routed);  // [T, M, K]
     }
   }
 
@@ -241,6 +274,18 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
     pair_round();
     const auto out = model_->forward(prompts.ids, prompts.positions, prompts.mask, cache.get(), opts);
     logits = model_->head(out.hidden.select(1, prompts.length - 1));  // [P, V]
+    if (routing_ != nullptr) {  // each prompt's real positions, for each of its G rows
+      for (int64_t g = 0; g < G; ++g) {
+        std::vector<size_t> order;
+        std::vector<int64_t> first, count;
+        for (int64_t p = 0; p < P; ++p) {
+          order.push_back(static_cast<size_t>(p * G + g));
+          first.push_back(prompts.length - rows[static_cast<size_t>(p * G + g)].prompt_length);
+          count.push_back(rows[static_cast<size_t>(p * G + g)].prompt_length);
+        }
+        take_routing(rows, order, first, count, prompts.length);
+      }
+    }
     if (G > 1) {
       cache->select_rows(expand);
       logits = logits.index_select(0, expand);
@@ -302,6 +347,8 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
     if (cache) {
       const auto out = model_->forward(next.view({m, 1}), positions.view({m, 1}), mask, cache.get());
       logits = out.logits.select(1, 0);
+      if (routing_ != nullptr)
+        take_routing(rows, active, std::vector<int64_t>(active.size(), 0), std::vector<int64_t>(active.size(), 1), 1);
     } else {
       ids_nocache = torch::cat({ids_nocache, next.view({m, 1})}, 1);
       const auto pos = (mask.cumsum(1) - 1).clamp_min(0);

@@ -19,6 +19,7 @@ GrpoBatch GrpoBatch::rows(int64_t begin, int64_t count) const {
   out.sampler_logps = part(sampler_logps);
   out.rewards = part(rewards);
   out.ref_logps = part(ref_logps);
+  out.routing = part(routing);
   out.group_size = group_size;
   return out;
 }
@@ -69,6 +70,29 @@ GrpoBatch build_grpo_batch(const std::vector<RolloutGroup>& groups, bool mask_tr
       }
       totals.push_back(static_cast<float>(g.totals[static_cast<size_t>(k)]));
       b.lengths.push_back(static_cast<double>(c.token_ids.size()));
+    }
+  }
+  // The sampler's experts per position, when every completion carries them.
+  bool routed = true;
+  for (const auto& g : groups) {
+    for (const auto& c : g.completions) routed = routed && c.routing.defined();
+  }
+  if (routed) {
+    const auto& first = groups.front().completions.front().routing;  // [T, M, K]
+    b.routing = torch::full({n, plen + clen, first.size(1), first.size(2)}, -1, torch::kLong);
+    row = 0;
+    for (const auto& g : groups) {
+      const auto pl = static_cast<int64_t>(g.prompt_ids.size());
+      for (const auto& c : g.completions) {
+        const auto cl = static_cast<int64_t>(c.token_ids.size());
+        if (c.routing.size(0) != pl + cl - 1) {
+          throw std::invalid_argument("build_grpo_batch: a completion's routing has " +
+                                      std::to_string(c.routing.size(0)) + " positions, expected prompt " +
+                                      std::to_string(pl) + " + completion " + std::to_string(cl) + " - 1");
+        }
+        b.routing[row].narrow(0, plen - pl, pl + cl - 1).copy_(c.routing.to(torch::kLong));
+        ++row;
+      }
     }
   }
   b.position_ids = (b.attention_mask.cumsum(1) - 1).clamp_min(0);

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 
 #include "autocast.h"
@@ -17,6 +18,7 @@
 #include "grpo/core/progress.h"
 #include "grpo/core/random.h"
 #include "grpo/model/checkpoint.h"
+#include "grpo/model/routing_record.h"
 
 namespace grpo::train {
 
@@ -130,7 +132,8 @@ torch::Tensor batch_logprobs(model::CausalLM& model, const GrpoBatch& batch, int
 
 GrpoStepStats::Values GrpoStepStats::read(dist::World* world) const {
   auto all = torch::stack({loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum,
-                           seq_ratio_sum, tokens_over_1e3, tokens_over_1e1, weight_sum, weight_count})
+                           seq_ratio_sum, tokens_over_1e3, tokens_over_1e1, weight_sum, weight_count, routing_diff,
+                           routing_count})
                  .to(torch::kCPU, torch::kDouble);
   // Maxima (the minimum as the max of its negation).
   auto most = torch::stack({sampler_diff_max, seq_ratio_max, weight_max, -weight_min}).to(torch::kCPU, torch::kDouble);
@@ -140,7 +143,8 @@ GrpoStepStats::Values GrpoStepStats::read(dist::World* world) const {
   }
   const auto* x = all.data_ptr<double>();
   const auto* m = most.data_ptr<double>();
-  return {x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], m[0], x[8], m[1], x[9], x[10], x[11], x[12], -m[3], m[2]};
+  return {x[0], x[1], x[2],  x[3],  x[4],  x[5],  x[6], x[7],  m[0], x[8],
+          m[1], x[9], x[10], x[11], x[12], -m[3], m[2], x[13], x[14]};
 }
 
 GrpoTrainer::GrpoTrainer(model::CausalLM model, const data::Tokenizer& tokenizer, data::PromptConfig prompt,
@@ -215,6 +219,11 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
   s.seq_ratio_sum = s.seq_ratio_max = s.tokens_over_1e3 = s.tokens_over_1e1 = zero;
   s.weight_sum = s.weight_count = s.weight_max = zero;
   s.weight_min = torch::full({}, std::numeric_limits<float>::infinity(), zero.options());
+  s.routing_diff = s.routing_count = zero;
+  // Router replay / record: a tape on the decoder's MoE layers for the phase.
+  const bool routed = has_rows && batch.routing.defined() && cfg_.router_replay != RouterReplay::off;
+  std::optional<model::RoutingRecord::Installed> tape;
+  if (routed) tape.emplace(model_);
   const bool corrected = cfg_.loss.sampler_correction != SamplerCorrection::none;
   // Sampler correction over several iterations: the old log-probs are the trainer's own before the
   // first update (TRL's old_per_token_logps), one tensor per micro-batch.
@@ -239,9 +248,32 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
       const auto mb = batch.rows(b, m);
       const auto ids = mb.input_ids.to(device), cmask = mb.completion_mask.to(device);
       AutocastScope ac(autocast);
+      torch::Tensor recorded;  // [m, P + L, M, K]
+      if (routed) {
+        recorded = mb.routing.to(device);
+        if (cfg_.router_replay == RouterReplay::rollout) {
+          std::vector<torch::Tensor> per_layer;
+          for (int64_t l = 0; l < recorded.size(2); ++l) {
+            per_layer.push_back(recorded.select(2, l).reshape({-1, recorded.size(3)}));
+          }
+          tape->tape->set_replay(std::move(per_layer));
+        }
+      }
       const auto f = completion_forward(
           model_, ids, mb.attention_mask.to(device), mb.position_ids.to(device), L,
           {.temperature = temperature, .chunk_size = cfg_.logprob_chunk_size, .mtp = has_mtp});
+      if (routed) {  // the experts this forward used against the sampler's, as sets (every iteration)
+        torch::NoGradGuard no_grad;
+        for (int64_t l = 0; l < recorded.size(2); ++l) {
+          const auto want = recorded.select(2, l);  // [m, P + L, K]
+          const auto used = tape->tape->last(l).view(want.sizes()).to(torch::kLong);
+          const auto valid = want.select(2, 0) >= 0;  // [m, P + L]
+          const auto differ = std::get<0>(want.sort(-1)).ne(std::get<0>(used.sort(-1))).any(-1) & valid;
+          s.routing_diff = s.routing_diff + differ.sum().to(torch::kFloat);
+          s.routing_count = s.routing_count + valid.sum().to(torch::kFloat);
+        }
+      }
+      if (tape) tape->tape->clear_replay();
       GrpoLossInputs in{.logps = f.logps,
                         .advantages = advantages.narrow(0, b, m).to(device),
                         .completion_mask = cmask,
@@ -428,6 +460,7 @@ GrpoTrainer::StepSummary GrpoTrainer::log_step(int64_t step, const StepRollouts&
     metrics.emplace_back("mtp_loss", v.mtp_loss);
   }
   if (const double balance = v.balance_loss; balance != 0) metrics.emplace_back("balance_loss", balance);
+  if (v.routing_count > 0) metrics.emplace_back("routing_diff_fraction", v.routing_diff / v.routing_count);
   if (v.weight_count > 0) {  // the sampler correction's weights (TRL's sampling/importance_sampling_ratio/*)
     metrics.emplace_back("sampler_weight_mean", v.weight_sum / v.weight_count);
     metrics.emplace_back("sampler_weight_min", v.weight_min);
@@ -492,7 +525,14 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     }
   }
   if (cfg_.loss.beta > 0 && !ref) set_reference(model_);
-  rollout::Engine engine(model_, &tokenizer_, cfg_.generation);
+  auto generation = cfg_.generation;
+  if (cfg_.router_replay != RouterReplay::off) {
+    if (model_->moe_layers().empty()) {
+      throw std::invalid_argument(stage_ + ".router_replay: the model has no MoE layer to replay");
+    }
+    generation.record_routing = true;
+  }
+  rollout::Engine engine(model_, &tokenizer_, generation);
   std::ofstream completions_log;  // rank 0 writes the sample completions
   if (world.is_main()) completions_log.open(run_.path("completions.jsonl"), std::ios::app);
   Progress progress(stage_, cfg_.steps, run_.config().progress_interval_s);

@@ -164,5 +164,71 @@ TEST(Moe, SequenceBalanceLossIsAlphaTimesSumOfFTimesP) {
   EXPECT_NEAR(moe->balance_loss().item<double>(), 0.01 * (f * p).sum().item<double>(), 1e-7);
 }
 
+// A tape that replays fixed experts and keeps what the layer used (the seam's contract).
+struct FixedTape : RoutingTape {
+  torch::Tensor given, used;
+  torch::Tensor replay(const MoeImpl&, int64_t) override { return given; }
+  void record(const MoeImpl&, const torch::Tensor& e) override { used = e; }
+};
+
+// Router replay on one layer: after the bias moves (which changes the routing), replaying the
+// experts chosen before gives the earlier output exactly (the gate weights come from the scores,
+// which the bias does not touch); rows marked -1 route themselves; the router still gets its
+// gradient, equal to finite differences.
+TEST(Moe, ReplayedExpertsGiveTheRecordedRoutingAndGradientsReachTheRouter) {
+  auto cfg = test::tiny_dsv3();
+  torch::manual_seed(9);
+  Moe moe(cfg, torch::TensorOptions().dtype(torch::kDouble));
+  moe->eval();
+  const auto x = torch::randn({2, 6, cfg.hidden_size}, torch::kDouble);
+  auto tape = std::make_shared<FixedTape>();
+  moe->routing = tape;
+  const auto before = moe(x).detach();
+  const auto recorded = tape->used.clone();  // [12, K]
+  {
+    torch::NoGradGuard no_grad;
+    moe->e_score_correction_bias.copy_(torch::randn({cfg.n_routed_experts}) * 2.0);
+  }
+  const auto fresh = moe(x).detach();
+  const auto changed = (std::get<0>(tape->used.sort(-1)) != std::get<0>(recorded.sort(-1))).any(-1);
+  ASSERT_GT(changed.sum().item<int64_t>(), 0) << "the bias should change some routing";
+  EXPECT_GT((fresh - before).abs().max().item<double>(), 1e-3);
+
+  tape->given = recorded;
+  EXPECT_TRUE(torch::equal(moe(x).detach(), before));  // replayed: the recorded routing exactly
+  EXPECT_TRUE(torch::equal(tape->used, recorded));
+  auto partial = recorded.clone();
+  partial.narrow(0, 6, 6).fill_(-1);  // the second sequence routes itself
+  tape->given = partial;
+  const auto half = moe(x).detach();
+  // (Not bit for bit: the other sequence's tokens change how each expert's rows are batched.)
+  EXPECT_LT((half[0] - before[0]).abs().max().item<double>(), 1e-12);
+  EXPECT_LT((half[1] - fresh[1]).abs().max().item<double>(), 1e-12);
+
+  // d/d gate_weight of a fixed projection of the replayed output, against central differences (the
+  // router computes in float32 whatever the layer's dtype: a step of 1e-3, a tolerance of 1e-2 of
+  // the largest gradient entry).
+  tape->given = recorded;
+  const auto proj = torch::randn_like(x);
+  moe->gate_weight.mutable_grad() = torch::Tensor();
+  (moe(x) * proj).sum().backward();
+  const auto grad = moe->gate_weight.grad().clone();
+  ASSERT_GT(grad.abs().max().item<double>(), 0) << "the router gets a gradient through the gate weights";
+  double worst = 0;
+  torch::NoGradGuard no_grad;
+  for (int64_t i = 0; i < 6; ++i) {
+    const int64_t e = i % cfg.n_routed_experts, d = (5 * i) % cfg.hidden_size;
+    const double h = 1e-3, w0 = moe->gate_weight[e][d].item<double>();
+    moe->gate_weight[e][d] = w0 + h;
+    const double up = (moe(x) * proj).sum().item<double>();
+    moe->gate_weight[e][d] = w0 - h;
+    const double down = (moe(x) * proj).sum().item<double>();
+    moe->gate_weight[e][d] = w0;
+    worst = std::max(worst, std::abs((up - down) / (2 * h) - grad[e][d].item<double>()));
+  }
+  EXPECT_LT(worst, 1e-2 * grad.abs().max().item<double>());
+  moe->routing = nullptr;
+}
+
 }  // namespace
 }  // namespace grpo::model

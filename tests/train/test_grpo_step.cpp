@@ -205,6 +205,52 @@ TEST(GrpoOptimise, AddsTheMtpAndBalanceLossesOfTheSameForward) {
   EXPECT_FALSE(torch::equal(model->moe_layers().front()->gate_weight, gate_before));
 }
 
+// Router replay in the trainer: two optimizer passes per batch with the router and its bias moving
+// in between; the second pass's routing differs from the sampler's under `record`, never under
+// `rollout`.
+TEST(GrpoTrainer, RouterReplayKeepsTheSamplersExpertsOverIterations) {
+  const auto rewards = rewards::RewardSet(config::from_value<rewards::RewardsConfig>(
+      config::parse_yaml_string("functions: [{name: math_accuracy}]\n", "r.yaml")));
+  for (const auto mode : {RouterReplay::record, RouterReplay::rollout}) {
+    Fixture f(mode == RouterReplay::record ? "replay_record" : "replay_rollout");
+    torch::manual_seed(3);
+    model::CausalLM model(tiny_config(f.tok->vocab_size()));
+    GrpoConfig g;
+    g.steps = 2;
+    g.prompts_per_step = 2;
+    g.generation.num_generations = 2;
+    g.generation.max_new_tokens = 8;
+    g.num_iterations = 2;
+    g.router_bias_gamma = 0.05;
+    g.optim.lr = 1e-2;
+    g.checkpoint.every_steps = 0;
+    g.router_replay = mode;
+    GrpoTrainer(model, *f.tok, prompt_config(), g, rewards, *f.run).train(addition(6, 2, false));
+    const auto rows = read_metrics(f.run->path("metrics.jsonl"));
+    ASSERT_EQ(rows.size(), 2u);
+    double most = 0;
+    for (const auto& r : rows) most = std::max(most, r.get("routing_diff_fraction", -1));
+    if (mode == RouterReplay::record) {
+      EXPECT_GT(most, 0.0) << "the router moved between the passes: some decisions should differ";
+    } else {
+      for (const auto& r : rows) EXPECT_EQ(r.get("routing_diff_fraction", -1), 0.0);
+    }
+  }
+  // A dense model has nothing to replay.
+  Fixture f("replay_dense");
+  auto dense = model::test::tiny_qwen2();
+  dense.vocab_size = f.tok->vocab_size();
+  dense.eos_token_ids = {256};
+  model::CausalLM model(dense);
+  GrpoConfig g;
+  g.steps = 1;
+  g.prompts_per_step = 2;
+  g.generation.num_generations = 2;
+  g.router_replay = RouterReplay::rollout;
+  EXPECT_THROW(GrpoTrainer(model, *f.tok, prompt_config(), g, rewards, *f.run).train(addition(4, 2, false)),
+               std::invalid_argument);
+}
+
 // A reward with metrics of its own: they reach metrics.jsonl as rewards/<label>/<metric>.
 class MeteredReward : public rewards::RewardFunction {
  public:

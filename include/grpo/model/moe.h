@@ -26,6 +26,7 @@
 #include "grpo/model/expert_exchange.h"
 #include "grpo/model/layers.h"
 #include "grpo/model/model_config.h"
+#include "grpo/model/routing_tape.h"
 
 namespace grpo::model {
 
@@ -43,7 +44,10 @@ class MoeImpl : public torch::nn::Module {
   // load statistics and the sequence-wise balance loss.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& valid = {});
 
-  RouterOutput route(const torch::Tensor& x_flat) const;  // x_flat [N, D]
+  // x_flat [N, D]. `given` [N, K] int64 (undefined = none): the experts of each row whose entries
+  // are >= 0 (router replay), the gate weights computed from the current scores at them; rows of
+  // -1 choose for themselves.
+  RouterOutput route(const torch::Tensor& x_flat, const torch::Tensor& given = {}) const;
 
   // Aux-loss-free balancing: bias += gamma * sign(mean load - load) over the tokens counted since
   // the last call, then the counts restart. Returns the load imbalance (max / mean) that was used.
@@ -68,6 +72,8 @@ class MoeImpl : public torch::nn::Module {
   // Expert parallelism: set (with the expert tensors cut to this rank's block) by
   // grpo/dist/expert_parallel.h; null = every expert here.
   std::shared_ptr<ExpertExchange> exchange;
+  // Router replay and capture (grpo/model/routing_tape.h); null = neither.
+  std::shared_ptr<RoutingTape> routing;
 
   int64_t routed_experts() const { return experts_; }  // E, whatever this rank holds
 

@@ -38,6 +38,7 @@
 #include "grpo/config/config.h"
 #include "grpo/data/tokenizer.h"
 #include "grpo/model/causal_lm.h"
+#include "grpo/model/routing_record.h"
 #include "grpo/rollout/sampling.h"
 
 namespace grpo::rollout {
@@ -55,6 +56,7 @@ struct GenerationConfig {
   bool speculative_mtp = false;           // DeepSeek-V3 MTP drafts one token, the model verifies (greedy only)
   bool mla_absorbed = true;               // MLA models decode in the absorbed form (restored after)
   bool skip_special_tokens = false;       // drop special tokens from Completion::text (the final EOS always is)
+  bool record_routing = false;            // Completion::routing: the experts every MoE layer chose (router replay)
 
   template <class V>
   void visit(V& v) {
@@ -71,6 +73,8 @@ struct GenerationConfig {
     v("speculative_mtp", speculative_mtp, "MTP speculative decoding (DeepSeek-V3 with MTP, greedy only)");
     v("skip_special_tokens", skip_special_tokens, "drop special tokens from the text (the final EOS always is)");
     v("mla_absorbed", mla_absorbed, "MLA: decode in the absorbed form over the latent cache (false: the model's form)");
+    v("record_routing", record_routing,
+      "record the experts every MoE layer chose for every token (router replay; set by grpo.router_replay)");
   }
   std::string validate() const;
 };
@@ -92,6 +96,10 @@ struct Completion {
   FinishReason finish_reason = FinishReason::length;
   std::string stop_string;  // the stop string that ended it (stop)
   double seconds = 0;       // from the start of generate() until this completion finished
+  // record_routing: [T, M, K] int16, the experts each of the M decoder MoE layers chose for the
+  // tokens the model ran, the prompt's then the completion's but its last (never an input):
+  // T = prompt length + completion length - 1. Undefined otherwise.
+  torch::Tensor routing;
 };
 
 struct GenerationStats {
@@ -131,7 +139,11 @@ class Engine {
   GenerationConfig cfg_;
   std::vector<int64_t> eos_;
   size_t max_stop_bytes_ = 0;
-  model::ForwardRounds* rounds_ = nullptr;  // the model's, during generate()
+  model::ForwardRounds* rounds_ = nullptr;   // the model's, during generate()
+  model::RoutingRecord* routing_ = nullptr;  // record_routing: the tape, during generate()
+  // After a forward of `rows` (their order in the batch), each row's [T_i, M, K] experts appended.
+  void take_routing(std::vector<Row>& rows, const std::vector<size_t>& order, const std::vector<int64_t>& first,
+                    const std::vector<int64_t>& count, int64_t positions);
 };
 
 }  // namespace grpo::rollout

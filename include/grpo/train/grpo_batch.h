@@ -25,9 +25,13 @@ struct GrpoBatch {
   torch::Tensor sampler_logps;    // [N, L] float32: log-probs the engine recorded (0 at padding)
   torch::Tensor rewards;          // [N] float32: weighted totals
   torch::Tensor ref_logps;        // [N, L] the reference policy's, when beta > 0 (set by the trainer)
-  std::vector<double> lengths;    // [N] completion tokens
-  int64_t truncated = 0;          // completions that ended at max_new_tokens
-  int64_t group_size = 0;         // G
+  // [N, P + L, M, K] int64 when the completions carry Completion::routing: the experts each of the M
+  // decoder MoE layers chose for that position when sampling; -1 where nothing ran (padding, the
+  // completion's last token).
+  torch::Tensor routing;
+  std::vector<double> lengths;  // [N] completion tokens
+  int64_t truncated = 0;        // completions that ended at max_new_tokens
+  int64_t group_size = 0;       // G
 
   int64_t size() const { return input_ids.size(0); }                     // N
   int64_t completion_length() const { return completion_mask.size(1); }  // L

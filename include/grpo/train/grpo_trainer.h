@@ -52,29 +52,39 @@
 
 namespace grpo::train {
 
+// Router replay (R3) for MoE policies: off; record (the engine records each token's experts per
+// MoE layer and the trainer reports how many of its own choices differ, routing_diff_fraction);
+// rollout (the training forward uses the recorded experts, gate weights from its current scores).
+enum class RouterReplay { off, record, rollout };
+constexpr auto config_enum_names(RouterReplay) {
+  return std::array{std::pair{RouterReplay::off, "off"}, std::pair{RouterReplay::record, "record"},
+                    std::pair{RouterReplay::rollout, "rollout"}};
+}
+
 struct GrpoConfig {
-  int64_t steps = 100;                            // generation steps (each with num_iterations optimizer steps)
-  int64_t prompts_per_step = 8;                   // prompts (groups) per step
-  rollout::GenerationConfig generation;           // num_generations (G), temperature, max_new_tokens, stop strings
-  GrpoLossConfig loss;                            // loss type, clipping, beta, reward scaling
-  int64_t num_iterations = 1;                     // optimizer passes over each generated batch (mu)
-  int64_t micro_batch_size = 16;                  // completions per forward/backward
-  int64_t logprob_chunk_size = 4096;              // vocabulary rows per chunk of the log-prob head (0 = whole logits)
-  int64_t ref_refresh_steps = 0;                  // copy the policy into the reference every N steps (0 = never)
-  bool mask_truncated_completions = false;        // completions cut at max_new_tokens get no loss
-  bool dynamic_sampling = false;                  // drop groups whose rewards are all equal, refill with new prompts
-  int64_t max_refill_rounds = 2;                  // dynamic sampling: extra generation rounds per step at most
-  double mtp_weight = 0.0;                        // MTP loss on the sampled sequences during RL (0 = off)
-  double router_bias_gamma = 0.001;               // aux-loss-free router bias update per optimizer step (0 = off)
-  bool bf16_autocast = true;                      // CUDA: bf16 autocast for the training forward
-  bool activation_checkpointing = false;          // recompute each decoder block in backward (less memory)
-  int64_t eval_every = 0;                         // steps between evaluations (0 = only at the end)
-  std::string accuracy_reward = "math_accuracy";  // reward label logged as "accuracy" ("" = none)
-  int64_t log_completions = 2;                    // completions per step written to the log and completions.jsonl
-  int64_t seed_offset = 1;                        // added to run.seed for this stage's data order and sampling
-  OptimizerConfig optim;                          // AdamW (R1: lr 3e-6)
-  ScheduleConfig schedule;                        // warmup + decay
-  CheckpointConfig checkpoint;                    // <run>/checkpoints/grpo
+  int64_t steps = 100;                             // generation steps (each with num_iterations optimizer steps)
+  int64_t prompts_per_step = 8;                    // prompts (groups) per step
+  rollout::GenerationConfig generation;            // num_generations (G), temperature, max_new_tokens, stop strings
+  GrpoLossConfig loss;                             // loss type, clipping, beta, reward scaling
+  int64_t num_iterations = 1;                      // optimizer passes over each generated batch (mu)
+  int64_t micro_batch_size = 16;                   // completions per forward/backward
+  int64_t logprob_chunk_size = 4096;               // vocabulary rows per chunk of the log-prob head (0 = whole logits)
+  int64_t ref_refresh_steps = 0;                   // copy the policy into the reference every N steps (0 = never)
+  bool mask_truncated_completions = false;         // completions cut at max_new_tokens get no loss
+  bool dynamic_sampling = false;                   // drop groups whose rewards are all equal, refill with new prompts
+  int64_t max_refill_rounds = 2;                   // dynamic sampling: extra generation rounds per step at most
+  double mtp_weight = 0.0;                         // MTP loss on the sampled sequences during RL (0 = off)
+  double router_bias_gamma = 0.001;                // aux-loss-free router bias update per optimizer step (0 = off)
+  RouterReplay router_replay = RouterReplay::off;  // MoE: replay the sampler's experts in training (see above)
+  bool bf16_autocast = true;                       // CUDA: bf16 autocast for the training forward
+  bool activation_checkpointing = false;           // recompute each decoder block in backward (less memory)
+  int64_t eval_every = 0;                          // steps between evaluations (0 = only at the end)
+  std::string accuracy_reward = "math_accuracy";   // reward label logged as "accuracy" ("" = none)
+  int64_t log_completions = 2;                     // completions per step written to the log and completions.jsonl
+  int64_t seed_offset = 1;                         // added to run.seed for this stage's data order and sampling
+  OptimizerConfig optim;                           // AdamW (R1: lr 3e-6)
+  ScheduleConfig schedule;                         // warmup + decay
+  CheckpointConfig checkpoint;                     // <run>/checkpoints/grpo
 
   template <class V>
   void visit(V& v) {
@@ -90,6 +100,9 @@ struct GrpoConfig {
     v("ref_refresh_steps", ref_refresh_steps, "copy the policy into the reference every N steps; 0 = never",
       Check().ge(0));
     v("mask_truncated_completions", mask_truncated_completions, "no loss on completions cut at max_new_tokens");
+    v("router_replay", router_replay,
+      "MoE: off | record (measure how many training routing decisions differ from the sampler's) | rollout "
+      "(the training forward uses the sampler's experts)");
     v("dynamic_sampling", dynamic_sampling, "drop groups whose rewards are all equal and refill (DAPO)");
     v("max_refill_rounds", max_refill_rounds, "dynamic sampling: extra generation rounds per step", Check().ge(0));
     v("mtp_weight", mtp_weight, "MTP loss weight during RL; 0 = off", Check().ge(0));
@@ -153,12 +166,15 @@ struct GrpoStepStats {
   torch::Tensor seq_ratio_sum, seq_ratio_max, tokens_over_1e3, tokens_over_1e1;
   // The sampler correction's weights (grpo_loss's, before any update): sum, count, min, max.
   torch::Tensor weight_sum, weight_count, weight_min, weight_max;
+  // Router replay: (token, layer) decisions whose expert set differs from the sampler's, and all of them.
+  torch::Tensor routing_diff, routing_count;
   double grad_norm = 0, lr = 0, seconds = 0;  // of the last iteration; wall time of the phase
 
   struct Values {
     double loss, kl, clip_low, clip_high, clip_region, mtp_loss, balance_loss, sampler_diff_sum, sampler_diff_max;
     double seq_ratio_sum, seq_ratio_max, tokens_over_1e3, tokens_over_1e1;
     double weight_sum, weight_count, weight_min, weight_max;
+    double routing_diff, routing_count;
   };
   // One device-to-host copy of every tensor above; data parallel: each rank holds its part of the
   // step's sums (every normaliser is global), so the values are summed over ranks (the max: max).
