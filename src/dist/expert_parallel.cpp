@@ -135,22 +135,12 @@ torch::Tensor ExpertParallel::local_block(const torch::Tensor& full) const {
 torch::Tensor ExpertParallel::gather(const torch::Tensor& block) { return group_->all_gather(block.contiguous()); }
 
 void ExpertParallel::cut() {
-  torch::NoGradGuard no_grad;
-  for (auto& t : experts_) {
-    t.mutable_grad() = torch::Tensor();
-    t.set_data(local_block(t.detach()).clone());
-  }
-  for (auto* moe : layers_) moe->exchange = exchange_;
+  for (auto* moe : layers_) cut_layer(moe);
   cut_ = true;
 }
 
 void ExpertParallel::uncut() {
-  torch::NoGradGuard no_grad;
-  for (auto& t : experts_) {
-    t.mutable_grad() = torch::Tensor();
-    t.set_data(gather(t.detach()));
-  }
-  for (auto* moe : layers_) moe->exchange = nullptr;
+  for (auto* moe : layers_) uncut_layer(moe);
   cut_ = false;
 }
 

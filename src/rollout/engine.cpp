@@ -41,18 +41,17 @@ struct Engine::Row {
   std::vector<torch::Tensor> routed;  // record_routing: [n, M, K] int16 pieces, in position order
 };
 
-// Batch rows `order` of the last forward (x_flat rows b * positions + t): for batch row b, positions
-// [first[b], first[b] + count[b]) are appended to rows[order[b]]'s record.
+// The last forward's experts (x_flat rows b * positions + t), stacked once over the layers.
 void Engine::take_routing(std::vector<Row>& rows, const std::vector<size_t>& order, const std::vector<int64_t>& first,
-                          const std::vector<int64_t>& count, int64_t positions) {
+                          const std::vector<int64_t>& count, int64_t positions, int64_t repeat) {
   if (routing_ == nullptr || routing_->layers() == 0) return;
   std::vector<torch::Tensor> per_layer;
   for (int64_t l = 0; l < routing_->layers(); ++l) per_layer.push_back(routing_->last(l));
   const auto all = torch::stack(per_layer, 1).to(torch::kCPU, torch::kShort);  // [B * positions, M, K]
   const auto view = all.view({-1, positions, all.size(1), all.size(2)});
-  for (size_t b = 0; b < order.size(); ++b) {
-    const auto idx = static_cast<int64_t>(b);
-    rows[order[b]].routed.push_back(view[idx].narrow(0, first[b], count[b]).clone());
+  for (size_t i = 0; i < order.size(); ++i) {
+    const auto b = static_cast<int64_t>(i) / repeat;
+    rows[order[i]].routed.push_back(view[b].narrow(0, first[i], count[i]).clone());
   }
 }
 
@@ -275,16 +274,14 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
     const auto out = model_->forward(prompts.ids, prompts.positions, prompts.mask, cache.get(), opts);
     logits = model_->head(out.hidden.select(1, prompts.length - 1));  // [P, V]
     if (routing_ != nullptr) {  // each prompt's real positions, for each of its G rows
-      for (int64_t g = 0; g < G; ++g) {
-        std::vector<size_t> order;
-        std::vector<int64_t> first, count;
-        for (int64_t p = 0; p < P; ++p) {
-          order.push_back(static_cast<size_t>(p * G + g));
-          first.push_back(prompts.length - rows[static_cast<size_t>(p * G + g)].prompt_length);
-          count.push_back(rows[static_cast<size_t>(p * G + g)].prompt_length);
-        }
-        take_routing(rows, order, first, count, prompts.length);
+      std::vector<size_t> order;
+      std::vector<int64_t> first, count;
+      for (size_t i = 0; i < rows.size(); ++i) {  // row p * G + g
+        order.push_back(i);
+        first.push_back(prompts.length - rows[i].prompt_length);
+        count.push_back(rows[i].prompt_length);
       }
+      take_routing(rows, order, first, count, prompts.length, G);
     }
     if (G > 1) {
       cache->select_rows(expand);
@@ -348,7 +345,8 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
       const auto out = model_->forward(next.view({m, 1}), positions.view({m, 1}), mask, cache.get());
       logits = out.logits.select(1, 0);
       if (routing_ != nullptr)
-        take_routing(rows, active, std::vector<int64_t>(active.size(), 0), std::vector<int64_t>(active.size(), 1), 1);
+        take_routing(rows, active, std::vector<int64_t>(active.size(), 0), std::vector<int64_t>(active.size(), 1), 1,
+                     1);
     } else {
       ids_nocache = torch::cat({ids_nocache, next.view({m, 1})}, 1);
       const auto pos = (mask.cumsum(1) - 1).clamp_min(0);

@@ -163,6 +163,7 @@ GrpoLossOutput grpo_loss(const GrpoLossInputs& in, const GrpoLossConfig& cfg) {
     // Token modes: over completion tokens; sequence modes: every sequence.
     const auto counted_w = weight.size(1) == 1 ? torch::ones_like(weight, torch::kBool) : on;
     const auto n = counted_w.sum();
+    out.sampler_weight_count = n.to(mask.scalar_type());
     const auto some = n > 0;
     out.sampler_weight_mean = torch::where(some, (weight * counted_w).sum() / n.clamp_min(1).to(mask.scalar_type()),
                                            zero);

@@ -321,10 +321,7 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
         s.tokens_over_1e1 = s.tokens_over_1e1 + (diff > 1e-1).sum().to(torch::kFloat);
         if (corrected) {
           if (cfg_.num_iterations > 1) first_logps.push_back(f.logps.detach());
-          const bool per_sequence = cfg_.loss.sampler_correction == SamplerCorrection::sequence_truncate ||
-                                    cfg_.loss.sampler_correction == SamplerCorrection::sequence_mask;
-          const auto count = per_sequence ? torch::full({}, static_cast<double>(m), zero.options())
-                                          : cmask.sum().to(torch::kFloat);
+          const auto count = out.sampler_weight_count.to(torch::kFloat);
           s.weight_sum = s.weight_sum + out.sampler_weight_mean.to(torch::kFloat) * count;
           s.weight_count = s.weight_count + count;
           s.weight_min = torch::minimum(s.weight_min, out.sampler_weight_min.to(torch::kFloat));

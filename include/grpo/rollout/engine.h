@@ -141,9 +141,10 @@ class Engine {
   size_t max_stop_bytes_ = 0;
   model::ForwardRounds* rounds_ = nullptr;   // the model's, during generate()
   model::RoutingRecord* routing_ = nullptr;  // record_routing: the tape, during generate()
-  // After a forward of `rows` (their order in the batch), each row's [T_i, M, K] experts appended.
+  // After a forward of `positions` per batch row: rows[order[i]] gets positions [first[i],
+  // first[i] + count[i]) of batch row i / repeat (the prefill's G rows per prompt) appended.
   void take_routing(std::vector<Row>& rows, const std::vector<size_t>& order, const std::vector<int64_t>& first,
-                    const std::vector<int64_t>& count, int64_t positions);
+                    const std::vector<int64_t>& count, int64_t positions, int64_t repeat);
 };
 
 }  // namespace grpo::rollout

@@ -167,6 +167,7 @@ struct GrpoLossOutput {
   // modes) or sequences ("sampling/importance_sampling_ratio/min|mean|max").
   torch::Tensor sampler_logp_diff_mean, sampler_logp_diff_max;
   torch::Tensor sampler_weight_min, sampler_weight_mean, sampler_weight_max;
+  torch::Tensor sampler_weight_count;  // the tokens or sequences those are over
 };
 // Fractions are over completion tokens at token level and over sequences at sequence level, as TRL.
 
