@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "grpo/model/invariant_ops.h"
 #include "grpo/model/rope.h"
 
 namespace grpo::model {
@@ -35,6 +36,11 @@ torch::Tensor causal_mask(const torch::Tensor& attention_mask, int64_t batch, in
 
 torch::Tensor eager_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                               const torch::Tensor& mask, double scale) {
+  if (invariant::applies(q)) {
+    auto scores = invariant::matmul_nt(q, k) * scale;
+    if (mask.defined()) scores = scores + mask;
+    return invariant::matmul_nn(invariant::softmax(scores), v);
+  }
   auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
   if (mask.defined()) scores = scores + mask;
   const auto probs = torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type());

@@ -4,6 +4,7 @@
 
 #include "grpo/model/activation_checkpoint.h"
 #include "grpo/model/fp8_linear.h"
+#include "grpo/model/invariant_ops.h"
 
 namespace grpo::model {
 
@@ -57,7 +58,10 @@ CausalLMImpl::CausalLMImpl(const ModelConfig& cfg, const torch::TensorOptions& o
   if (cfg.fp8.enabled) fp8_enable(*this, cfg.fp8);  // selected Linear layers and experts to FP8
 }
 
-torch::Tensor CausalLMImpl::head(const torch::Tensor& hidden) { return at::linear(hidden, lm_head); }
+torch::Tensor CausalLMImpl::head(const torch::Tensor& hidden) {
+  if (invariant::applies(hidden)) return invariant::linear(hidden, lm_head, torch::Tensor());
+  return at::linear(hidden, lm_head);
+}
 
 ForwardOutput CausalLMImpl::forward(const torch::Tensor& input_ids, const torch::Tensor& position_ids_in,
                                     const torch::Tensor& attention_mask, KVCache* cache,

@@ -1,5 +1,7 @@
 #include "grpo/model/fp8_linear.h"
 
+#include "grpo/model/invariant_ops.h"
+
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
@@ -164,7 +166,9 @@ int64_t fp8_enable(torch::nn::Module& model, const Fp8Config& cfg) {
 }
 
 torch::Tensor expert_linear(const torch::Tensor& x, const torch::Tensor& w, const std::optional<Fp8Config>& fp8) {
-  return fp8 ? fp8_linear(x, w, torch::Tensor(), *fp8) : at::linear(x, w);
+  if (fp8) return fp8_linear(x, w, torch::Tensor(), *fp8);
+  if (invariant::applies(x)) return invariant::linear(x, w, torch::Tensor());
+  return at::linear(x, w);
 }
 
 }  // namespace grpo::model

@@ -5,6 +5,7 @@
 #include "grpo/kernels/rms_norm.h"
 #include "grpo/kernels/swiglu.h"
 #include "grpo/model/fp8_linear.h"
+#include "grpo/model/invariant_ops.h"
 #include "grpo/version.h"
 
 namespace grpo::model {
@@ -29,6 +30,7 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
     return fp8_linear(x, *fp8_weight, bias, *fp8);
   }
   if (fp8) return fp8_linear(x, weight, bias, *fp8);
+  if (invariant::applies(x)) return invariant::linear(x, weight, bias);
   return at::linear(x, weight, bias);
 }
 
@@ -37,6 +39,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& o
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  if (invariant::applies(x)) return invariant::rms_norm(x, weight, eps);
   if (use_fused_kernels(kernel_backend, x)) return grpo::kernels::rms_norm(x, weight, eps);
   return grpo::kernels::rms_norm_reference(x, weight, eps);
 }
@@ -49,6 +52,7 @@ MlpImpl::MlpImpl(int64_t hidden, int64_t intermediate, bool bias, double init_st
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
+  if (invariant::applies(x)) return down_proj(invariant::silu_mul(gate_proj(x), up_proj(x)));
   if (use_fused_kernels(kernel_backend, x)) return down_proj(grpo::kernels::swiglu(gate_proj(x), up_proj(x)));
   return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
 }

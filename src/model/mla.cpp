@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "grpo/model/invariant_ops.h"
 #include "grpo/model/rope.h"
 
 namespace grpo::model {
@@ -66,16 +67,25 @@ torch::Tensor MlaAttentionImpl::forward(const torch::Tensor& x, const AttentionC
     out = eager_attention(q_full, k, v, ctx.mask, scale_);
   } else {
     const auto w = kv_b_proj->weight.view({heads_, nope_ + v_dim_, latent_});
-    const auto w_key = w.narrow(1, 0, nope_);                                      // [H, Dn, C]
-    const auto w_value = w.narrow(1, nope_, v_dim_);                               // [H, Dv, C]
-    const auto q_latent = torch::matmul(q_nope, w_key);                            // [B, H, T, C]
-    auto scores = torch::matmul(q_latent, latent.unsqueeze(1).transpose(-2, -1));  // [B, H, T, S]
-    scores = scores + torch::matmul(q_rope, k_rope_flat.unsqueeze(1).transpose(-2, -1));
-    scores = scores * scale_;
-    if (ctx.mask.defined()) scores = scores + ctx.mask;
-    const auto probs = torch::softmax(scores, -1, torch::kFloat).to(x.scalar_type());
-    const auto out_latent = torch::matmul(probs, latent.unsqueeze(1));  // [B, H, T, C]
-    out = torch::matmul(out_latent, w_value.transpose(-2, -1));         // [B, H, T, Dv]
+    const auto w_key = w.narrow(1, 0, nope_);                     // [H, Dn, C]
+    const auto w_value = w.narrow(1, nope_, v_dim_);              // [H, Dv, C]
+    if (invariant::applies(x)) {                                  // the same products through the batch-invariant ops
+      const auto q_latent = invariant::matmul_nn(q_nope, w_key);  // [B, H, T, C]
+      auto scores = invariant::matmul_nt(q_latent, latent.unsqueeze(1));  // [B, H, T, S]
+      scores = (scores + invariant::matmul_nt(q_rope, k_rope_flat.unsqueeze(1))) * scale_;
+      if (ctx.mask.defined()) scores = scores + ctx.mask;
+      const auto out_latent = invariant::matmul_nn(invariant::softmax(scores), latent.unsqueeze(1));  // [B, H, T, C]
+      out = invariant::matmul_nt(out_latent, w_value);                                                // [B, H, T, Dv]
+    } else {
+      const auto q_latent = torch::matmul(q_nope, w_key);                            // [B, H, T, C]
+      auto scores = torch::matmul(q_latent, latent.unsqueeze(1).transpose(-2, -1));  // [B, H, T, S]
+      scores = scores + torch::matmul(q_rope, k_rope_flat.unsqueeze(1).transpose(-2, -1));
+      scores = scores * scale_;
+      if (ctx.mask.defined()) scores = scores + ctx.mask;
+      const auto probs = torch::softmax(scores, -1, torch::kFloat).to(x.scalar_type());
+      const auto out_latent = torch::matmul(probs, latent.unsqueeze(1));  // [B, H, T, C]
+      out = torch::matmul(out_latent, w_value.transpose(-2, -1));         // [B, H, T, Dv]
+    }
   }
   return o_proj(out.transpose(1, 2).reshape({b, t, heads_ * v_dim_}));
 }

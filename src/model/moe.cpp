@@ -9,6 +9,7 @@
 #include "grpo/kernels/swiglu.h"
 #include "grpo/model/activation_checkpoint.h"
 #include "grpo/model/fp8_linear.h"
+#include "grpo/model/invariant_ops.h"
 
 namespace grpo::model {
 
@@ -41,8 +42,11 @@ MoeImpl::MoeImpl(const ModelConfig& cfg, const torch::TensorOptions& options)
 }
 
 RouterOutput MoeImpl::route(const torch::Tensor& x_flat, const torch::Tensor& given) const {
-  const auto logits = at::linear(x_flat.to(torch::kFloat), gate_weight.to(torch::kFloat));
-  const auto scores = logits.sigmoid();  // [N, E]
+  const auto x32 = x_flat.to(torch::kFloat);
+  const bool invariant = invariant::applies(x32);
+  const auto logits = invariant ? invariant::linear(x32, gate_weight.to(torch::kFloat), torch::Tensor())
+                                : at::linear(x32, gate_weight.to(torch::kFloat));
+  const auto scores = invariant ? invariant::sigmoid(logits) : logits.sigmoid();  // [N, E]
   auto choice = scores + e_score_correction_bias;
   if (groups_ > 1) {
     const int64_t n = x_flat.size(0);
@@ -63,7 +67,7 @@ RouterOutput MoeImpl::route(const torch::Tensor& x_flat, const torch::Tensor& gi
     index = torch::where(replayed, g, index);
   }
   auto weight = scores.gather(1, index);
-  if (norm_topk_) weight = weight / (weight.sum(-1, true) + 1e-20);
+  if (norm_topk_) weight = weight / ((invariant ? invariant::sum_last(weight) : weight.sum(-1, true)) + 1e-20);
   return {scores, index, weight * scaling_};
 }
 
@@ -90,7 +94,7 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, const torch::Tensor& vali
     const auto pair_weight = r.weight.reshape({-1}).index_select(0, order);  // [N*K]
     const auto gathered = x_flat.index_select(0, token);                     // [N*K, D]
     const auto expert_out = held_experts(gathered, counts) * pair_weight.unsqueeze(1).to(x.scalar_type());
-    routed = torch::zeros({n, d}, x.options()).index_add_(0, token, expert_out);
+    routed = combine(expert_out, token, order, n);
   }
   auto out = routed.view(shape);
   if (shared_experts) out = out + shared_experts(x);
@@ -160,7 +164,8 @@ torch::Tensor MoeImpl::held_experts(const torch::Tensor& xs, const torch::Tensor
   for (int64_t e = 0; e < held; ++e) {
     if (count[e] == 0) continue;
     const auto rows = xs.narrow(0, offset, count[e]);
-    const auto h = torch::silu(expert_linear(rows, experts_gate[e], fp8)) * expert_linear(rows, experts_up[e], fp8);
+    const auto gate = expert_linear(rows, experts_gate[e], fp8), up = expert_linear(rows, experts_up[e], fp8);
+    const auto h = invariant::applies(gate) ? invariant::silu_mul(gate, up) : torch::silu(gate) * up;
     outputs.push_back(expert_linear(h, experts_down[e], fp8));
     offset += count[e];
   }
@@ -169,7 +174,7 @@ torch::Tensor MoeImpl::held_experts(const torch::Tensor& xs, const torch::Tensor
 
 torch::Tensor MoeImpl::routed_exchanged(const torch::Tensor& x_flat, const torch::Tensor& weight,
                                         const torch::Tensor& order, const torch::Tensor& counts) {
-  const int64_t ranks = exchange->ranks(), held = experts_gate.size(0), n = x_flat.size(0), d = x_flat.size(1);
+  const int64_t ranks = exchange->ranks(), held = experts_gate.size(0), n = x_flat.size(0);
   TORCH_CHECK(held * ranks == experts_, "MoE: an exchange of ", ranks, " ranks needs ", experts_, " / ", ranks,
               " experts here, found ", held);
   const auto token = order.div(top_k_, "floor");                         // [N*K]
@@ -199,7 +204,19 @@ torch::Tensor MoeImpl::routed_exchanged(const torch::Tensor& x_flat, const torch
   const auto ys = torch::empty_like(ys_sorted).index_copy(0, by_expert, ys_sorted);  // by source rank
   const auto back = exchange->exchange(ys, recv, send);                              // [N*K, D] as xs
   const auto expert_out = back * pair_weight.unsqueeze(1).to(x_flat.scalar_type());
-  return torch::zeros({n, d}, x_flat.options()).index_add_(0, token, expert_out);
+  return combine(expert_out, token, order, n);
+}
+
+torch::Tensor MoeImpl::combine(const torch::Tensor& expert_out, const torch::Tensor& token, const torch::Tensor& order,
+                               int64_t n) const {
+  const int64_t d = expert_out.size(1);
+  if (!invariant::applies(expert_out))
+    return torch::zeros({n, d}, expert_out.options()).index_add_(0, token, expert_out);
+  // Consistent mode: each token's K results summed in slot order, whatever the batch.
+  const auto by_slot = torch::empty_like(expert_out).index_copy(0, order, expert_out).view({n, top_k_, d});
+  auto out = by_slot.select(1, 0);
+  for (int64_t k = 1; k < top_k_; ++k) out = out + by_slot.select(1, k);
+  return out;
 }
 
 double MoeImpl::update_bias(double gamma) {

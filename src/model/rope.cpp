@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "grpo/kernels/rope.h"
+#include "grpo/model/invariant_ops.h"
 #include "grpo/model/layers.h"
 
 namespace grpo::model {
@@ -84,6 +85,9 @@ std::pair<torch::Tensor, torch::Tensor> RotaryEmbedding::cos_sin(const torch::Te
                                                                  torch::ScalarType dtype) const {
   const auto freqs = position_ids.unsqueeze(-1).to(torch::kFloat) * inv_freq.to(position_ids.device());  // [B, T, R/2]
   const auto emb = torch::cat({freqs, freqs}, -1);
+  if (invariant::applies(emb)) {  // the same table entry for a position wherever it sits in the batch
+    return {(invariant::cos(emb) * attention_scaling).to(dtype), (invariant::sin(emb) * attention_scaling).to(dtype)};
+  }
   return {(emb.cos() * attention_scaling).to(dtype), (emb.sin() * attention_scaling).to(dtype)};
 }
 

@@ -163,8 +163,10 @@ std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& r
         c.sample_index = g;
         c.token_ids.reserve(static_cast<size_t>(cfg_.max_new_tokens));
         c.logprobs.reserve(static_cast<size_t>(cfg_.max_new_tokens));
-        rows.push_back(Row{&c, RowRng(RowRng::derive(seed, static_cast<uint64_t>(g))),
-                           static_cast<int64_t>(req.prompt_ids.size())});
+        rows.push_back(Row{&c,
+                           RowRng(RowRng::derive(seed, static_cast<uint64_t>(g))),
+                           static_cast<int64_t>(req.prompt_ids.size()),
+                           {}});
       }
     }
     std::vector<GenerationRequest> chunk(requests.begin() + p0, requests.begin() + p1);

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "grpo/core/random.h"
+#include "grpo/model/invariant_ops.h"
 
 namespace grpo::rollout {
 
@@ -53,6 +54,7 @@ torch::Tensor sample_from_probs(const torch::Tensor& probs, const torch::Tensor&
 
 torch::Tensor token_logprobs(const torch::Tensor& logits, const torch::Tensor& tokens, double temperature) {
   const double t = temperature == 0.0 ? 1.0 : temperature;
+  if (model::invariant::applies(logits)) return model::invariant::token_logprobs(logits, tokens, t);
   const auto lp = torch::log_softmax(logits.to(torch::kFloat) / t, -1);
   return lp.gather(1, tokens.to(lp.device()).view({-1, 1})).squeeze(1);
 }

@@ -18,6 +18,7 @@
 #include "grpo/core/progress.h"
 #include "grpo/core/random.h"
 #include "grpo/model/checkpoint.h"
+#include "grpo/model/invariant_ops.h"
 #include "grpo/model/routing_record.h"
 
 namespace grpo::train {
@@ -41,6 +42,16 @@ double std_of(const std::vector<double>& v) {
 bool all_equal(const std::vector<double>& v) {
   return std::all_of(v.begin(), v.end(), [&](double x) { return x == v.front(); });
 }
+
+// Puts the model's attention form back as it was (consistent mode switches it for the stage).
+struct ImplRestore {
+  model::CausalLM model;
+  model::AttentionImpl saved;
+  explicit ImplRestore(model::CausalLM m) : model(std::move(m)), saved(model->config().attention_impl) {}
+  ~ImplRestore() { model->set_attention_impl(saved); }
+  ImplRestore(const ImplRestore&) = delete;
+  ImplRestore& operator=(const ImplRestore&) = delete;
+};
 
 }  // namespace
 
@@ -522,6 +533,24 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     }
   }
   if (cfg_.loss.beta > 0 && !ref) set_reference(model_);
+  // Consistent mode: one op set and one MLA form for sampler and trainer, for the whole stage.
+  std::optional<model::invariant::Scope> consistent;
+  std::optional<ImplRestore> impl_restore;
+  if (cfg_.consistent_logprobs) {
+    const auto dtype = model_->embed_tokens.scalar_type();
+    if (!device.is_cpu() || dtype != torch::kFloat || model_->config().fp8.enabled) {
+      throw std::invalid_argument(grpo::format(
+          "{}.consistent_logprobs: needs the model on the CPU in float32 without FP8 layers (found {} {}{}); the "
+          "batch-invariant ops have no CUDA or low-precision form",
+          stage_, device.str(), std::string(c10::toString(dtype)), model_->config().fp8.enabled ? " with fp8" : ""));
+    }
+    consistent.emplace(true);
+    if (model_->config().is_mla()) {
+      impl_restore.emplace(model_);
+      model_->set_attention_impl(cfg_.generation.mla_absorbed ? model::AttentionImpl::absorbed
+                                                              : model_->config().attention_impl);
+    }
+  }
   auto generation = cfg_.generation;
   if (cfg_.router_replay != RouterReplay::off) {
     if (model_->moe_layers().empty()) {

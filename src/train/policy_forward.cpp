@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "grpo/kernels/token_logprobs.h"
+#include "grpo/model/invariant_ops.h"
 
 namespace grpo::train {
 
@@ -47,7 +48,12 @@ CompletionForward completion_forward(model::CausalLM& model, const torch::Tensor
   // Hidden state at position i predicts token i + 1: positions P - 1 .. P + L - 2.
   const auto hidden = out.model.hidden.slice(1, prompt - 1, total - 1);  // [N, L, D]
   const auto completion_ids = input_ids.slice(1, prompt, total).to(hidden.device());
-  if (options.chunk_size > 0) {  // the head's logits never exist whole: kernels/token_logprobs.h
+  if (model::invariant::applies(hidden)) {    // consistent mode: the sampler's own op (rollout/sampling.h)
+    const auto logits = model->head(hidden);  // [N, L, V]
+    out.logps = model::invariant::token_logprobs(logits.reshape({-1, logits.size(2)}), completion_ids.reshape({-1}),
+                                                 options.temperature)
+                    .view({hidden.size(0), hidden.size(1)});
+  } else if (options.chunk_size > 0) {  // the head's logits never exist whole: kernels/token_logprobs.h
     kernels::TokenLogprobsOptions o;
     o.temperature = options.temperature;
     o.chunk_size = options.chunk_size;

@@ -300,3 +300,73 @@ TEST(GrpoTrainer, LogsEveryRewardFunctionsMetrics) {
 
 }  // namespace
 }  // namespace grpo::train
+
+namespace grpo::train {
+namespace {
+
+// Consistent mode over whole GRPO steps (ragged prompts, two micro-batches that group the rows
+// otherwise than the sampler's chunks, an update between the steps): the trainer's first forward
+// gets the sampler's log-probs bitwise, logprob_diff_max 0 on every step; without it, the usual
+// rounding difference. The DeepSeek-V3 model decodes in the absorbed MLA form, which the trainer
+// then takes too.
+TEST(GrpoTrainer, ConsistentLogprobsMakeTheSamplerTrainerDifferenceZero) {
+  const auto rewards = rewards::RewardSet(config::from_value<rewards::RewardsConfig>(
+      config::parse_yaml_string("functions: [{name: math_accuracy}]\n", "r.yaml")));
+  for (const bool dense : {false, true}) {
+    for (const bool consistent : {true, false}) {
+      Fixture f(std::string(dense ? "consistent_dense_" : "consistent_moe_") + (consistent ? "on" : "off"));
+      torch::manual_seed(3);
+      auto cfg = tiny_config(f.tok->vocab_size());
+      if (dense) {
+        cfg = model::test::tiny_qwen2();
+        cfg.vocab_size = f.tok->vocab_size();
+        cfg.max_position_embeddings = 128;
+        cfg.eos_token_ids = {256};
+      }
+      model::CausalLM model(cfg);
+      GrpoConfig g;
+      g.steps = 2;
+      g.prompts_per_step = 3;
+      g.generation.num_generations = 2;
+      g.generation.max_new_tokens = 8;
+      g.generation.max_batch_rows = 4;
+      g.micro_batch_size = 3;
+      g.loss.beta = 0.04;
+      g.optim.lr = 1e-2;
+      g.checkpoint.every_steps = 0;
+      g.consistent_logprobs = consistent;
+      GrpoTrainer(model, *f.tok, prompt_config(), g, rewards, *f.run).train(addition(6, 2, false));
+      const auto rows = read_metrics(f.run->path("metrics.jsonl"));
+      ASSERT_EQ(rows.size(), 2u);
+      double most = 0;
+      for (const auto& r : rows) most = std::max(most, r.get("logprob_diff_max", -1));
+      std::printf("%s, consistent_logprobs %d: logprob_diff_max over 2 steps %.3g\n", dense ? "qwen2" : "deepseek_v3",
+                  consistent, most);
+      if (consistent) {
+        for (const auto& r : rows) EXPECT_EQ(r.get("logprob_diff_max", -1), 0.0);
+        EXPECT_EQ(model->config().attention_impl, model::AttentionImpl::naive) << "the model's form is restored";
+      } else {
+        EXPECT_GT(most, 0.0);
+      }
+    }
+  }
+  // Where the ops do not exist, a clear error up front.
+  Fixture f("consistent_double");
+  model::CausalLM model(tiny_config(f.tok->vocab_size()), torch::TensorOptions().dtype(torch::kDouble));
+  GrpoConfig g;
+  g.steps = 1;
+  g.prompts_per_step = 2;
+  g.generation.num_generations = 2;
+  g.consistent_logprobs = true;
+  try {
+    GrpoTrainer(model, *f.tok, prompt_config(), g, rewards, *f.run).train(addition(4, 2, false));
+    ADD_FAILURE() << "expected an error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("grpo.consistent_logprobs: needs the model on the CPU in float32"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace grpo::train

@@ -90,6 +90,10 @@ class MoeImpl : public torch::nn::Module {
   // Routed experts over the exchange: the same arguments as routed_fused -> [N, D].
   torch::Tensor routed_exchanged(const torch::Tensor& x_flat, const torch::Tensor& weight, const torch::Tensor& order,
                                  const torch::Tensor& counts);
+  // The weighted results of the N*K (token, expert) pairs, expert_out [N*K, D] in `order`, summed
+  // per token (token [N*K] = order / K) -> [N, D]; in consistent mode in slot order.
+  torch::Tensor combine(const torch::Tensor& expert_out, const torch::Tensor& token, const torch::Tensor& order,
+                        int64_t n) const;
 
   torch::Tensor load_;
   torch::Tensor balance_loss_;

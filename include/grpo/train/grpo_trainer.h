@@ -61,6 +61,12 @@ constexpr auto config_enum_names(RouterReplay) {
                     std::pair{RouterReplay::rollout, "rollout"}};
 }
 
+// consistent_logprobs: for the whole stage (generation, reference and training forwards,
+// evaluation) the model runs the batch-invariant ops of grpo/model/invariant_ops.h and, for MLA,
+// the form generation decodes in (generation.mla_absorbed), so each sampled token's log-prob is
+// the same number in the sampler and in the trainer's first forward (logprob_diff_max 0). Needs
+// the model on the CPU in float32 without FP8 layers; off by default because those kernels are
+// slower than MKL's (docs/rollouts.md "Consistent mode").
 struct GrpoConfig {
   int64_t steps = 100;                             // generation steps (each with num_iterations optimizer steps)
   int64_t prompts_per_step = 8;                    // prompts (groups) per step
@@ -77,6 +83,7 @@ struct GrpoConfig {
   double router_bias_gamma = 0.001;                // aux-loss-free router bias update per optimizer step (0 = off)
   RouterReplay router_replay = RouterReplay::off;  // MoE: replay the sampler's experts in training (see above)
   bool bf16_autocast = true;                       // CUDA: bf16 autocast for the training forward
+  bool consistent_logprobs = false;                // sampler and trainer log-probs through one op set (see below)
   bool activation_checkpointing = false;           // recompute each decoder block in backward (less memory)
   int64_t eval_every = 0;                          // steps between evaluations (0 = only at the end)
   std::string accuracy_reward = "math_accuracy";   // reward label logged as "accuracy" ("" = none)
@@ -108,6 +115,9 @@ struct GrpoConfig {
     v("mtp_weight", mtp_weight, "MTP loss weight during RL; 0 = off", Check().ge(0));
     v("router_bias_gamma", router_bias_gamma, "aux-loss-free router bias update speed; 0 = off", Check().ge(0));
     v("bf16_autocast", bf16_autocast, "bf16 autocast on CUDA");
+    v("consistent_logprobs", consistent_logprobs,
+      "CPU float32: generation and training run the batch-invariant ops (grpo/model/invariant_ops.h) and one MLA "
+      "form, so the trainer's log-probs equal the sampler's bitwise; slower");
     v("activation_checkpointing", activation_checkpointing, "recompute each decoder block in backward");
     v("eval_every", eval_every, "steps between evaluations; 0 = only at the end", Check().ge(0));
     v("accuracy_reward", accuracy_reward, "reward label logged as accuracy; \"\" = none (must be a reward label)");
