@@ -21,6 +21,7 @@ GrpoBatch GrpoBatch::rows(int64_t begin, int64_t count) const {
   out.ref_logps = part(ref_logps);
   out.routing = part(routing);
   out.group_size = group_size;
+  out.staleness = staleness;
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include "grpo/train/grpo_trainer.h"
 
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 #include <limits>
 #include <optional>
 #include <stdexcept>
+#include <thread>
 
 #include "autocast.h"
 #include "grpo/core/format.h"
@@ -42,6 +44,12 @@ double std_of(const std::vector<double>& v) {
 bool all_equal(const std::vector<double>& v) {
   return std::all_of(v.begin(), v.end(), [&](double x) { return x == v.front(); });
 }
+
+// Puts the intra-op thread count back as it was (one-step-off splits the cores).
+struct ThreadsRestore {
+  int saved = at::get_num_threads();
+  ~ThreadsRestore() { at::set_num_threads(saved); }
+};
 
 // Puts the model's attention form back as it was (consistent mode switches it for the stage).
 struct ImplRestore {
@@ -294,7 +302,9 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
       if (corrected) {
         in.sampler_logps = mb.sampler_logps.to(device);
         if (it > 0) in.old_logps = first_logps.at(mb_index);
-      } else if (cfg_.num_iterations > 1) {
+      } else if (cfg_.num_iterations > 1 || batch.staleness > 0) {
+        // An older policy sampled (another iteration, or an asynchronous batch): the ratio is
+        // against the sampler's log-probs.
         in.old_logps = mb.sampler_logps.to(device);
       }
       if (mb.ref_logps.defined()) in.ref_logps = mb.ref_logps.to(device);
@@ -559,6 +569,39 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     generation.record_routing = true;
   }
   rollout::Engine engine(model_, &tokenizer_, generation);
+  // One-step-off: a rollout thread with its own copy of the policy samples batch k + s on the
+  // weights before step k while the trainer optimises batch k (grpo/train/async_rollouts.h).
+  const bool async = cfg_.async.mode != AsyncMode::off;
+  const int64_t lag = cfg_.async.max_staleness;
+  std::unique_ptr<RolloutWorker> worker;
+  std::optional<ThreadsRestore> threads_restore;
+  if (async) {
+    if (world.distributed()) {
+      throw std::invalid_argument(stage_ +
+                                  ".async.mode: one_step_off runs its rollout thread in one process; this run has " +
+                                  std::to_string(world.size()) + " ranks");
+    }
+    const auto [rollout_threads, trainer_threads] = async_thread_split(
+        cfg_.async, static_cast<int64_t>(std::thread::hardware_concurrency()));
+    threads_restore.emplace();
+    at::set_num_threads(static_cast<int>(trainer_threads));
+    auto copy = frozen_copy(model_);
+    if (model_->config().is_mla()) copy->set_attention_impl(model_->config().attention_impl);
+    const bool invariant = cfg_.consistent_logprobs;
+    auto sample = [this, &records, &order, seed, generation, invariant](model::CausalLM& m, int64_t index) {
+      model::invariant::Scope scope(invariant);
+      rollout::Engine rollouts(m, &tokenizer_, generation);
+      auto r = sample_step(engine_generator(rollouts), tokenizer_, prompt_, records, order, cfg_, rewards_, seed, index,
+                           nullptr);
+      return std::make_pair(std::move(r), order.state());
+    };
+    worker = std::make_unique<RolloutWorker>(copy, sample, rollout_threads);
+    log::info("{}: one-step-off rollouts: staleness {}, {} rollout / {} trainer threads", stage_, lag, rollout_threads,
+              trainer_threads);
+    // The first batches, on the weights the run starts with.
+    const auto first = take_snapshot(model_, step, cfg_.async.hash_weights);
+    for (int64_t j = step; j < std::min(cfg_.steps, step + lag); ++j) worker->submit(j, first);
+  }
   std::ofstream completions_log;  // rank 0 writes the sample completions
   if (world.is_main()) completions_log.open(run_.path("completions.jsonl"), std::ios::app);
   Progress progress(stage_, cfg_.steps, run_.config().progress_interval_s);
@@ -568,14 +611,38 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     model_->eval();
     // Sharded or split: generation on a gathered copy, or in the training layout with the ranks'
     // forwards paired (run.dist.generation).
-    std::optional<dist::GenerationScope> gen_scope;
-    gen_scope.emplace(dp);
-    const auto rollouts = sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_,
-                                      seed, step, &world);
-    gen_scope.reset();
+    StepRollouts rollouts;
+    std::vector<Metric> async_metrics;
+    std::optional<data::DataOrderState> order_after;  // async: the order after this batch's prompts
+    int64_t staleness = 0;
+    if (async) {
+      auto got = worker->take(step);
+      rollouts = std::move(*got.rollouts);
+      order_after = got.order;
+      staleness = step - got.version;
+      // The weights before this step's update sample batch step + s.
+      auto weights = take_snapshot(model_, step, cfg_.async.hash_weights);
+      const std::string policy_hash = weights.hash;
+      if (step + lag < cfg_.steps) worker->submit(step + lag, std::move(weights));
+      async_metrics = {{"staleness", staleness},
+                       {"trainer_wait_seconds", got.wait_seconds},
+                       {"rollout_idle_seconds", got.idle_seconds},
+                       {"weight_sync_seconds", got.sync_seconds},
+                       {"weight_sync_bytes", got.sync_bytes}};
+      if (cfg_.async.hash_weights) {
+        async_metrics.emplace_back("sampler_weights_hash", got.hash);
+        async_metrics.emplace_back("policy_weights_hash", policy_hash);
+      }
+    } else {
+      std::optional<dist::GenerationScope> gen_scope;
+      gen_scope.emplace(dp);
+      rollouts = sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_, seed, step,
+                             &world);
+    }
     // This rank's groups (data parallel: possibly none, after dynamic sampling's refills).
     GrpoBatch batch;
     if (!rollouts.groups.empty()) batch = build_grpo_batch(rollouts.groups, cfg_.mask_truncated_completions);
+    batch.staleness = staleness;
     if (ref && !rollouts.groups.empty()) {
       batch.ref_logps = batch_logprobs(*ref, batch, cfg_.micro_batch_size, cfg_.generation.sampling.temperature,
                                        cfg_.logprob_chunk_size, cfg_.bf16_autocast && device.is_cuda());
@@ -589,17 +656,22 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     const bool last = step == cfg_.steps;
     std::vector<Metric> eval_metrics;
     if (eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0))) {
+      if (worker) worker->drain();  // the reward set scores on one thread at a time
       const auto gen_for_eval = dp.generation();
       eval_metrics = eval(step);
     }
+    for (auto& m : async_metrics) eval_metrics.push_back(std::move(m));
     const auto summary = log_step(step, rollouts, batch, stats, std::move(eval_metrics), seconds_since(t_step), records,
                                   completions_log, world);
     result.last_reward = summary.reward;
     progress.update(step,
                     grpo::format("reward {:.3f} len {:.0f} kl {:.4f}", summary.reward, summary.length, summary.kl));
     if (last || (cfg_.checkpoint.every_steps > 0 && step % cfg_.checkpoint.every_steps == 0)) {
+      // Async: the order as this step's batch left it (the rollout thread has drawn further); a
+      // resumed run samples its first batch on the resumed weights.
+      const auto saved_order = order_after ? *order_after : order.state();
       save_stage_checkpoint(checkpoint_dir(), step, model_, dp.optimizer(),
-                            {.values = {{"data_order", order.state().to_json()}}}, cfg_.checkpoint, stage_);
+                            {.values = {{"data_order", saved_order.to_json()}}}, cfg_.checkpoint, stage_);
     }
   }
   model_->eval();

@@ -9,7 +9,7 @@ target_precompile_headers(grpo_train_tests PRIVATE "${PROJECT_SOURCE_DIR}/src/pc
 # The trainers themselves on a tiny model: batching, loss masks, metrics, checkpoints, resume; the
 # phases of the GRPO step and the scored rollouts they share with evaluation and distillation.
 grpo_add_test(grpo_trainer_tests train/test_trainers.cpp train/test_golden.cpp train/test_grpo_step.cpp
-  train/test_scored_rollouts.cpp train/test_router_replay.cpp)
+  train/test_scored_rollouts.cpp train/test_router_replay.cpp train/test_async_rollouts.cpp)
 target_precompile_headers(grpo_trainer_tests REUSE_FROM grpo_train_tests)
 
 # Rejection-sampling trace generation (distillation data): parser, keep rules, resumable JSONL.

@@ -32,6 +32,7 @@ struct GrpoBatch {
   std::vector<double> lengths;  // [N] completion tokens
   int64_t truncated = 0;        // completions that ended at max_new_tokens
   int64_t group_size = 0;       // G
+  int64_t staleness = 0;        // optimizer steps between the weights that sampled and the trainer's (async)
 
   int64_t size() const { return input_ids.size(0); }                     // N
   int64_t completion_length() const { return completion_mask.size(1); }  // L

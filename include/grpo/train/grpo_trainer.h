@@ -43,6 +43,7 @@
 #include "grpo/model/causal_lm.h"
 #include "grpo/rewards/reward_set.h"
 #include "grpo/rollout/engine.h"
+#include "grpo/train/async_rollouts.h"
 #include "grpo/train/grpo_batch.h"
 #include "grpo/train/grpo_loss.h"
 #include "grpo/train/optimizer.h"
@@ -92,6 +93,7 @@ struct GrpoConfig {
   OptimizerConfig optim;                           // AdamW (R1: lr 3e-6)
   ScheduleConfig schedule;                         // warmup + decay
   CheckpointConfig checkpoint;                     // <run>/checkpoints/grpo
+  AsyncConfig async;                               // one-step-off rollouts (grpo/train/async_rollouts.h)
 
   template <class V>
   void visit(V& v) {
@@ -127,6 +129,7 @@ struct GrpoConfig {
     v("optim", optim, "AdamW");
     v("schedule", schedule, "learning-rate schedule over steps x num_iterations optimizer steps");
     v("checkpoint", checkpoint, "checkpoints under <run>/checkpoints/grpo");
+    v("async", async, "one-step-off rollouts: a rollout thread samples the next batches during training");
   }
   std::string validate() const;
 };
