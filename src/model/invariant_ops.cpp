@@ -124,6 +124,14 @@ torch::Tensor nt_forward(const torch::Tensor& A, const torch::Tensor& B) {
   return C;
 }
 
+// x [..., K] W^T (+ b) through nt_forward; b undefined = no bias.
+torch::Tensor linear_forward(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  auto shape = x.sizes().vec();
+  shape.back() = w.size(0);
+  auto y = nt_forward(x.reshape({1, -1, x.size(-1)}).contiguous(), w.contiguous().unsqueeze(0)).view(shape);
+  return b.defined() ? y + b : y;
+}
+
 // ---- matmul_nn: C[r, :] = sum over k in order of A[r, k] * B[k, :] --------------------------
 // A zero A[r, k] (a masked key's probability) is skipped: adding its exact zero product would not
 // change the sum (and would turn an infinite B row into NaN).
@@ -283,12 +291,7 @@ struct LinearFn : torch::autograd::Function<LinearFn> {
     ctx->save_for_backward({x, w});
     const bool has_bias = b.numel() > 0;  // autograd functions take no undefined input: no bias is empty
     ctx->saved_data["bias"] = has_bias;
-    const int64_t K = x.size(-1);
-    auto shape = x.sizes().vec();
-    shape.back() = w.size(0);
-    auto y = nt_forward(x.reshape({1, -1, K}).contiguous(), w.contiguous().unsqueeze(0)).view(shape);
-    if (has_bias) y = y + b;
-    return y;
+    return linear_forward(x, w, has_bias ? b : torch::Tensor());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -442,10 +445,7 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
   TORCH_CHECK(w.scalar_type() == torch::kFloat && w.device().is_cpu(),
               "invariant::linear: expected a CPU float32 weight, got ", w.dtype(), " on ", w.device());
   if (needs_grad({&x, &w, &b})) return LinearFn::apply(x, w, b.defined() ? b : torch::empty({0}, w.options()));
-  auto shape = x.sizes().vec();
-  shape.back() = w.size(0);
-  auto y = nt_forward(x.reshape({1, -1, x.size(-1)}).contiguous(), w.contiguous().unsqueeze(0)).view(shape);
-  return b.defined() ? y + b : y;
+  return linear_forward(x, w, b);
 }
 
 torch::Tensor matmul_nt(const torch::Tensor& a, const torch::Tensor& b) {

@@ -585,8 +585,7 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
         cfg_.async, static_cast<int64_t>(std::thread::hardware_concurrency()));
     threads_restore.emplace();
     at::set_num_threads(static_cast<int>(trainer_threads));
-    auto copy = frozen_copy(model_);
-    if (model_->config().is_mla()) copy->set_attention_impl(model_->config().attention_impl);
+    auto copy = frozen_copy(model_);  // its config carries the attention form (consistent mode's too)
     const bool invariant = cfg_.consistent_logprobs;
     auto sample = [this, &records, &order, seed, generation, invariant](model::CausalLM& m, int64_t index) {
       model::invariant::Scope scope(invariant);

@@ -27,10 +27,7 @@ TEST(RolloutWorker, SamplesEachBatchOnItsSnapshotInOrderAndReportsFailures) {
   model::CausalLM policy(model::test::tiny_qwen2());
   std::vector<std::string> seen;  // the rollout model's hash when each batch ran (the thread's only)
   RolloutWorker worker(
-      [&] {
-        model::CausalLM copy(model::test::tiny_qwen2());
-        return copy;
-      }(),
+      model::CausalLM(model::test::tiny_qwen2()),
       [&](model::CausalLM& m, int64_t index) {
         if (index == 3) throw std::runtime_error("reward plugin crashed");
         seen.push_back(weights_hash(m));
