@@ -46,7 +46,10 @@ void check_replicas(torch::nn::Module& model, World& w, const std::function<bool
 }
 
 DataParallel::DataParallel(model::CausalLM& model, const train::OptimizerConfig& cfg)
-    : model_(model), world_(dist::world(model->embed_tokens.device())) {
+    : DataParallel(model, cfg, dist::world(model->embed_tokens.device())) {}
+
+DataParallel::DataParallel(model::CausalLM& model, const train::OptimizerConfig& cfg, World& world)
+    : model_(model), world_(world) {
   broadcast_model(*model_, world_);
   const int64_t ep = config().expert_parallel;
   const std::string& sharding = config().sharding;

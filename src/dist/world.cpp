@@ -242,6 +242,20 @@ World::Pending World::all_reduce_async(torch::Tensor& t) {
   }
 }
 
+World::Pending World::broadcast_async(torch::Tensor& t, int64_t root) {
+  if (!distributed()) return {};
+  TORCH_CHECK(t.device() == comm_device_ && t.is_contiguous(), "broadcast_async: expected a contiguous tensor on ",
+              comm_device_.str(), ", found ", t.device().str());
+  std::vector<torch::Tensor> tensors = {t};
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  try {
+    return Pending(backend_->broadcast(tensors, o), this, "broadcast");
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(global_rank_) + ": broadcast failed: " + one_line(e));
+  }
+}
+
 World::Pending World::all_gather_async(torch::Tensor& out, torch::Tensor& in) {
   if (!distributed()) {
     out.copy_(in);

@@ -25,6 +25,13 @@ namespace grpo::model::invariant {
 namespace {
 
 thread_local bool active = false;
+thread_local bool active_bf16 = false;
+
+// bf16 scope: t rounded to the nearest bfloat16 (kept float32; the gradient passes through the
+// casts as autocast's does).
+torch::Tensor rounded(const torch::Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.to(torch::kBFloat16).to(torch::kFloat) : t;
+}
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -432,8 +439,16 @@ std::pair<torch::Tensor, torch::Tensor> broadcast_batch(const torch::Tensor& a, 
 
 bool enabled() { return active; }
 
-Scope::Scope(bool on) : saved_(active) { active = on; }
-Scope::~Scope() { active = saved_; }
+bool bf16() { return active && active_bf16; }
+
+Scope::Scope(bool on, bool bf16) : saved_(active), saved_bf16_(active_bf16) {
+  active = on;
+  active_bf16 = on && bf16;
+}
+Scope::~Scope() {
+  active = saved_;
+  active_bf16 = saved_bf16_;
+}
 
 bool applies(const torch::Tensor& x) {
   return active && x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kFloat;
@@ -444,6 +459,15 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
               w.sizes());
   TORCH_CHECK(w.scalar_type() == torch::kFloat && w.device().is_cpu(),
               "invariant::linear: expected a CPU float32 weight, got ", w.dtype(), " on ", w.device());
+  if (active_bf16) {
+    const auto rx = rounded(x), rw = rounded(w), rb = rounded(b);
+    torch::Tensor y;
+    {
+      const Scope fp32(true, false);  // the rounded operands, then float32 arithmetic
+      y = linear(rx, rw, rb);
+    }
+    return rounded(y);
+  }
   if (needs_grad({&x, &w, &b})) return LinearFn::apply(x, w, b.defined() ? b : torch::empty({0}, w.options()));
   return linear_forward(x, w, b);
 }
@@ -451,12 +475,30 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
 torch::Tensor matmul_nt(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.size(-1) == b.size(-1), "invariant::matmul_nt: a ", a.sizes(), " and b ", b.sizes(),
               " differ in the reduced (last) dim");
+  if (active_bf16) {
+    const auto ra = rounded(a), rb = rounded(b);
+    torch::Tensor y;
+    {
+      const Scope fp32(true, false);
+      y = matmul_nt(ra, rb);
+    }
+    return rounded(y);
+  }
   auto [ea, eb] = broadcast_batch(a, b);
   return MatmulNtFn::apply(ea, eb);
 }
 
 torch::Tensor matmul_nn(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.size(-1) == b.size(-2), "invariant::matmul_nn: a ", a.sizes(), " against b ", b.sizes());
+  if (active_bf16) {
+    const auto ra = rounded(a), rb = rounded(b);
+    torch::Tensor y;
+    {
+      const Scope fp32(true, false);
+      y = matmul_nn(ra, rb);
+    }
+    return rounded(y);
+  }
   auto [ea, eb] = broadcast_batch(a, b);
   return MatmulNnFn::apply(ea, eb);
 }

@@ -22,6 +22,7 @@
 #include "grpo/model/checkpoint.h"
 #include "grpo/model/invariant_ops.h"
 #include "grpo/model/routing_record.h"
+#include "grpo/train/disaggregated.h"
 
 namespace grpo::train {
 
@@ -75,6 +76,7 @@ std::string GrpoConfig::validate() const {
   if (auto problem = warmup_problem(schedule, steps * num_iterations, "optimizer steps"); !problem.empty()) {
     return problem;
   }
+  if (bf16_cpu && !bf16_autocast) return "bf16_cpu needs bf16_autocast (found bf16_autocast: false)";
   return "";
 }
 
@@ -141,7 +143,7 @@ torch::Tensor batch_logprobs(model::CausalLM& model, const GrpoBatch& batch, int
   std::vector<torch::Tensor> parts;
   for (int64_t b = 0; b < batch.size(); b += micro_batch) {
     const auto mb = batch.rows(b, std::min(micro_batch, batch.size() - b));
-    AutocastScope ac(autocast);
+    AutocastScope ac(autocast, device.type());
     parts.push_back(completion_logprobs(model, mb.input_ids.to(device), mb.attention_mask.to(device),
                                         mb.position_ids.to(device), batch.completion_length(), temperature, chunk_size)
                         .to(torch::kCPU));
@@ -164,6 +166,10 @@ GrpoStepStats::Values GrpoStepStats::read(dist::World* world) const {
   const auto* m = most.data_ptr<double>();
   return {x[0], x[1], x[2],  x[3],  x[4],  x[5],  x[6], x[7],  m[0], x[8],
           m[1], x[9], x[10], x[11], x[12], -m[3], m[2], x[13], x[14]};
+}
+
+bool GrpoTrainer::autocast_training(const torch::Device& device) const {
+  return cfg_.bf16_autocast && (device.is_cuda() || (device.is_cpu() && cfg_.bf16_cpu && !cfg_.consistent_logprobs));
 }
 
 GrpoTrainer::GrpoTrainer(model::CausalLM model, const data::Tokenizer& tokenizer, data::PromptConfig prompt,
@@ -214,7 +220,7 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
   const auto t0 = std::chrono::steady_clock::now();
   auto& world = dp.world();
   const auto device = model_->embed_tokens.device();
-  const bool autocast = cfg_.bf16_autocast && device.is_cuda();
+  const bool autocast = autocast_training(device);
   const bool has_mtp = model_->config().num_nextn_predict_layers > 0 && cfg_.mtp_weight > 0;
   const bool has_rows = batch.input_ids.defined() && batch.size() > 0;
   const int64_t n = has_rows ? batch.size() : 0;
@@ -266,7 +272,7 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
       const int64_t m = std::min(cfg_.micro_batch_size, n - b);
       const auto mb = batch.rows(b, m);
       const auto ids = mb.input_ids.to(device), cmask = mb.completion_mask.to(device);
-      AutocastScope ac(autocast);
+      AutocastScope ac(autocast, device.type());
       torch::Tensor recorded;  // [m, P + L, M, K]
       if (routed) {
         recorded = mb.routing.to(device);
@@ -351,7 +357,7 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
       }
     }
     for (int64_t k = mine; k < passes; ++k) {
-      AutocastScope ac(autocast);
+      AutocastScope ac(autocast, device.type());
       const auto ids = torch::zeros({1, 2}, torch::TensorOptions().dtype(torch::kLong).device(device));
       dp.stand_in(
           [&] {
@@ -520,7 +526,16 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   if (records.empty()) throw std::runtime_error(stage_ + ": no prompts");
   const auto device = model_->embed_tokens.device();
   const uint64_t seed = static_cast<uint64_t>(run_.config().seed + cfg_.seed_offset);
-  dist::DataParallel dp(model_, cfg_.optim);  // a world of one: plain AdamW, as always
+  // Disaggregated: the ranks split into trainers and generators first (every rank, collectively);
+  // the trainers train data parallel among themselves, a generator never trains.
+  std::unique_ptr<DisaggregatedLink> link;
+  if (cfg_.async.mode == AsyncMode::disaggregated) {
+    link = std::make_unique<DisaggregatedLink>(dist::world(device), cfg_.async.generator_ranks,
+                                               cfg_.async.max_staleness, cfg_.async.bucket_mb);
+  }
+  const bool generator = link && link->generator();
+  dist::World solo;
+  dist::DataParallel dp(model_, cfg_.optim, !link ? dist::world(device) : generator ? solo : link->trainer_group());
   auto& world = dp.world();
   data::DataOrder order(static_cast<int64_t>(records.size()), {.batch_size = 1}, seed);
   // The reference policy (beta > 0): the policy at the start of the stage or at the last refresh,
@@ -533,8 +548,9 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     if (&from == &model_ && world.is_main()) model::save_hf_checkpoint(*ref, ref_dir);
   };
   int64_t step = 0;
-  if (const auto st = resume ? resume_latest(checkpoint_dir(), model_, dp.optimizer(), cfg_.optim, stage_)
-                             : std::nullopt) {
+  // (A generator gets the step, the order and the weights from rank 0 below.)
+  if (const auto st = resume && !generator ? resume_latest(checkpoint_dir(), model_, dp.optimizer(), cfg_.optim, stage_)
+                                           : std::nullopt) {
     step = st->step;
     order.restore(data::DataOrderState::from_json(st->values.at("data_order")));
     if (cfg_.loss.beta > 0) {
@@ -542,7 +558,20 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
       set_reference(saved);
     }
   }
-  if (cfg_.loss.beta > 0 && !ref) set_reference(model_);
+  if (cfg_.loss.beta > 0 && !ref && !generator) set_reference(model_);
+  // bf16 on the CPU: ATen's autocast around each generation, evaluation, reference pass and
+  // training micro-batch (a scope per phase: autocast caches its bf16 weight copies until the
+  // outermost scope closes), or, in consistent mode, the invariant ops with bf16 matmuls.
+  const bool cpu_bf16 = cfg_.bf16_cpu && device.is_cpu();
+  if (cpu_bf16 && model_->embed_tokens.scalar_type() != torch::kFloat) {
+    throw std::invalid_argument(grpo::format("{}.bf16_cpu: autocast keeps float32 master weights; the model is {}",
+                                             stage_, std::string(c10::toString(model_->embed_tokens.scalar_type()))));
+  }
+  const bool aten_bf16 = cpu_bf16 && !cfg_.consistent_logprobs;  // generation and evaluation scopes
+  if (cpu_bf16) {
+    log::info("{}: bf16 on the CPU ({})", stage_,
+              cfg_.consistent_logprobs ? "invariant ops with bf16 matmuls" : "ATen autocast");
+  }
   // Consistent mode: one op set and one MLA form for sampler and trainer, for the whole stage.
   std::optional<model::invariant::Scope> consistent;
   std::optional<ImplRestore> impl_restore;
@@ -554,7 +583,7 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
           "batch-invariant ops have no CUDA or low-precision form",
           stage_, device.str(), std::string(c10::toString(dtype)), model_->config().fp8.enabled ? " with fp8" : ""));
     }
-    consistent.emplace(true);
+    consistent.emplace(true, cpu_bf16);
     if (model_->config().is_mla()) {
       impl_restore.emplace(model_);
       model_->set_attention_impl(cfg_.generation.mla_absorbed ? model::AttentionImpl::absorbed
@@ -569,10 +598,18 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     generation.record_routing = true;
   }
   rollout::Engine engine(model_, &tokenizer_, generation);
+  const int64_t lag = cfg_.async.max_staleness;
+  if (link) {  // rank 0's start (a resumed run's step, order and weights) on every generator
+    std::string order_text = order.state().to_json();
+    link->share_start(step, order_text, model_);
+    order.restore(data::DataOrderState::from_json(order_text));
+    if (generator) return serve_rollouts(*link, engine, records, order, seed, step, eval, aten_bf16);
+    log::info("{}: disaggregated rollouts: {} trainer(s), {} generator(s), staleness {}", stage_, link->trainers(),
+              link->generators(), lag);
+  }
   // One-step-off: a rollout thread with its own copy of the policy samples batch k + s on the
   // weights before step k while the trainer optimises batch k (grpo/train/async_rollouts.h).
-  const bool async = cfg_.async.mode != AsyncMode::off;
-  const int64_t lag = cfg_.async.max_staleness;
+  const bool async = cfg_.async.mode == AsyncMode::one_step_off;
   std::unique_ptr<RolloutWorker> worker;
   std::optional<ThreadsRestore> threads_restore;
   if (async) {
@@ -587,8 +624,10 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     at::set_num_threads(static_cast<int>(trainer_threads));
     auto copy = frozen_copy(model_);  // its config carries the attention form (consistent mode's too)
     const bool invariant = cfg_.consistent_logprobs;
-    auto sample = [this, &records, &order, seed, generation, invariant](model::CausalLM& m, int64_t index) {
-      model::invariant::Scope scope(invariant);
+    auto sample = [this, &records, &order, seed, generation, invariant, cpu_bf16, aten_bf16](model::CausalLM& m,
+                                                                                             int64_t index) {
+      model::invariant::Scope scope(invariant, cpu_bf16);
+      AutocastScope autocast(aten_bf16, at::kCPU);  // the thread's own autocast state
       rollout::Engine rollouts(m, &tokenizer_, generation);
       auto r = sample_step(engine_generator(rollouts), tokenizer_, prompt_, records, order, cfg_, rewards_, seed, index,
                            nullptr);
@@ -614,7 +653,27 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     std::vector<Metric> async_metrics;
     std::optional<data::DataOrderState> order_after;  // async: the order after this batch's prompts
     int64_t staleness = 0;
-    if (async) {
+    if (link) {
+      const auto t_wait = std::chrono::steady_clock::now();
+      const auto parts = link->receive_batch();
+      const double waited = seconds_since(t_wait);
+      BatchMeta meta;
+      rollouts = take_share(parts, *link, world, meta);
+      if (meta.index != step) {
+        throw std::runtime_error(grpo::format(
+            "{}: disaggregated rollouts: expected batch {}, a generator sent batch {}", stage_, step, meta.index));
+      }
+      order_after = data::DataOrderState::from_json(meta.order);
+      staleness = step - meta.version;
+      async_metrics = {{"staleness", staleness},
+                       {"trainer_wait_seconds", waited},
+                       {"rollout_idle_seconds", meta.weight_wait_seconds},
+                       {"weight_sync_bytes", meta.weight_bytes}};
+      if (cfg_.async.hash_weights) {
+        async_metrics.emplace_back("sampler_weights_hash", meta.hash);
+        async_metrics.emplace_back("policy_weights_hash", weights_hash(model_));
+      }
+    } else if (async) {
       auto got = worker->take(step);
       rollouts = std::move(*got.rollouts);
       order_after = got.order;
@@ -635,6 +694,7 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     } else {
       std::optional<dist::GenerationScope> gen_scope;
       gen_scope.emplace(dp);
+      AutocastScope autocast(aten_bf16, at::kCPU);
       rollouts = sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_, seed, step,
                              &world);
     }
@@ -644,19 +704,26 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     batch.staleness = staleness;
     if (ref && !rollouts.groups.empty()) {
       batch.ref_logps = batch_logprobs(*ref, batch, cfg_.micro_batch_size, cfg_.generation.sampling.temperature,
-                                       cfg_.logprob_chunk_size, cfg_.bf16_autocast && device.is_cuda());
+                                       cfg_.logprob_chunk_size, autocast_training(device));
     }
     const auto stats = optimise(batch, dp, step);
     ++step;
+    // Disaggregated: this version goes to the generators when a batch samples on it (batch step +
+    // s) or they evaluate with it.
+    if (link) {
+      const double posted = step + lag < cfg_.steps || evaluates_at(eval, step) ? link->post_weights(model_) : 0.0;
+      async_metrics.emplace_back("weight_sync_seconds", posted);  // rank 0's copy and post of this version
+    }
     if (ref && cfg_.ref_refresh_steps > 0 && step % cfg_.ref_refresh_steps == 0) {
       set_reference(model_);
       log::info("{}: step {}: reference policy refreshed", stage_, step);
     }
     const bool last = step == cfg_.steps;
     std::vector<Metric> eval_metrics;
-    if (eval && (last || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0))) {
+    if (evaluates_at(eval, step)) {
       if (worker) worker->drain();  // the reward set scores on one thread at a time
       const auto gen_for_eval = dp.generation();
+      AutocastScope autocast(aten_bf16, at::kCPU);
       eval_metrics = eval(step);
     }
     for (auto& m : async_metrics) eval_metrics.push_back(std::move(m));
@@ -673,8 +740,104 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
                             {.values = {{"data_order", saved_order.to_json()}}}, cfg_.checkpoint, stage_);
     }
   }
+  if (link) link->finish();
   model_->eval();
   result.steps = step;
+  result.seconds = seconds_since(t_start);
+  return result;
+}
+
+bool GrpoTrainer::evaluates_at(const EvalFn& eval, int64_t step) const {
+  return eval && (step == cfg_.steps || (cfg_.eval_every > 0 && step % cfg_.eval_every == 0));
+}
+
+StepRollouts GrpoTrainer::take_share(const std::vector<std::string>& parts, DisaggregatedLink& link,
+                                     dist::World& trainers, BatchMeta& meta) const {
+  // The generators' shares in generator order are the step's groups and scores in request order.
+  StepRollouts all;
+  for (size_t g = 0; g < parts.size(); ++g) {
+    StepRollouts part;
+    BatchMeta m;
+    decode_batch(parts[g], part, m);
+    if (g == 0) {
+      meta = m;
+      all.generated_groups = part.generated_groups;  // counted over every generator already
+      all.zero_std_groups = part.zero_std_groups;
+    } else {
+      meta.weight_wait_seconds = std::max(meta.weight_wait_seconds, m.weight_wait_seconds);
+    }
+    for (auto& grp : part.groups) all.groups.push_back(std::move(grp));
+    if (!part.scores.total.empty()) rewards::append_scores(all.scores, std::move(part.scores));
+    all.generated_tokens += part.generated_tokens;
+    all.generation_seconds = std::max(all.generation_seconds, part.generation_seconds);
+    all.reward_seconds = std::max(all.reward_seconds, part.reward_seconds);
+  }
+  if (link.trainers() == 1) return all;
+  // Several trainers: each trains its share of the groups; trainer 0 keeps the whole step's
+  // scores and token count for the logs (which sum over the trainers).
+  const auto [begin, end] = dist::share(static_cast<int64_t>(all.groups.size()), trainers.rank(), trainers.size());
+  StepRollouts mine;
+  for (int64_t i = begin; i < end; ++i) mine.groups.push_back(std::move(all.groups[static_cast<size_t>(i)]));
+  mine.generated_groups = all.generated_groups;
+  mine.zero_std_groups = all.zero_std_groups;
+  mine.generation_seconds = all.generation_seconds;
+  mine.reward_seconds = all.reward_seconds;
+  if (trainers.is_main()) {
+    mine.scores = std::move(all.scores);
+    mine.generated_tokens = all.generated_tokens;
+  }
+  return mine;
+}
+
+GrpoResult GrpoTrainer::serve_rollouts(DisaggregatedLink& link, rollout::Engine& engine,
+                                       const std::vector<data::Record>& records, data::DataOrder& order, uint64_t seed,
+                                       int64_t start, const EvalFn& eval, bool aten_bf16) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const int64_t lag = cfg_.async.max_staleness;
+  model_->eval();
+  for (auto& p : model_->parameters()) p.set_requires_grad(false);
+  // The versions rank 0 sends, in order: those a batch samples on, and those of an evaluation.
+  const auto sent = [&](int64_t n) { return n + lag < cfg_.steps || evaluates_at(eval, n); };
+  int64_t version = start;
+  double wait = 0;
+  int64_t bytes = 0;
+  const auto advance_to = [&](int64_t target) {
+    for (int64_t n = version + 1; n <= target; ++n) {
+      if (!sent(n)) continue;
+      const auto t0 = std::chrono::steady_clock::now();
+      bytes += link.receive_weights(model_);
+      wait += seconds_since(t0);
+      version = n;
+      if (evaluates_at(eval, n)) {  // with every other rank, on the weights after step n
+        AutocastScope autocast(aten_bf16, at::kCPU);
+        eval(n);
+      }
+    }
+  };
+  dist::World* generators = link.generators() > 1 ? &link.generator_group() : nullptr;
+  for (int64_t j = start; j < cfg_.steps; ++j) {
+    wait = 0;
+    bytes = 0;
+    advance_to(std::max(start, j - lag));
+    BatchMeta meta;
+    meta.index = j;
+    meta.version = version;
+    if (cfg_.async.hash_weights) meta.hash = weights_hash(model_);
+    StepRollouts rollouts;
+    {
+      AutocastScope autocast(aten_bf16, at::kCPU);
+      rollouts = sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_, seed, j,
+                             generators);
+    }
+    meta.order = order.state().to_json();
+    meta.weight_wait_seconds = wait;
+    meta.weight_bytes = bytes;
+    link.post_batch(encode_batch(rollouts, meta));
+  }
+  advance_to(cfg_.steps);  // the evaluations after the last batch
+  link.finish();
+  GrpoResult result;
+  result.steps = cfg_.steps;
   result.seconds = seconds_since(t_start);
   return result;
 }

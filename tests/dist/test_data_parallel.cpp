@@ -15,6 +15,8 @@
 #include <tuple>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -531,6 +533,76 @@ TEST(DataParallel, GrpoMatchesOneProcess) {
       EXPECT_NEAR(one[i].get("kl", -1), dp[i].get("kl", -2), 1e-4) << name << " step " << i + 1;
     }
   }
+}
+
+// Disaggregated rollouts (grpo.async.mode: disaggregated): rank 1 only generates and scores, rank 0
+// only trains. Batch k is sampled by the weights rank 0 had before step k - s, checked by hash,
+// and the run is the one-step-off run of one process (same seed and staleness): the same
+// batches, the same evaluation and the same final weights.
+// metrics.jsonl's rows with their text fields (the hashes).
+std::vector<nlohmann::json> json_rows(const std::string& path) {
+  std::vector<nlohmann::json> rows;
+  std::istringstream in(read_file(path));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
+  }
+  return rows;
+}
+
+TEST(DataParallel, DisaggregatedRolloutsAreOneStepOffAcrossProcesses) {
+  ASSERT_TRUE(fs::exists(std::string(teacher()) + "/config.json")) << "GRPO_DIST_TEACHER (the fixture) is missing";
+  test::TempDir dir;
+  for (const int s : {1, 2}) {
+    const std::string common = " --set grpo.async.hash_weights=true --set grpo.async.max_staleness=" +
+                               std::to_string(s) + " --set grpo.steps=5 --set grpo.eval_every=2";
+    const auto one = dir.path("one_step_off" + std::to_string(s)), two = dir.path("disaggregated" + std::to_string(s));
+    // The one process's two threads get one core each, as the two ranks do.
+    ASSERT_EQ(run(single() + grpo_command(one,
+                                          "--set grpo.async.mode=one_step_off --set grpo.async.rollout_threads=1"
+                                          " --set grpo.async.trainer_threads=1" +
+                                              common),
+                  one + ".log"),
+              0)
+        << tail_of(one + ".log");
+    // A deadlock would show as a collective timeout.
+    ASSERT_EQ(
+        run(launch(2) + grpo_command(two, "--set grpo.async.mode=disaggregated --set run.dist.timeout_s=60" + common),
+            two + ".log"),
+        0)
+        << tail_of(two + ".log");
+    const auto a = read_metrics(one + "/metrics.jsonl"), b = read_metrics(two + "/metrics.jsonl");
+    ASSERT_EQ(a.size(), 5u);
+    ASSERT_EQ(b.size(), 5u);
+    const auto ja = json_rows(one + "/metrics.jsonl"), jb = json_rows(two + "/metrics.jsonl");
+    ASSERT_EQ(jb.size(), 5u);
+    std::vector<std::string> sampler, policy;
+    for (const auto& r : jb) {
+      sampler.push_back(r.at("sampler_weights_hash").get<std::string>());
+      policy.push_back(r.at("policy_weights_hash").get<std::string>());
+    }
+    for (size_t k = 0; k < 5; ++k) {
+      // The generator's weights at step k are rank 0's before step k - s (the first s: the start).
+      EXPECT_EQ(sampler[k], policy[static_cast<size_t>(std::max<int>(0, static_cast<int>(k) - s))])
+          << "staleness " << s << " step " << k + 1;
+      EXPECT_EQ(b[k].get("staleness", -1), std::min<double>(static_cast<double>(k), s));
+      if (k > static_cast<size_t>(s)) EXPECT_GT(b[k].get("weight_sync_bytes", 0), 0) << "a new version came";
+      for (const char* key : {"reward", "completion_length", "generated_groups", "staleness"}) {
+        EXPECT_EQ(a[k].get(key, -1), b[k].get(key, -2)) << "staleness " << s << " step " << k + 1 << " " << key;
+      }
+      EXPECT_NEAR(a[k].get("loss", -1), b[k].get("loss", -2), 1e-6) << "step " << k + 1;
+      EXPECT_EQ(ja[k].at("sampler_weights_hash"), jb[k].at("sampler_weights_hash")) << "step " << k + 1;
+    }
+    EXPECT_NE(policy[1], policy[2]) << "the trainer's weights move";
+    // Evaluations at steps 2, 4 and 5, every rank taking part: those of one process.
+    for (const size_t k : {1, 3, 4}) EXPECT_EQ(a[k].get("eval_accuracy", -1), b[k].get("eval_accuracy", -2)) << k;
+    std::string where;
+    EXPECT_EQ(max_relative_difference(one + "/model", two + "/model", &where), 0) << where;
+  }
+  // One rank: a clear error.
+  const auto log = dir.path("alone.log");
+  EXPECT_NE(run(single() + grpo_command(dir.path("alone"), "--set grpo.async.mode=disaggregated"), log), 0);
+  EXPECT_NE(read_file(log).find("disaggregated needs at least one trainer and one generator rank"), std::string::npos)
+      << tail_of(log);
 }
 
 // distill from the fixture teacher: traces (rejection sampling of 24 prompts, well-formed ones kept:

@@ -4,6 +4,7 @@
 // the engine's recorded log-probs equal the training forward's bitwise, for the tiny DeepSeek-V3
 // (MoE, MLA absorbed) and the tiny Qwen2, with ragged prompts and completions that end early.
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -141,6 +142,65 @@ TEST(InvariantOps, ARowsResultDoesNotDependOnTheBatch) {
   // Off: the layers use ATen again.
   inv::Scope off(false);
   EXPECT_FALSE(inv::applies(x));
+}
+
+// bf16 scope (grpo.bf16_cpu with consistent_logprobs): linear and the two matmuls take their
+// operands and give their result rounded to bf16, as ATen's CPU bf16 autocast computes them: the
+// results are bf16 numbers, within one bf16 step of autocast's (whose GEMM accumulates in its own
+// order), rows stay independent of the batch, and the other ops stay float32.
+TEST(InvariantOps, Bf16ScopeRoundsMatmulsAsAutocastDoes) {
+  torch::manual_seed(2);
+  const auto x = torch::randn({17, 40}), w = torch::randn({23, 40}), b = torch::randn({23});
+  const auto a3 = torch::randn({2, 5, 40}), k3 = torch::randn({2, 7, 40}), v3 = torch::randn({2, 40, 6});
+  const auto is_bf16 = [](const torch::Tensor& t) { return torch::equal(t, t.to(torch::kBFloat16).to(torch::kFloat)); };
+  // Within one bf16 step (2^-7 of the magnitude, the larger of the two) of the reference.
+  const auto within_a_step = [](const torch::Tensor& ours, const torch::Tensor& ref) {
+    const auto step = torch::maximum(ours.abs(), ref.abs()) * std::ldexp(1.0, -7) + 1e-30;
+    return ((ours - ref).abs() <= step).all().item<bool>();
+  };
+  torch::Tensor lin, nt, nn;
+  {
+    inv::Scope on(true, true);
+    EXPECT_TRUE(inv::bf16());
+    lin = inv::linear(x, w, b);
+    nt = inv::matmul_nt(a3, k3);
+    nn = inv::matmul_nn(a3, v3);
+    // Softmax and the norms stay float32: not bf16-valued.
+    EXPECT_FALSE(is_bf16(inv::softmax(x)));
+    // A row's bits do not depend on the batch, as in float32.
+    EXPECT_TRUE(torch::equal(inv::linear(x.narrow(0, 4, 3), w, b), lin.narrow(0, 4, 3)));
+  }
+  EXPECT_FALSE(inv::bf16());
+  for (const auto* t : {&lin, &nt, &nn}) EXPECT_TRUE(is_bf16(*t));
+  // ATen's CPU autocast as the reference.
+  torch::Tensor ref_lin, ref_nt, ref_nn;
+  {
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    ref_lin = torch::linear(x, w, b);
+    ref_nt = torch::matmul(a3, k3.transpose(-2, -1));
+    ref_nn = torch::matmul(a3, v3);
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::clear_cache();
+  }
+  ASSERT_EQ(ref_lin.scalar_type(), torch::kBFloat16) << "ATen's CPU autocast computes linear in bf16";
+  EXPECT_TRUE(within_a_step(lin, ref_lin.to(torch::kFloat)));
+  EXPECT_TRUE(within_a_step(nt, ref_nt.to(torch::kFloat)));
+  EXPECT_TRUE(within_a_step(nn, ref_nn.to(torch::kFloat)));
+  // And it is not float32's result: the rounding happened.
+  inv::Scope fp32(true, false);
+  EXPECT_GT(max_abs(inv::linear(x, w, b), lin), 1e-4);
+  // Gradients pass through the roundings: the same formulas on the rounded operands.
+  auto xg = x.clone().requires_grad_(true), wg = w.clone().requires_grad_(true);
+  {
+    inv::Scope on(true, true);
+    inv::linear(xg, wg, b).sum().backward();
+  }
+  // d/dx of the sum: ones . W rounded (the cast back to x's float32 rounds the gradient to bf16 too).
+  const auto expect_gx = torch::ones({17, 23}).mm(w.to(torch::kBFloat16).to(torch::kFloat));
+  EXPECT_TRUE(within_a_step(xg.grad(), expect_gx));
+  EXPECT_TRUE(is_bf16(xg.grad()));
+  EXPECT_TRUE(wg.grad().defined());
 }
 
 // The engine samples with the ops on; the training forward (another batch layout: all rows at

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <map>
 
 #include "grpo/core/metrics.h"
 #include "grpo/core/random.h"
@@ -366,6 +367,59 @@ TEST(GrpoTrainer, ConsistentLogprobsMakeTheSamplerTrainerDifferenceZero) {
               std::string::npos)
         << e.what();
   }
+}
+
+// bf16 on the CPU (grpo.bf16_cpu): the stage runs under ATen's bf16 autocast, so sampler and
+// trainer each round to bf16 in their own GEMM blocking and their log-probs differ by far more
+// than float32's; in consistent mode the invariant ops with bf16 matmuls bring it back to 0 (and
+// still round: the log-probs are not float32's).
+TEST(GrpoTrainer, Bf16OnCpuWidensTheMismatchAndConsistentModeRemovesIt) {
+  const auto rewards = rewards::RewardSet(config::from_value<rewards::RewardsConfig>(
+      config::parse_yaml_string("functions: [{name: math_accuracy}]\n", "r.yaml")));
+  for (const bool dense : {false, true}) {
+    std::map<std::string, double> most;
+    for (const std::string mode : {"fp32", "bf16", "bf16_consistent"}) {
+      Fixture f(std::string(dense ? "bf16_dense_" : "bf16_moe_") + mode);
+      torch::manual_seed(3);
+      auto cfg = tiny_config(f.tok->vocab_size());
+      if (dense) {
+        cfg = model::test::tiny_qwen2();
+        cfg.vocab_size = f.tok->vocab_size();
+        cfg.max_position_embeddings = 128;
+        cfg.eos_token_ids = {256};
+      }
+      model::CausalLM model(cfg);
+      GrpoConfig g;
+      g.steps = 2;
+      g.prompts_per_step = 3;
+      g.generation.num_generations = 2;
+      g.generation.max_new_tokens = 8;
+      g.generation.max_batch_rows = 4;
+      g.micro_batch_size = 3;
+      g.loss.beta = 0.04;
+      g.optim.lr = 1e-2;
+      g.checkpoint.every_steps = 0;
+      g.bf16_cpu = mode != "fp32";
+      g.consistent_logprobs = mode == "bf16_consistent";
+      GrpoTrainer(model, *f.tok, prompt_config(), g, rewards, *f.run).train(addition(6, 2, false));
+      const auto rows = read_metrics(f.run->path("metrics.jsonl"));
+      ASSERT_EQ(rows.size(), 2u);
+      for (const auto& r : rows) {
+        EXPECT_TRUE(std::isfinite(r.get("loss", NAN))) << mode;
+        most[mode] = std::max(most[mode], r.get("logprob_diff_max", -1));
+      }
+      std::printf("%s, %s: logprob_diff_max over 2 steps %.3g\n", dense ? "qwen2" : "deepseek_v3", mode.c_str(),
+                  most[mode]);
+    }
+    EXPECT_GT(most["bf16"], 10 * most["fp32"]) << "bf16 rounds far coarser than float32";
+    EXPECT_EQ(most["bf16_consistent"], 0.0);
+  }
+  // bf16_cpu needs autocast on.
+  GrpoConfig g;
+  g.generation.num_generations = 2;
+  g.bf16_cpu = true;
+  g.bf16_autocast = false;
+  EXPECT_NE(g.validate().find("bf16_cpu needs bf16_autocast"), std::string::npos) << g.validate();
 }
 
 }  // namespace

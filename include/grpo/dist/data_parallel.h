@@ -47,6 +47,9 @@ class DataParallel {
   // The world is dist::world() for the model's device; run.dist (config()) says bucket size and
   // ZeRO-1.
   DataParallel(model::CausalLM& model, const train::OptimizerConfig& cfg);
+  // Over `world` (a group of the job's ranks, e.g. the trainers of disaggregated rollouts) instead
+  // of the process's world.
+  DataParallel(model::CausalLM& model, const train::OptimizerConfig& cfg, World& world);
   ~DataParallel();
 
   World& world() { return world_; }

@@ -90,6 +90,9 @@ class World {
     const char* what_ = "";
   };
   Pending all_reduce_async(torch::Tensor& t);
+  // Asynchronous broadcast of `t` (contiguous, on comm_device(), kept alive until wait()) from
+  // `root`: the root's values land in every rank's `t`.
+  Pending broadcast_async(torch::Tensor& t, int64_t root);
   // out [size * n] = every rank's `in` [n], in rank order; both contiguous on comm_device() and kept
   // alive until wait().
   Pending all_gather_async(torch::Tensor& out, torch::Tensor& in);

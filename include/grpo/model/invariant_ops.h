@@ -19,6 +19,10 @@
 // Additions and products of equal float32 operands are equal (IEEE; this file's kernels are built
 // with -ffp-contract=off), so the sampler's log-prob of a token equals the trainer's bitwise.
 //
+// bf16 (Scope(true, true)): the same ops, with each matmul's operands and result rounded to
+// bfloat16 (float32 accumulation in the same fixed order) as bf16 autocast computes a linear or a
+// matmul, and everything else in float32: the consistent mode of a bf16 run (grpo.bf16_cpu).
+//
 // Only the forward values are invariant: each op is an autograd function whose backward is the
 // usual ATen formula. Off CPU float32 the ops are not used (applies() is false); the kernels run
 // at a fraction of MKL's speed (bench/bench_consistent.sh).
@@ -31,16 +35,20 @@ namespace grpo::model::invariant {
 // Whether a Scope is active on this thread.
 bool enabled();
 
-// Turns the ops on (or off) for this thread until destroyed; nests.
+// Whether the active Scope rounds matmuls to bf16.
+bool bf16();
+
+// Turns the ops on (or off) for this thread until destroyed, with bf16 matmuls or not; nests.
 class Scope {
  public:
-  explicit Scope(bool on = true);
+  explicit Scope(bool on = true, bool bf16 = false);
   ~Scope();
   Scope(const Scope&) = delete;
   Scope& operator=(const Scope&) = delete;
 
  private:
   bool saved_;
+  bool saved_bf16_;
 };
 
 // enabled() and x is a CPU float32 tensor: the layers take the invariant op for x.

@@ -37,10 +37,12 @@ namespace grpo::train {
 
 struct StepRollouts;
 
-// off: generation and training alternate; one_step_off: a rollout thread samples ahead.
-enum class AsyncMode { off, one_step_off };
+// off: generation and training alternate; one_step_off: a rollout thread samples ahead;
+// disaggregated: under grpo launch, generator ranks sample ahead (grpo/train/disaggregated.h).
+enum class AsyncMode { off, one_step_off, disaggregated };
 constexpr auto config_enum_names(AsyncMode) {
-  return std::array{std::pair{AsyncMode::off, "off"}, std::pair{AsyncMode::one_step_off, "one_step_off"}};
+  return std::array{std::pair{AsyncMode::off, "off"}, std::pair{AsyncMode::one_step_off, "one_step_off"},
+                    std::pair{AsyncMode::disaggregated, "disaggregated"}};
 }
 
 struct AsyncConfig {
@@ -49,18 +51,25 @@ struct AsyncConfig {
   int64_t rollout_threads = 0;  // intra-op threads of the rollout thread (0 = half the cores, at least 1)
   int64_t trainer_threads = 0;  // intra-op threads of the trainer (0 = the other cores, at least 1)
   bool hash_weights = false;    // log each batch's sampler weights and the trainer's as hashes
+  int64_t generator_ranks = 1;  // disaggregated: the last N ranks only generate
+  double bucket_mb = 25;        // disaggregated: weight broadcast bucket size
 
   template <class V>
   void visit(V& v) {
     using config::Check;
-    v("mode", mode, "off | one_step_off (a rollout thread samples the next batches during training)");
-    v("max_staleness", max_staleness, "one_step_off: optimizer steps a batch may lag behind", Check().ge(1).le(8));
+    v("mode", mode,
+      "off | one_step_off (a rollout thread samples the next batches during training) | disaggregated (under grpo "
+      "launch, generator ranks sample them)");
+    v("max_staleness", max_staleness, "optimizer steps a batch lags behind", Check().ge(1).le(8));
     v("rollout_threads", rollout_threads, "intra-op threads of the rollout thread; 0 = half the cores",
       Check().ge(0).le(1024));
     v("trainer_threads", trainer_threads, "intra-op threads of the trainer; 0 = the other cores",
       Check().ge(0).le(1024));
     v("hash_weights", hash_weights,
       "log sampler_weights_hash and policy_weights_hash (FNV-1a of every parameter and buffer) per step");
+    v("generator_ranks", generator_ranks, "disaggregated: how many ranks (the last ones) only generate",
+      Check().ge(1).le(4096));
+    v("bucket_mb", bucket_mb, "disaggregated: weight broadcast bucket size in MiB", Check().gt(0).le(65536));
   }
 };
 

@@ -53,6 +53,9 @@
 
 namespace grpo::train {
 
+class DisaggregatedLink;  // grpo/train/disaggregated.h
+struct BatchMeta;
+
 // Router replay (R3) for MoE policies: off; record (the engine records each token's experts per
 // MoE layer and the trainer reports how many of its own choices differ, routing_diff_fraction);
 // rollout (the training forward uses the recorded experts, gate weights from its current scores).
@@ -62,6 +65,10 @@ constexpr auto config_enum_names(RouterReplay) {
                     std::pair{RouterReplay::rollout, "rollout"}};
 }
 
+// bf16_cpu: on the CPU the whole stage (generation, the reference's and the training forwards,
+// evaluation) runs under ATen's bf16 autocast, float32 master weights; with consistent_logprobs
+// the invariant ops round each matmul's operands and result to bf16 instead (docs/training.md
+// "bf16 on the CPU"). On CUDA, bf16_autocast alone covers the training and reference forwards.
 // consistent_logprobs: for the whole stage (generation, reference and training forwards,
 // evaluation) the model runs the batch-invariant ops of grpo/model/invariant_ops.h and, for MLA,
 // the form generation decodes in (generation.mla_absorbed), so each sampled token's log-prob is
@@ -84,6 +91,7 @@ struct GrpoConfig {
   double router_bias_gamma = 0.001;                // aux-loss-free router bias update per optimizer step (0 = off)
   RouterReplay router_replay = RouterReplay::off;  // MoE: replay the sampler's experts in training (see above)
   bool bf16_autocast = true;                       // CUDA: bf16 autocast for the training forward
+  bool bf16_cpu = false;                           // CPU: the whole stage under bf16 autocast (see below)
   bool consistent_logprobs = false;                // sampler and trainer log-probs through one op set (see below)
   bool activation_checkpointing = false;           // recompute each decoder block in backward (less memory)
   int64_t eval_every = 0;                          // steps between evaluations (0 = only at the end)
@@ -117,6 +125,9 @@ struct GrpoConfig {
     v("mtp_weight", mtp_weight, "MTP loss weight during RL; 0 = off", Check().ge(0));
     v("router_bias_gamma", router_bias_gamma, "aux-loss-free router bias update speed; 0 = off", Check().ge(0));
     v("bf16_autocast", bf16_autocast, "bf16 autocast on CUDA");
+    v("bf16_cpu", bf16_cpu,
+      "CPU: generation, reference, training forward and evaluation under bf16 autocast (with consistent_logprobs: "
+      "the invariant ops with bf16 matmuls); needs bf16_autocast");
     v("consistent_logprobs", consistent_logprobs,
       "CPU float32: generation and training run the batch-invariant ops (grpo/model/invariant_ops.h) and one MLA "
       "form, so the trainer's log-probs equal the sampler's bitwise; slower");
@@ -220,6 +231,16 @@ class GrpoTrainer {
   StepSummary log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch, const GrpoStepStats& stats,
                        std::vector<Metric> eval_metrics, double step_seconds, const std::vector<data::Record>& records,
                        std::ostream& completions_log, dist::World& world);
+  // Whether the training and reference forwards run under ATen's bf16 autocast on `device`.
+  bool autocast_training(const torch::Device& device) const;
+  // Whether an evaluation runs after step `step` (1-based).
+  bool evaluates_at(const EvalFn& eval, int64_t step) const;
+  // Disaggregated rollouts (grpo/train/disaggregated.h): a trainer's share of a batch from the
+  // generators' parts; a generator's loop (it samples every batch from `start` and returns).
+  StepRollouts take_share(const std::vector<std::string>& parts, DisaggregatedLink& link, dist::World& trainers,
+                          BatchMeta& meta) const;
+  GrpoResult serve_rollouts(DisaggregatedLink& link, rollout::Engine& engine, const std::vector<data::Record>& records,
+                            data::DataOrder& order, uint64_t seed, int64_t start, const EvalFn& eval, bool aten_bf16);
 
   model::CausalLM model_;
   const data::Tokenizer& tokenizer_;
