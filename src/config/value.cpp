@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <regex>
 
 #include "grpo/config/config.h"
 
@@ -68,20 +67,69 @@ std::string Value::describe() const {
     case Kind::map: return "a mapping";
     case Kind::scalar: break;
   }
-  return quoted ? "the string \"" + text + "\"" : "'" + text + "'";
+  // A long scalar is named by its start and length.
+  const std::string shown = text.size() > 80
+                                ? text.substr(0, 40) + "... (" + std::to_string(text.size()) + " characters)"
+                                : text;
+  return quoted ? "the string \"" + shown + "\"" : "'" + shown + "'";
 }
 
 namespace {
 
-// A plain decimal number as YAML writes it: 12, -3.5, .5, 1e-3, 2.E+4.
-bool looks_like_decimal(const std::string& s) {
-  static const std::regex re(R"([+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)");
-  return std::regex_match(s, re);
+// Linear scanners (std::regex_match recurses once per character: a scalar of some 30,000 digits
+// overflowed the stack).
+bool digit(char c) { return c >= '0' && c <= '9'; }
+
+// Skips digits from i; whether there was at least one.
+bool skip_digits(const std::string& s, std::size_t& i) {
+  const std::size_t begin = i;
+  while (i < s.size() && digit(s[i])) ++i;
+  return i > begin;
 }
 
+void skip_sign(const std::string& s, std::size_t& i) {
+  if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+}
+
+// A plain decimal number as YAML writes it: 12, -3.5, .5, 1e-3, 2.E+4
+// ([+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?).
+bool looks_like_decimal(const std::string& s) {
+  std::size_t i = 0;
+  skip_sign(s, i);
+  if (skip_digits(s, i)) {
+    if (i < s.size() && s[i] == '.') {
+      ++i;
+      skip_digits(s, i);
+    }
+  } else {
+    if (i >= s.size() || s[i] != '.') return false;
+    ++i;
+    if (!skip_digits(s, i)) return false;
+  }
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    skip_sign(s, i);
+    if (!skip_digits(s, i)) return false;
+  }
+  return i == s.size();
+}
+
+// [+-]?\d+
 bool looks_like_integer(const std::string& s) {
-  static const std::regex re(R"([+-]?\d+)");
-  return std::regex_match(s, re);
+  std::size_t i = 0;
+  skip_sign(s, i);
+  return skip_digits(s, i) && i == s.size();
+}
+
+// Numbers longer than this are refused before they are converted (no configuration value needs
+// more digits than a double holds; the message would otherwise repeat the whole text).
+constexpr std::size_t kMaxNumberChars = 400;
+
+void check_number_length(const Value& v, const std::string& path) {
+  if (v.text.size() > kMaxNumberChars) {
+    fail(v.loc, path + ": a number of " + std::to_string(v.text.size()) + " characters (at most " +
+                    std::to_string(kMaxNumberChars) + "), starting '" + v.text.substr(0, 20) + "...'");
+  }
 }
 
 [[noreturn]] void fail_type(const Value& v, const std::string& path, const std::string& expected) {
@@ -120,6 +168,7 @@ bool scalar_to_bool(const Value& v, const std::string& path) {
 
 long long scalar_to_int(const Value& v, const std::string& path) {
   if (!v.is_scalar() || v.quoted) fail_type(v, path, "an integer");
+  check_number_length(v, path);
   if (looks_like_integer(v.text)) {
     errno = 0;
     const long long x = std::strtoll(v.text.c_str(), nullptr, 10);
@@ -142,6 +191,7 @@ double scalar_to_double(const Value& v, const std::string& path) {
   if (s == ".inf" || s == "+.inf") return std::numeric_limits<double>::infinity();
   if (s == "-.inf") return -std::numeric_limits<double>::infinity();
   if (s == ".nan") return std::numeric_limits<double>::quiet_NaN();
+  check_number_length(v, path);
   if (!looks_like_decimal(v.text)) fail_type(v, path, "a number");
   errno = 0;
   const double x = std::strtod(v.text.c_str(), nullptr);
@@ -191,7 +241,10 @@ std::string suggest(std::string_view key, const std::vector<std::string>& known)
 }
 
 void apply_override(Value& root, std::string_view assignment) {
-  apply_override(root, assignment, "--set " + std::string(assignment));
+  // Errors name the override; a long one by its start.
+  const std::string shown = assignment.size() > 80 ? std::string(assignment.substr(0, 60)) + "..."
+                                                   : std::string(assignment);
+  apply_override(root, assignment, "--set " + shown);
 }
 
 void apply_override(Value& root, std::string_view assignment, const std::string& source) {

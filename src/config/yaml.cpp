@@ -4,7 +4,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <sstream>
 
 #include "grpo/config/value.h"
@@ -60,9 +59,15 @@ Value convert(const YAML::Node& node, const Origin& source, const Location& fall
   return {};
 }
 
+// [A-Za-z0-9_.+-]+, scanned (std::regex_match recurses per character).
 bool is_simple_plain(const std::string& s) {
-  static const std::regex re(R"([A-Za-z0-9_.+\-]+)");
-  return std::regex_match(s, re);
+  if (s.empty()) return false;
+  for (const char c : s) {
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+                    c == '.' || c == '+' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
 }
 
 std::string quote(const std::string& s) {

@@ -1,5 +1,7 @@
 #include "grpo/model/model_config.h"
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
@@ -105,6 +107,35 @@ std::string config_file_of(const std::string& path) {
 }  // namespace
 
 std::string ModelConfig::validate() const {
+  // Sizes first: a config.json does not pass through the YAML loader's ranges, and the checks
+  // below divide by some of these (num_attention_heads 0 was a SIGFPE).
+  const std::pair<const char*, int64_t> at_least_one[] = {{"vocab_size", vocab_size},
+                                                          {"hidden_size", hidden_size},
+                                                          {"intermediate_size", intermediate_size},
+                                                          {"num_hidden_layers", num_hidden_layers},
+                                                          {"num_attention_heads", num_attention_heads},
+                                                          {"max_position_embeddings", max_position_embeddings},
+                                                          {"n_group", n_group}};
+  for (const auto& [key, value] : at_least_one) {
+    if (value < 1) return std::string(key) + " must be >= 1, found " + std::to_string(value);
+  }
+  const std::pair<const char*, int64_t> not_negative[] = {
+      {"num_key_value_heads", num_key_value_heads},     {"head_dim", head_dim},
+      {"n_routed_experts", n_routed_experts},           {"n_shared_experts", n_shared_experts},
+      {"first_k_dense_replace", first_k_dense_replace}, {"num_nextn_predict_layers", num_nextn_predict_layers}};
+  for (const auto& [key, value] : not_negative) {
+    if (value < 0) return std::string(key) + " must be >= 0, found " + std::to_string(value);
+  }
+  if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps)) {
+    return "rms_norm_eps must be a finite number > 0, found " + std::to_string(rms_norm_eps);
+  }
+  if (!(rope.theta > 0) || !std::isfinite(rope.theta)) {
+    return "rope_theta must be a finite number > 0, found " + std::to_string(rope.theta);
+  }
+  if (!is_mla() && dense_head_dim() < 1) {
+    return "head_dim (hidden_size / num_attention_heads = " + std::to_string(hidden_size) + " / " +
+           std::to_string(num_attention_heads) + ") must be >= 1";
+  }
   if (num_attention_heads > 0 && kv_heads() > 0 && num_attention_heads % kv_heads() != 0) {
     return "num_attention_heads (" + std::to_string(num_attention_heads) +
            ") must be a multiple of num_key_value_heads (" + std::to_string(kv_heads()) + ")";

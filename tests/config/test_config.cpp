@@ -182,6 +182,61 @@ TEST_F(ConfigTest, IntegerTooLargeForTheField) {
                             path + ":4:10: train.steps: 3000000000 does not fit in this field's 32-bit integer");
 }
 
+// Regression: a scalar of about 30,000 digits overflowed the stack in std::regex_match (every
+// program segfaulted). Now a one-line error naming the key, the length and the limit; a long
+// non-number is named by its start and length.
+TEST_F(ConfigTest, HugeScalarsGetAShortErrorNotACrash) {
+  const std::string digits(30000, '7');
+  std::string path = write("model:\n  preset: tiny\ntrain:\n  steps: " + digits + "\n");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
+                            path + ":4:10: train.steps: a number of 30000 characters (at most 400), starting '" +
+                                std::string(20, '7') + "...'");
+  path = write("model:\n  preset: tiny\noptim:\n  lr: 0." + digits + "\n");
+  GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,
+                            path + ":4:7: optim.lr: a number of 30002 characters (at most 400), starting '0." +
+                                std::string(18, '7') + "...'");
+  path = write("model:\n  preset: tiny\n");
+  try {
+    load<JobConfig>(path, {"train.steps=" + digits});
+    ADD_FAILURE() << "expected an error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.steps: a number of 30000 characters"), std::string::npos);
+    EXPECT_LT(std::string(e.what()).size(), 300u) << "the override is named by its start";
+  }
+  path = write("model:\n  preset: tiny\noptim:\n  name: " + std::string(30000, 'x') + "\n");
+  try {
+    load<JobConfig>(path);
+    ADD_FAILURE() << "expected an error";
+  } catch (const ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("'" + std::string(40, 'x') + "... (30000 characters)'"), std::string::npos) << what.size();
+    EXPECT_LT(what.size(), 400u);
+  }
+}
+
+// The scanners that replaced the regular expressions accept and refuse what they did.
+TEST_F(ConfigTest, NumberSyntaxIsYamlsPlainDecimal) {
+  for (const auto& [text, value] : std::vector<std::pair<std::string, double>>{{"12", 12},
+                                                                               {"+7", 7},
+                                                                               {"3.5", 3.5},
+                                                                               {".5", 0.5},
+                                                                               {"5.", 5},
+                                                                               {"1e-3", 1e-3},
+                                                                               {"2.E+4", 2e4},
+                                                                               {"+0.25e1", 2.5}}) {
+    const std::string path = write("model:\n  preset: tiny\noptim:\n  weight_decay: " + text + "\n");
+    EXPECT_EQ(load<JobConfig>(path).optim.weight_decay, value) << text;
+  }
+  for (const std::string text : {"1e", ".", "e5", "1.2.3", "--1", "+", "1e+", "0x10", "1_000", "1 2"}) {
+    const std::string path = write("model:\n  preset: tiny\noptim:\n  weight_decay: " + text + "\n");
+    EXPECT_THROW(load<JobConfig>(path), ConfigError) << text;
+  }
+  for (const auto& [text, value] : std::vector<std::pair<std::string, int>>{{"12", 12}, {"+30", 30}, {"1e3", 1000}}) {
+    const std::string path = write("model:\n  preset: tiny\ntrain:\n  steps: " + text + "\n");
+    EXPECT_EQ(load<JobConfig>(path).train.steps, value) << text;
+  }
+}
+
 TEST_F(ConfigTest, WrongBoolean) {
   const std::string path = write("model:\n  preset: tiny\ntrain:\n  shuffle: maybe\n");
   GRPO_EXPECT_THROW_MESSAGE(load<JobConfig>(path), ConfigError,

@@ -3,7 +3,10 @@
 #include "grpo/model/checkpoint.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
 #include <torch/torch.h>
+#include <tuple>
 
 #include <filesystem>
 #include <fstream>
@@ -235,6 +238,32 @@ TEST(ModelConfigJson, ReadsBothRopeFormsAndRejectsWhatItCannotRun) {
     "n_group": 4})");
   EXPECT_EQ(message_of([&] { load_hf_config(groups); }),
             groups + ": n_routed_experts (6) must be a multiple of n_group (4)");
+}
+
+// Regression: num_attention_heads 0 in a config.json was a SIGFPE (a division in validate());
+// zero or negative sizes gave "Trying to create tensor with negative dimension" from deep inside.
+// Now one line naming the file and the key, before anything is allocated.
+TEST(ModelConfigJson, SizesOutOfRangeNameTheFileAndKey) {
+  ::grpo::test::TempDir tmp;
+  const auto with = [&](const std::string& key, const nlohmann::json& value) {
+    nlohmann::json j = {{"model_type", "qwen2"},   {"vocab_size", 10},       {"hidden_size", 8},
+                        {"intermediate_size", 16}, {"num_hidden_layers", 1}, {"num_attention_heads", 2},
+                        {"num_key_value_heads", 1}};
+    j[key] = value;
+    return tmp.write(key + ".json", j.dump());
+  };
+  for (const auto& [key, value, want] : std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
+           {"num_attention_heads", 0, "num_attention_heads must be >= 1, found 0"},
+           {"vocab_size", -5, "vocab_size must be >= 1, found -5"},
+           {"num_hidden_layers", 0, "num_hidden_layers must be >= 1, found 0"},
+           {"max_position_embeddings", 0, "max_position_embeddings must be >= 1, found 0"},
+           {"head_dim", -2, "head_dim must be >= 0, found -2"},
+           {"rms_norm_eps", -1.0, "rms_norm_eps must be a finite number > 0, found -1.000000"},
+           {"rope_theta", 0.0, "rope_theta must be a finite number > 0, found 0.000000"},
+           {"hidden_size", 1, "head_dim (hidden_size / num_attention_heads = 1 / 2) must be >= 1"}}) {
+    const auto path = with(key, value);
+    EXPECT_EQ(message_of([&] { load_hf_config(path); }), path + ": " + want) << key;
+  }
 }
 
 TEST(ModelConfigJson, WrittenConfigReadsBackTheSame) {
