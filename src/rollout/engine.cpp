@@ -103,6 +103,7 @@ bool Engine::finish_check(Row& row, int64_t token, double now) const {
 
 std::vector<Completion> Engine::generate(const std::vector<GenerationRequest>& requests, GenerationStats* stats_out) {
   c10::InferenceMode guard;
+  decode_forwards_ = 0;
   // MLA decodes in the absorbed form (attention over the cached latent, no per-step expansion of
   // the whole cache into per-head keys and values); the model's own form is restored after.
   struct ImplGuard {
@@ -342,6 +343,7 @@ void Engine::run_rows(std::vector<Row>& rows, const std::vector<GenerationReques
     active = std::move(still);
     const int64_t m = static_cast<int64_t>(active.size());
     mask = torch::cat({mask, torch::ones({m, 1}, mask.options())}, 1);
+    before_decode_forward();
     pair_round();
     if (cache) {
       const auto out = model_->forward(next.view({m, 1}), positions.view({m, 1}), mask, cache.get());
@@ -440,6 +442,7 @@ void Engine::run_rows_speculative(std::vector<Row>& rows, const std::vector<Gene
     const auto inputs = torch::stack({current, draft}, 1);          // [n, 2]
     const auto pos2 = torch::stack({positions, positions + 1}, 1);  // [n, 2]
     mask = torch::cat({mask, torch::ones({n, 2}, mask.options())}, 1);
+    before_decode_forward();
     out = model_->forward(inputs, pos2, mask, cache.get(), opts);
     const auto logits = model_->head(out.hidden);  // [n, 2, V]
     const auto y1 = logits.select(1, 0).argmax(-1), y2 = logits.select(1, 1).argmax(-1);

@@ -115,6 +115,8 @@ std::string encode_batch(const StepRollouts& rollouts, const BatchMeta& meta) {
   w.str(meta.order);
   w.pod(meta.weight_wait_seconds);
   w.pod(meta.weight_bytes);
+  w.pod(meta.switched_version);
+  w.str(meta.switched_hash);
   w.pod<uint64_t>(rollouts.groups.size());
   for (const auto& g : rollouts.groups) {
     w.pod(g.record);
@@ -166,6 +168,8 @@ void decode_batch(const std::string& bytes, StepRollouts& rollouts, BatchMeta& m
   meta.order = r.str();
   meta.weight_wait_seconds = r.pod<double>();
   meta.weight_bytes = r.pod<int64_t>();
+  meta.switched_version = r.pod<int64_t>();
+  meta.switched_hash = r.str();
   rollouts = StepRollouts{};
   const auto groups = r.pod<uint64_t>();
   for (uint64_t i = 0; i < groups; ++i) {

@@ -77,6 +77,9 @@ std::string GrpoConfig::validate() const {
     return problem;
   }
   if (bf16_cpu && !bf16_autocast) return "bf16_cpu needs bf16_autocast (found bf16_autocast: false)";
+  if (async.partial_after_tokens > 0 && async.mode != AsyncMode::disaggregated) {
+    return "async.partial_after_tokens needs async.mode: disaggregated";
+  }
   return "";
 }
 
@@ -669,9 +672,11 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
                        {"trainer_wait_seconds", waited},
                        {"rollout_idle_seconds", meta.weight_wait_seconds},
                        {"weight_sync_bytes", meta.weight_bytes}};
+      if (meta.switched_version >= 0) async_metrics.emplace_back("partial_staleness", step - meta.switched_version);
       if (cfg_.async.hash_weights) {
         async_metrics.emplace_back("sampler_weights_hash", meta.hash);
         async_metrics.emplace_back("policy_weights_hash", weights_hash(model_));
+        if (meta.switched_version >= 0) async_metrics.emplace_back("partial_weights_hash", meta.switched_hash);
       }
     } else if (async) {
       auto got = worker->take(step);
@@ -711,7 +716,7 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
     // Disaggregated: this version goes to the generators when a batch samples on it (batch step +
     // s) or they evaluate with it.
     if (link) {
-      const double posted = step + lag < cfg_.steps || evaluates_at(eval, step) ? link->post_weights(model_) : 0.0;
+      const double posted = sends_version(step, eval) ? link->post_weights(model_) : 0.0;
       async_metrics.emplace_back("weight_sync_seconds", posted);  // rank 0's copy and post of this version
     }
     if (ref && cfg_.ref_refresh_steps > 0 && step % cfg_.ref_refresh_steps == 0) {
@@ -745,6 +750,13 @@ GrpoResult GrpoTrainer::train(const std::vector<data::Record>& records, const Ev
   result.steps = step;
   result.seconds = seconds_since(t_start);
   return result;
+}
+
+bool GrpoTrainer::sends_version(int64_t n, const EvalFn& eval) const {
+  const int64_t lag = cfg_.async.max_staleness;
+  // Batch n + s starts on version n; with partial rollouts batch n + s - 1 continues on it.
+  const bool sampled = n + lag < cfg_.steps || (cfg_.async.partial_after_tokens > 0 && n + lag - 1 < cfg_.steps);
+  return sampled || evaluates_at(eval, n);
 }
 
 bool GrpoTrainer::evaluates_at(const EvalFn& eval, int64_t step) const {
@@ -796,8 +808,7 @@ GrpoResult GrpoTrainer::serve_rollouts(DisaggregatedLink& link, rollout::Engine&
   const int64_t lag = cfg_.async.max_staleness;
   model_->eval();
   for (auto& p : model_->parameters()) p.set_requires_grad(false);
-  // The versions rank 0 sends, in order: those a batch samples on, and those of an evaluation.
-  const auto sent = [&](int64_t n) { return n + lag < cfg_.steps || evaluates_at(eval, n); };
+  const auto sent = [&](int64_t n) { return sends_version(n, eval); };
   int64_t version = start;
   double wait = 0;
   int64_t bytes = 0;
@@ -806,6 +817,7 @@ GrpoResult GrpoTrainer::serve_rollouts(DisaggregatedLink& link, rollout::Engine&
       if (!sent(n)) continue;
       const auto t0 = std::chrono::steady_clock::now();
       bytes += link.receive_weights(model_);
+      at::autocast::clear_cache();  // no bf16 copy of the old weights survives
       wait += seconds_since(t0);
       version = n;
       if (evaluates_at(eval, n)) {  // with every other rank, on the weights after step n
@@ -815,6 +827,7 @@ GrpoResult GrpoTrainer::serve_rollouts(DisaggregatedLink& link, rollout::Engine&
     }
   };
   dist::World* generators = link.generators() > 1 ? &link.generator_group() : nullptr;
+  const int64_t partial_after = cfg_.async.partial_after_tokens;
   for (int64_t j = start; j < cfg_.steps; ++j) {
     wait = 0;
     bytes = 0;
@@ -823,12 +836,27 @@ GrpoResult GrpoTrainer::serve_rollouts(DisaggregatedLink& link, rollout::Engine&
     meta.index = j;
     meta.version = version;
     if (cfg_.async.hash_weights) meta.hash = weights_hash(model_);
+    // Partial rollouts: after partial_after decode forwards the batch continues on the version
+    // before step j - s + 1 (the first generate() call of the batch that gets that far switches; a
+    // batch whose completions all end sooner takes the version after it).
+    const int64_t next = j - lag + 1;
+    const bool switches = partial_after > 0 && next > version;
+    if (switches) {
+      engine.set_decode_hook([&](int64_t forwards) {
+        if (forwards != partial_after || meta.switched_version >= 0) return;
+        advance_to(next);
+        meta.switched_version = version;
+        if (cfg_.async.hash_weights) meta.switched_hash = weights_hash(model_);
+      });
+    }
     StepRollouts rollouts;
     {
       AutocastScope autocast(aten_bf16, at::kCPU);
       rollouts = sample_step(engine_generator(engine), tokenizer_, prompt_, records, order, cfg_, rewards_, seed, j,
                              generators);
     }
+    engine.set_decode_hook({});
+    if (switches && meta.switched_version < 0) advance_to(next);  // no token on it: the stream stays in order
     meta.order = order.state().to_json();
     meta.weight_wait_seconds = wait;
     meta.weight_bytes = bytes;

@@ -605,6 +605,47 @@ TEST(DataParallel, DisaggregatedRolloutsAreOneStepOffAcrossProcesses) {
       << tail_of(log);
 }
 
+// Partial rollouts (grpo.async.partial_after_tokens): batch k starts on rank 0's weights before
+// step k - s and continues, after 6 decode steps, on those before step k - s + 1 (hashes); the
+// completions are longer than that, so both versions sampled; and a second run is the same.
+TEST(DataParallel, PartialRolloutsContinueOnTheNextWeightsAndAreReproducible) {
+  ASSERT_TRUE(fs::exists(std::string(teacher()) + "/config.json")) << "GRPO_DIST_TEACHER (the fixture) is missing";
+  test::TempDir dir;
+  const std::string extra =
+      "--set grpo.async.mode=disaggregated --set grpo.async.hash_weights=true --set grpo.async.max_staleness=1"
+      " --set grpo.async.partial_after_tokens=6 --set grpo.steps=5 --set grpo.eval_every=2 --set run.dist.timeout_s=60";
+  std::vector<std::vector<nlohmann::json>> runs;
+  for (const char* name : {"a", "b"}) {
+    const auto out = dir.path(name);
+    ASSERT_EQ(run(launch(2) + grpo_command(out, extra), out + ".log"), 0) << tail_of(out + ".log");
+    runs.push_back(json_rows(out + "/metrics.jsonl"));
+  }
+  const auto& a = runs[0];
+  ASSERT_EQ(a.size(), 5u);
+  std::vector<std::string> policy;
+  for (const auto& r : a) policy.push_back(r.at("policy_weights_hash").get<std::string>());
+  int switched = 0;
+  for (size_t k = 0; k < 5; ++k) {
+    const auto& r = a[k];
+    EXPECT_EQ(r.at("sampler_weights_hash").get<std::string>(), policy[k == 0 ? 0 : k - 1]) << "step " << k + 1;
+    if (k >= 1) {  // batch k continues on the weights before step k (s = 1): rank 0's current ones
+      ASSERT_TRUE(r.contains("partial_weights_hash")) << "step " << k + 1;
+      EXPECT_EQ(r.at("partial_weights_hash").get<std::string>(), policy[k]) << "step " << k + 1;
+      EXPECT_EQ(r.at("partial_staleness").get<int64_t>(), 0);
+      EXPECT_GT(r.at("completion_length_max").get<double>(), 7.0) << "some tokens sampled after the switch";
+      ++switched;
+    } else {
+      EXPECT_FALSE(r.contains("partial_weights_hash")) << "the first batch has no older version to start on";
+    }
+    for (const char* key : {"reward", "loss", "completion_length", "sampler_weights_hash", "policy_weights_hash"}) {
+      EXPECT_EQ(a[k].at(key), runs[1][k].at(key)) << "step " << k + 1 << " " << key;
+    }
+  }
+  EXPECT_EQ(switched, 4);
+  std::string where;
+  EXPECT_EQ(max_relative_difference(dir.path("a/model"), dir.path("b/model"), &where), 0) << where;
+}
+
 // distill from the fixture teacher: traces (rejection sampling of 24 prompts, well-formed ones kept:
 // the fixture is too small to be right often), then 6 steps of logit distillation, half of them on
 // the student's own samples.

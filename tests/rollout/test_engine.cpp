@@ -137,6 +137,49 @@ TEST(Engine, CachedAndUncachedDecodingAgree) {
   }
 }
 
+// The decode hook (partial rollouts load newer weights there): called before every decode forward,
+// counted over the call's chunks; weights changed in it take effect from the next token on, the
+// tokens before keep what the old weights gave.
+TEST(Engine, DecodeHookRunsBeforeEveryDecodeForwardAndNewWeightsTakeEffectThere) {
+  torch::manual_seed(6);
+  CausalLM model(model::test::tiny_qwen2());
+  const auto reqs = ragged_requests(model->config().vocab_size, {4, 11, 2});
+  GenerationConfig gc;
+  gc.max_new_tokens = 10;
+  gc.ignore_eos = true;
+  gc.sampling.temperature = 0.9;
+  gc.max_batch_rows = 1;  // three chunks
+  Engine engine(model, nullptr, gc);
+  const auto plain = engine.generate(reqs);
+  std::vector<int64_t> seen;
+  GenerationStats stats;
+  engine.set_decode_hook([&](int64_t forwards) { seen.push_back(forwards); });
+  const auto hooked = engine.generate(reqs, &stats);
+  ASSERT_EQ(static_cast<int64_t>(seen.size()), stats.steps);
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], static_cast<int64_t>(i));
+  for (size_t i = 0; i < plain.size(); ++i)
+    EXPECT_EQ(plain[i].token_ids, hooked[i].token_ids) << "a hook that does nothing";
+  // Weights scaled after the 4th decode forward: each row's first tokens are the plain run's up
+  // to the switch of its chunk, and differ after (the lm head sharpened 3x changes the draws).
+  engine.set_decode_hook([&](int64_t forwards) {
+    if (forwards != 4) return;
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->named_parameters()) {
+      if (p.key().find("embed_tokens") != std::string::npos || p.key().find("lm_head") != std::string::npos) {
+        p.value().mul_(3.0);
+      }
+    }
+  });
+  const auto switched = engine.generate(reqs);
+  // The first chunk has 9 decode forwards; the switch is before its 5th, after token 5.
+  ASSERT_EQ(switched[0].token_ids.size(), 10u);
+  for (size_t t = 0; t < 5; ++t) EXPECT_EQ(switched[0].token_ids[t], plain[0].token_ids[t]) << t;
+  for (size_t t = 0; t < 5; ++t) EXPECT_EQ(switched[0].logprobs[t], plain[0].logprobs[t]) << t;
+  bool differs = false;
+  for (size_t t = 5; t < 10; ++t) differs |= switched[0].logprobs[t] != plain[0].logprobs[t];
+  EXPECT_TRUE(differs) << "the new weights took effect";
+}
+
 TEST(Engine, SameSeedSameOutputWhateverElseIsInTheBatch) {
   const auto cfg = model::test::tiny_dsv3();
   torch::manual_seed(7);

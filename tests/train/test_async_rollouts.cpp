@@ -123,5 +123,18 @@ TEST(GrpoTrainer, OneStepOffSamplesOnTheWeightsOfStepKMinusStalenessAndIsReprodu
   }
 }
 
+// Partial rollouts belong to disaggregated mode: elsewhere a one-line error.
+TEST(GrpoConfig, PartialRolloutsNeedDisaggregatedMode) {
+  GrpoConfig g;
+  g.generation.num_generations = 2;
+  g.async.partial_after_tokens = 8;
+  for (const auto mode : {AsyncMode::off, AsyncMode::one_step_off}) {
+    g.async.mode = mode;
+    EXPECT_EQ(g.validate(), "async.partial_after_tokens needs async.mode: disaggregated");
+  }
+  g.async.mode = AsyncMode::disaggregated;
+  EXPECT_EQ(g.validate(), "");
+}
+
 }  // namespace
 }  // namespace grpo::train

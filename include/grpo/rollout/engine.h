@@ -31,6 +31,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -123,6 +124,12 @@ class Engine {
 
   const GenerationConfig& config() const { return cfg_; }
 
+  // Called before each decode forward of generate() with the number of decode forwards it has run
+  // so far (0, 1, ...; counted over the call's chunks): disaggregated partial rollouts load newer
+  // weights there (grpo/train/disaggregated.h). The KV cache of the tokens before stays.
+  using DecodeHook = std::function<void(int64_t forwards)>;
+  void set_decode_hook(DecodeHook hook) { decode_hook_ = std::move(hook); }
+
  private:
   struct Row;
   void run_rows(std::vector<Row>& rows, const std::vector<GenerationRequest>& requests, GenerationStats& stats,
@@ -141,6 +148,12 @@ class Engine {
   size_t max_stop_bytes_ = 0;
   model::ForwardRounds* rounds_ = nullptr;   // the model's, during generate()
   model::RoutingRecord* routing_ = nullptr;  // record_routing: the tape, during generate()
+  DecodeHook decode_hook_;
+  int64_t decode_forwards_ = 0;  // in the generate() call under way
+  void before_decode_forward() {
+    if (decode_hook_) decode_hook_(decode_forwards_);
+    ++decode_forwards_;
+  }
   // After a forward of `positions` per batch row: rows[order[i]] gets positions [first[i],
   // first[i] + count[i]) of batch row i / repeat (the prefill's G rows per prompt) appended.
   void take_routing(std::vector<Row>& rows, const std::vector<size_t>& order, const std::vector<int64_t>& first,

@@ -47,12 +47,13 @@ constexpr auto config_enum_names(AsyncMode) {
 
 struct AsyncConfig {
   AsyncMode mode = AsyncMode::off;
-  int64_t max_staleness = 1;    // batch k is sampled by the weights before step k - max_staleness
-  int64_t rollout_threads = 0;  // intra-op threads of the rollout thread (0 = half the cores, at least 1)
-  int64_t trainer_threads = 0;  // intra-op threads of the trainer (0 = the other cores, at least 1)
-  bool hash_weights = false;    // log each batch's sampler weights and the trainer's as hashes
-  int64_t generator_ranks = 1;  // disaggregated: the last N ranks only generate
-  double bucket_mb = 25;        // disaggregated: weight broadcast bucket size
+  int64_t max_staleness = 1;         // batch k is sampled by the weights before step k - max_staleness
+  int64_t rollout_threads = 0;       // intra-op threads of the rollout thread (0 = half the cores, at least 1)
+  int64_t trainer_threads = 0;       // intra-op threads of the trainer (0 = the other cores, at least 1)
+  bool hash_weights = false;         // log each batch's sampler weights and the trainer's as hashes
+  int64_t generator_ranks = 1;       // disaggregated: the last N ranks only generate
+  double bucket_mb = 25;             // disaggregated: weight broadcast bucket size
+  int64_t partial_after_tokens = 0;  // disaggregated: 0 = off; N: partial rollouts switch weights after N decode steps
 
   template <class V>
   void visit(V& v) {
@@ -70,6 +71,10 @@ struct AsyncConfig {
     v("generator_ranks", generator_ranks, "disaggregated: how many ranks (the last ones) only generate",
       Check().ge(1).le(4096));
     v("bucket_mb", bucket_mb, "disaggregated: weight broadcast bucket size in MiB", Check().gt(0).le(65536));
+    v("partial_after_tokens", partial_after_tokens,
+      "disaggregated: 0 = off; N = partial rollouts: batch k starts on the weights before step k - s and continues on "
+      "those before step k - s + 1 after N decode steps",
+      Check().ge(0).le(1 << 20));
   }
 };
 

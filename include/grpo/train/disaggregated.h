@@ -17,6 +17,12 @@
 //   - weights (rank 0 and the generators): rank 0 posts a version asynchronously, in buckets of
 //     bucket_mb copied out of the parameters (the next step may write those at once); a generator
 //     receives it before the batch that needs it.
+// Partial rollouts (grpo.async.partial_after_tokens N > 0, verl's partial rollout): batch j starts on
+// the version before step j - s and, after N decode forwards, continues on the one before step
+// j - s + 1 (the KV cache of the tokens before is kept): the generator starts a batch one step
+// earlier and its later tokens are one update fresher; the tokens of both versions carry the
+// sampler's log-probs, which the ratio is taken against.
+//
 // A version goes out when a later batch is sampled by it or when an evaluation runs at that step:
 // evaluation shares its problems over every rank of the job, and the generators take part on the
 // version of that step.
@@ -43,8 +49,10 @@ struct BatchMeta {
   int64_t version = 0;             // the weights that sampled it (optimizer steps taken)
   std::string hash;                // their FNV-1a hash ("" unless grpo.async.hash_weights)
   std::string order;               // the data order after its prompts (DataOrderState JSON)
-  double weight_wait_seconds = 0;  // the generator's wait for (and copy of) the version, when it was new
-  int64_t weight_bytes = 0;        // bytes received for it
+  double weight_wait_seconds = 0;  // the generator's wait for (and copy of) new versions for this batch
+  int64_t weight_bytes = 0;        // bytes received for them
+  int64_t switched_version = -1;   // partial rollouts: the version the batch continued on (-1: none)
+  std::string switched_hash;       // its hash
 };
 
 // StepRollouts and BatchMeta as bytes and back (exact: float and double bits, token ids, routing).

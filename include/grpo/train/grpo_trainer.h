@@ -235,6 +235,8 @@ class GrpoTrainer {
   bool autocast_training(const torch::Device& device) const;
   // Whether an evaluation runs after step `step` (1-based).
   bool evaluates_at(const EvalFn& eval, int64_t step) const;
+  // Disaggregated: whether rank 0 sends the generators version n (the weights after step n).
+  bool sends_version(int64_t n, const EvalFn& eval) const;
   // Disaggregated rollouts (grpo/train/disaggregated.h): a trainer's share of a batch from the
   // generators' parts; a generator's loop (it samples every batch from `start` and returns).
   StepRollouts take_share(const std::vector<std::string>& parts, DisaggregatedLink& link, dist::World& trainers,
