@@ -1,5 +1,11 @@
 #include "grpo/core/run.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "grpo/core/files.h"
@@ -19,6 +25,32 @@ Run::Run(const RunConfig& cfg, std::string_view effective_config_yaml) : cfg_(cf
     metrics_ = std::make_unique<MetricsWriter>("");
     return;
   }
+  // One run per folder: before anything in it is touched.
+  const std::string lock_path = path(".lock");
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0)
+    throw std::runtime_error("cannot open the run folder's lock '" + lock_path + "': " + std::strerror(errno));
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    std::string holder;
+    try {
+      holder = read_file(lock_path);
+    } catch (const std::exception&) {
+    }
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+    if (err == EWOULDBLOCK) {
+      throw std::runtime_error("run folder '" + dir_ + "' is in use by another run (process " +
+                               (holder.empty() ? std::string("unknown") : holder) + " holds " + lock_path +
+                               "); wait for it to end or choose another run.output_dir");
+    }
+    throw std::runtime_error("cannot lock '" + lock_path + "': " + std::strerror(err));
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
+    log::warn("cannot write the PID into {}: {}", lock_path, std::strerror(errno));
+  }
   log::add_file(path("log.txt"));
 
   const std::string config_path = path("config.yaml");
@@ -35,7 +67,10 @@ Run::Run(const RunConfig& cfg, std::string_view effective_config_yaml) : cfg_(cf
   metrics_ = std::make_unique<MetricsWriter>(path("metrics.jsonl"));
 }
 
-Run::~Run() { log::close_files(); }
+Run::~Run() {
+  log::close_files();
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+}
 
 std::string Run::path(std::string_view name) const { return (fs::path(dir_) / name).string(); }
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 
 #include "grpo/core/log.h"
@@ -27,6 +29,34 @@ TEST(Run, CreatesFolderSavesConfigAndKeepsADifferentOldOne) {
   EXPECT_EQ(test::read_text(dir.path("runs/a/config.1.yaml")), "x: 1\n");
   EXPECT_EQ(test::read_text(dir.path("runs/a/config.yaml")), "x: 2\n");
   EXPECT_EQ(read_metrics(dir.path("runs/a/metrics.jsonl")).size(), 1u);
+  log::set_level(log::Level::info);
+}
+
+// One run per folder: a second Run on a folder that one holds is refused naming the holder's PID
+// (the kernel's flock: the same holds for another process, which the lock is for); once the first
+// ends, the folder is free again.
+TEST(Run, ASecondRunOnAHeldFolderIsRefusedNamingTheHolder) {
+  test::TempDir dir;
+  RunConfig cfg;
+  cfg.output_dir = dir.path("run");
+  {
+    grpo::Run first(cfg, "x: 1\n");
+    first.metrics().write(1, {{"loss", 1.0}});
+    EXPECT_EQ(test::read_text(dir.path("run/.lock")), std::to_string(::getpid()) + "\n");
+    try {
+      grpo::Run second(cfg, "x: 2\n");
+      FAIL() << "expected an error";
+    } catch (const std::runtime_error& e) {
+      EXPECT_EQ(std::string(e.what()), "run folder '" + cfg.output_dir + "' is in use by another run (process " +
+                                           std::to_string(::getpid()) + " holds " + cfg.output_dir +
+                                           "/.lock); wait for it to end or choose another run.output_dir");
+    }
+    // Nothing of the first run was touched by the refused one.
+    EXPECT_EQ(test::read_text(dir.path("run/config.yaml")), "x: 1\n");
+    EXPECT_FALSE(std::filesystem::exists(dir.path("run/config.1.yaml")));
+  }
+  EXPECT_EQ(read_metrics(dir.path("run/metrics.jsonl")).size(), 1u);
+  { grpo::Run again(cfg, "x: 1\n"); }  // released with the first
   log::set_level(log::Level::info);
 }
 

@@ -45,9 +45,10 @@ struct RunConfig {
 
 class Run {
  public:
-  // Creates the folder, sets the log level, starts log.txt, logs `effective_config_yaml` in full
-  // and saves it as config.yaml, and opens metrics.jsonl. Throws std::runtime_error naming the
-  // path that failed.
+  // Creates the folder, takes its lock (rank 0: an exclusive flock on <dir>/.lock, which holds the
+  // holder's PID; a second process on the folder is refused, naming it), sets the log level,
+  // starts log.txt, logs `effective_config_yaml` in full and saves it as config.yaml, and opens
+  // metrics.jsonl. Throws std::runtime_error naming the path that failed.
   Run(const RunConfig& cfg, std::string_view effective_config_yaml);
   ~Run();
 
@@ -60,6 +61,7 @@ class Run {
  private:
   RunConfig cfg_;
   std::string dir_;
+  int lock_fd_ = -1;  // <dir>/.lock, flock'ed by rank 0 while the Run lives (the kernel drops it on any exit)
   std::unique_ptr<MetricsWriter> metrics_;
 };
 
