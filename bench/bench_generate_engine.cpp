@@ -77,7 +77,7 @@ struct BenchGenerateOptions {
     v("generation", generation, "the rollout engine's settings; greedy, EOS ignored, 128 new tokens unless set");
     v("dtype", dtype, "dtype of the model's parameters", Check().one_of({"float32", "bfloat16"}));
     v("device", device, "cpu, cuda, cuda:1, ...", Check().nonempty());
-    v("threads", threads, "torch intra-op threads; 0 = torch's default", Check().ge(0));
+    v("threads", threads, "torch intra-op threads; 0 = torch's default", Check().ge(0).le(4096));
   }
 };
 

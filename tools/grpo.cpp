@@ -311,7 +311,7 @@ struct GenerateOptions {
     v("generation", generation, "the rollout engine's settings (docs/rollouts.md); max_new_tokens 128 unless set");
     v("dtype", dtype, "dtype of the model's parameters", Check().one_of({"float32", "bfloat16"}));
     v("device", device, "cpu, cuda, cuda:1, ...", Check().nonempty());
-    v("threads", threads, "torch intra-op threads; 0 = torch's default", Check().ge(0));
+    v("threads", threads, "torch intra-op threads; 0 = torch's default", Check().ge(0).le(4096));
     v("json", json, "print one JSON object per completion");
   }
   std::string validate() const {
