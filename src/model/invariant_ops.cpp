@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "grpo/kernels/rms_norm.h"
@@ -454,20 +455,29 @@ bool applies(const torch::Tensor& x) {
   return active && x.defined() && x.device().is_cpu() && x.scalar_type() == torch::kFloat;
 }
 
+namespace {
+
+// bf16 scope: `op` on the operands rounded to bf16, computed in float32 (the scope's float32 ops),
+// its result rounded.
+template <class Op, class... T>
+torch::Tensor in_bf16(const Op& op, const T&... operands) {
+  const auto args = std::make_tuple(rounded(operands)...);
+  torch::Tensor y;
+  {
+    const Scope fp32(true, false);
+    y = std::apply(op, args);
+  }
+  return rounded(y);
+}
+
+}  // namespace
+
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   TORCH_CHECK(w.dim() == 2 && x.size(-1) == w.size(1), "invariant::linear: x ", x.sizes(), " against weight ",
               w.sizes());
   TORCH_CHECK(w.scalar_type() == torch::kFloat && w.device().is_cpu(),
               "invariant::linear: expected a CPU float32 weight, got ", w.dtype(), " on ", w.device());
-  if (active_bf16) {
-    const auto rx = rounded(x), rw = rounded(w), rb = rounded(b);
-    torch::Tensor y;
-    {
-      const Scope fp32(true, false);  // the rounded operands, then float32 arithmetic
-      y = linear(rx, rw, rb);
-    }
-    return rounded(y);
-  }
+  if (active_bf16) return in_bf16([](const auto&... t) { return linear(t...); }, x, w, b);
   if (needs_grad({&x, &w, &b})) return LinearFn::apply(x, w, b.defined() ? b : torch::empty({0}, w.options()));
   return linear_forward(x, w, b);
 }
@@ -475,30 +485,14 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch
 torch::Tensor matmul_nt(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.size(-1) == b.size(-1), "invariant::matmul_nt: a ", a.sizes(), " and b ", b.sizes(),
               " differ in the reduced (last) dim");
-  if (active_bf16) {
-    const auto ra = rounded(a), rb = rounded(b);
-    torch::Tensor y;
-    {
-      const Scope fp32(true, false);
-      y = matmul_nt(ra, rb);
-    }
-    return rounded(y);
-  }
+  if (active_bf16) return in_bf16([](const auto&... t) { return matmul_nt(t...); }, a, b);
   auto [ea, eb] = broadcast_batch(a, b);
   return MatmulNtFn::apply(ea, eb);
 }
 
 torch::Tensor matmul_nn(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.size(-1) == b.size(-2), "invariant::matmul_nn: a ", a.sizes(), " against b ", b.sizes());
-  if (active_bf16) {
-    const auto ra = rounded(a), rb = rounded(b);
-    torch::Tensor y;
-    {
-      const Scope fp32(true, false);
-      y = matmul_nn(ra, rb);
-    }
-    return rounded(y);
-  }
+  if (active_bf16) return in_bf16([](const auto&... t) { return matmul_nn(t...); }, a, b);
   auto [ea, eb] = broadcast_batch(a, b);
   return MatmulNnFn::apply(ea, eb);
 }

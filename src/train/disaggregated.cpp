@@ -95,17 +95,42 @@ torch::Tensor get_routing(Reader& r) {
   return torch::from_blob(const_cast<int16_t*>(data.data()), sizes, torch::kShort).clone();
 }
 
-std::string scores_text(const rewards::RewardScores& s) {
+}  // namespace
+
+std::string scores_to_text(const rewards::RewardScores& r) {
   nlohmann::json j;
-  j["labels"] = s.labels;
-  j["weights"] = s.weights;
-  j["errors"] = s.errors;
-  j["reasons"] = s.reasons;
-  j["metrics"] = s.metrics;
+  j["labels"] = r.labels;
+  j["weights"] = r.weights;
+  j["total"] = r.total;
+  j["errors"] = r.errors;
+  j["reasons"] = r.reasons;
+  j["metrics"] = r.metrics;
+  nlohmann::json scores = nlohmann::json::array();
+  for (const auto& f : r.scores) {
+    nlohmann::json col = nlohmann::json::array();
+    for (const auto& x : f) col.push_back(x ? nlohmann::json(*x) : nlohmann::json());
+    scores.push_back(std::move(col));
+  }
+  j["scores"] = std::move(scores);
   return j.dump();
 }
 
-}  // namespace
+rewards::RewardScores scores_from_text(const std::string& text) {
+  const auto j = nlohmann::json::parse(text);
+  rewards::RewardScores r;
+  r.labels = j.at("labels").get<std::vector<std::string>>();
+  r.weights = j.at("weights").get<std::vector<double>>();
+  r.total = j.at("total").get<std::vector<double>>();
+  r.errors = j.at("errors").get<std::vector<std::string>>();
+  r.reasons = j.at("reasons").get<std::vector<std::vector<std::string>>>();
+  r.metrics = j.at("metrics").get<std::map<std::string, double>>();
+  for (const auto& col : j.at("scores")) {
+    std::vector<std::optional<double>> f;
+    for (const auto& x : col) f.push_back(x.is_null() ? std::nullopt : std::optional<double>(x.get<double>()));
+    r.scores.push_back(std::move(f));
+  }
+  return r;
+}
 
 std::string encode_batch(const StepRollouts& rollouts, const BatchMeta& meta) {
   Writer w;
@@ -137,21 +162,7 @@ std::string encode_batch(const StepRollouts& rollouts, const BatchMeta& meta) {
       put_routing(w, c.routing);
     }
   }
-  // Reward scores: the doubles as bits (absent scores as a flag), the rest as JSON text.
-  const auto& s = rollouts.scores;
-  w.str(scores_text(s));
-  w.vec(s.total);
-  w.pod<uint64_t>(s.scores.size());
-  for (const auto& f : s.scores) {
-    std::vector<uint8_t> present;
-    std::vector<double> value;
-    for (const auto& x : f) {
-      present.push_back(x.has_value());
-      value.push_back(x.value_or(0.0));
-    }
-    w.vec(present);
-    w.vec(value);
-  }
+  w.str(rollouts.scores.total.empty() ? std::string() : scores_to_text(rollouts.scores));
   w.pod(rollouts.generated_groups);
   w.pod(rollouts.zero_std_groups);
   w.pod(rollouts.generated_tokens);
@@ -195,24 +206,7 @@ void decode_batch(const std::string& bytes, StepRollouts& rollouts, BatchMeta& m
     }
     rollouts.groups.push_back(std::move(g));
   }
-  auto& s = rollouts.scores;
-  const auto j = nlohmann::json::parse(r.str());
-  s.labels = j.at("labels").get<std::vector<std::string>>();
-  s.weights = j.at("weights").get<std::vector<double>>();
-  s.errors = j.at("errors").get<std::vector<std::string>>();
-  s.reasons = j.at("reasons").get<std::vector<std::vector<std::string>>>();
-  s.metrics = j.at("metrics").get<std::map<std::string, double>>();
-  s.total = r.vec<double>();
-  const auto functions = r.pod<uint64_t>();
-  for (uint64_t f = 0; f < functions; ++f) {
-    const auto present = r.vec<uint8_t>();
-    const auto value = r.vec<double>();
-    std::vector<std::optional<double>> col;
-    for (size_t i = 0; i < present.size(); ++i) {
-      col.push_back(present[i] != 0 ? std::optional<double>(value.at(i)) : std::nullopt);
-    }
-    s.scores.push_back(std::move(col));
-  }
+  if (const auto scores = r.str(); !scores.empty()) rollouts.scores = scores_from_text(scores);
   rollouts.generated_groups = r.pod<int64_t>();
   rollouts.zero_std_groups = r.pod<int64_t>();
   rollouts.generated_tokens = r.pod<int64_t>();

@@ -381,46 +381,6 @@ GrpoStepStats GrpoTrainer::optimise(const GrpoBatch& batch, dist::DataParallel& 
   return s;
 }
 
-namespace {
-
-// A RewardScores as JSON text and back (to gather every rank's scores on rank 0).
-std::string scores_to_text(const rewards::RewardScores& r) {
-  nlohmann::json j;
-  j["labels"] = r.labels;
-  j["weights"] = r.weights;
-  j["total"] = r.total;
-  j["errors"] = r.errors;
-  j["reasons"] = r.reasons;
-  j["metrics"] = r.metrics;
-  nlohmann::json scores = nlohmann::json::array();
-  for (const auto& f : r.scores) {
-    nlohmann::json col = nlohmann::json::array();
-    for (const auto& x : f) col.push_back(x ? nlohmann::json(*x) : nlohmann::json());
-    scores.push_back(std::move(col));
-  }
-  j["scores"] = std::move(scores);
-  return j.dump();
-}
-
-rewards::RewardScores scores_from_text(const std::string& text) {
-  const auto j = nlohmann::json::parse(text);
-  rewards::RewardScores r;
-  r.labels = j.at("labels").get<std::vector<std::string>>();
-  r.weights = j.at("weights").get<std::vector<double>>();
-  r.total = j.at("total").get<std::vector<double>>();
-  r.errors = j.at("errors").get<std::vector<std::string>>();
-  r.reasons = j.at("reasons").get<std::vector<std::vector<std::string>>>();
-  r.metrics = j.at("metrics").get<std::map<std::string, double>>();
-  for (const auto& col : j.at("scores")) {
-    std::vector<std::optional<double>> f;
-    for (const auto& x : col) f.push_back(x.is_null() ? std::nullopt : std::optional<double>(x.get<double>()));
-    r.scores.push_back(std::move(f));
-  }
-  return r;
-}
-
-}  // namespace
-
 GrpoTrainer::StepSummary GrpoTrainer::log_step(int64_t step, const StepRollouts& rollouts, const GrpoBatch& batch,
                                                const GrpoStepStats& stats, std::vector<Metric> eval_metrics,
                                                double step_seconds, const std::vector<data::Record>& records,

@@ -305,6 +305,32 @@ TEST(GrpoTrainer, LogsEveryRewardFunctionsMetrics) {
 namespace grpo::train {
 namespace {
 
+// The mismatch tests' policy: the tiny DeepSeek-V3 (MoE, MLA) or the tiny Qwen2 (dense).
+model::ModelConfig mismatch_policy(bool dense, int64_t vocab) {
+  if (!dense) return tiny_config(vocab);
+  auto cfg = model::test::tiny_qwen2();
+  cfg.vocab_size = vocab;
+  cfg.max_position_embeddings = 128;
+  cfg.eos_token_ids = {256};
+  return cfg;
+}
+
+// Two GRPO steps with ragged prompts, sampler chunks of 4 rows against training micro-batches of 3,
+// an update between the steps and the reference's KL on.
+GrpoConfig mismatch_steps() {
+  GrpoConfig g;
+  g.steps = 2;
+  g.prompts_per_step = 3;
+  g.generation.num_generations = 2;
+  g.generation.max_new_tokens = 8;
+  g.generation.max_batch_rows = 4;
+  g.micro_batch_size = 3;
+  g.loss.beta = 0.04;
+  g.optim.lr = 1e-2;
+  g.checkpoint.every_steps = 0;
+  return g;
+}
+
 // Consistent mode over whole GRPO steps (ragged prompts, two micro-batches that group the rows
 // otherwise than the sampler's chunks, an update between the steps): the trainer's first forward
 // gets the sampler's log-probs bitwise, logprob_diff_max 0 on every step; without it, the usual
@@ -317,24 +343,8 @@ TEST(GrpoTrainer, ConsistentLogprobsMakeTheSamplerTrainerDifferenceZero) {
     for (const bool consistent : {true, false}) {
       Fixture f(std::string(dense ? "consistent_dense_" : "consistent_moe_") + (consistent ? "on" : "off"));
       torch::manual_seed(3);
-      auto cfg = tiny_config(f.tok->vocab_size());
-      if (dense) {
-        cfg = model::test::tiny_qwen2();
-        cfg.vocab_size = f.tok->vocab_size();
-        cfg.max_position_embeddings = 128;
-        cfg.eos_token_ids = {256};
-      }
-      model::CausalLM model(cfg);
-      GrpoConfig g;
-      g.steps = 2;
-      g.prompts_per_step = 3;
-      g.generation.num_generations = 2;
-      g.generation.max_new_tokens = 8;
-      g.generation.max_batch_rows = 4;
-      g.micro_batch_size = 3;
-      g.loss.beta = 0.04;
-      g.optim.lr = 1e-2;
-      g.checkpoint.every_steps = 0;
+      model::CausalLM model(mismatch_policy(dense, f.tok->vocab_size()));
+      auto g = mismatch_steps();
       g.consistent_logprobs = consistent;
       GrpoTrainer(model, *f.tok, prompt_config(), g, rewards, *f.run).train(addition(6, 2, false));
       const auto rows = read_metrics(f.run->path("metrics.jsonl"));
@@ -381,24 +391,8 @@ TEST(GrpoTrainer, Bf16OnCpuWidensTheMismatchAndConsistentModeRemovesIt) {
     for (const std::string mode : {"fp32", "bf16", "bf16_consistent"}) {
       Fixture f(std::string(dense ? "bf16_dense_" : "bf16_moe_") + mode);
       torch::manual_seed(3);
-      auto cfg = tiny_config(f.tok->vocab_size());
-      if (dense) {
-        cfg = model::test::tiny_qwen2();
-        cfg.vocab_size = f.tok->vocab_size();
-        cfg.max_position_embeddings = 128;
-        cfg.eos_token_ids = {256};
-      }
-      model::CausalLM model(cfg);
-      GrpoConfig g;
-      g.steps = 2;
-      g.prompts_per_step = 3;
-      g.generation.num_generations = 2;
-      g.generation.max_new_tokens = 8;
-      g.generation.max_batch_rows = 4;
-      g.micro_batch_size = 3;
-      g.loss.beta = 0.04;
-      g.optim.lr = 1e-2;
-      g.checkpoint.every_steps = 0;
+      model::CausalLM model(mismatch_policy(dense, f.tok->vocab_size()));
+      auto g = mismatch_steps();
       g.bf16_cpu = mode != "fp32";
       g.consistent_logprobs = mode == "bf16_consistent";
       GrpoTrainer(model, *f.tok, prompt_config(), g, rewards, *f.run).train(addition(6, 2, false));

@@ -38,6 +38,7 @@
 
 #include "grpo/dist/world.h"
 #include "grpo/model/causal_lm.h"
+#include "grpo/rewards/reward_set.h"
 
 namespace grpo::train {
 
@@ -54,6 +55,11 @@ struct BatchMeta {
   int64_t switched_version = -1;   // partial rollouts: the version the batch continued on (-1: none)
   std::string switched_hash;       // its hash
 };
+
+// A RewardScores as JSON text and back (exact: scores are finite, RewardSet refuses others, and
+// doubles print with 17 digits); the trainers' logs gather every rank's this way too.
+std::string scores_to_text(const rewards::RewardScores& scores);
+rewards::RewardScores scores_from_text(const std::string& text);
 
 // StepRollouts and BatchMeta as bytes and back (exact: float and double bits, token ids, routing).
 std::string encode_batch(const StepRollouts& rollouts, const BatchMeta& meta);
